@@ -1,0 +1,1 @@
+"""Runtime package shared by training and serving: features, artifacts, retrieval, ranking, caching."""

@@ -1,0 +1,147 @@
+"""Model bundle layout on disk: the files each registered model carries, with a checksummed manifest.
+
+A bundle is a directory. Every bundle has ``manifest.json``::
+
+    {"kind": "embedding" | "ranker" | "fallback_ranker",
+     "format_version": 1,
+     "files": {"<relative path>": "<sha256 hex>", ...},
+     "metadata": {...}}   # kind-specific, JSON only
+
+Embedding bundle files: user_tower.onnx, item_tower.onnx, item_vectors.npy ([n+1, D] float32,
+row 0 zeros), item_index.faiss, catalog.npz (ItemCatalog arrays), user_attributes.json, config.json.
+Ranker / fallback bundle files: ranker.onnx, scaler.json, config.json; metadata records the
+embedding model it was trained against (``embedding_fingerprint``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.errors import ArtifactError
+from recsys.features import FeatureScaler, ItemCatalog, UserAttributeEncoder
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("embedding", "ranker", "fallback_ranker")
+
+USER_TOWER = "user_tower.onnx"
+ITEM_TOWER = "item_tower.onnx"
+ITEM_VECTORS = "item_vectors.npy"
+ITEM_INDEX = "item_index.faiss"
+CATALOG = "catalog.npz"
+USER_ATTRIBUTES = "user_attributes.json"
+RANKER = "ranker.onnx"
+SCALER = "scaler.json"
+CONFIG = "config.json"
+
+REQUIRED_FILES = {
+    "embedding": (USER_TOWER, ITEM_TOWER, ITEM_VECTORS, ITEM_INDEX, CATALOG, USER_ATTRIBUTES, CONFIG),
+    "ranker": (RANKER, SCALER, CONFIG),
+    "fallback_ranker": (RANKER, SCALER, CONFIG),
+}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    kind: str
+    files: Mapping[str, str]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def fingerprint(self) -> str:
+        """Stable id of the bundle's content: hash of the sorted file checksums."""
+        joined = "\n".join(f"{name}:{digest}" for name, digest in sorted(self.files.items()))
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def write_manifest(directory: Path, kind: str, metadata: Mapping[str, Any] | None = None) -> Manifest:
+    """Checksum every file under `directory` (except the manifest) and write manifest.json."""
+    if kind not in KINDS:
+        raise ArtifactError(f"unknown bundle kind {kind!r}; expected one of {KINDS}")
+    files = {
+        p.relative_to(directory).as_posix(): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    missing = [f for f in REQUIRED_FILES[kind] if f not in files]
+    if missing:
+        raise ArtifactError(f"{kind} bundle at {directory} is missing {missing}")
+    manifest = Manifest(kind=kind, files=files, metadata=dict(metadata or {}))
+    payload = {"kind": kind, "format_version": FORMAT_VERSION, "files": files,
+               "metadata": manifest.metadata}
+    (directory / MANIFEST).write_text(json.dumps(payload, indent=2, sort_keys=True))
+    return manifest
+
+
+def read_manifest(directory: Path, expected_kind: str | None = None, verify: bool = True) -> Manifest:
+    """Read manifest.json; with verify, check every listed file exists with the listed checksum."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"no {MANIFEST} in {directory}: not a model bundle")
+    data = json.loads(path.read_text())
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format_version {data.get('format_version')!r}, "
+                            f"this code reads {FORMAT_VERSION}")
+    kind = data.get("kind")
+    if expected_kind is not None and kind != expected_kind:
+        raise ArtifactError(f"{directory} holds a {kind!r} bundle, expected {expected_kind!r}")
+    manifest = Manifest(kind=kind, files=data["files"], metadata=data.get("metadata", {}))
+    if verify:
+        for name, digest in manifest.files.items():
+            file = directory / name
+            if not file.is_file():
+                raise ArtifactError(f"{directory}: {name} listed in the manifest is missing")
+            actual = sha256_file(file)
+            if actual != digest:
+                raise ArtifactError(f"{directory}: checksum mismatch for {name} "
+                                    f"(manifest {digest[:12]}, file {actual[:12]})")
+    return manifest
+
+
+def save_catalog(directory: Path, catalog: ItemCatalog) -> None:
+    np.savez(directory / CATALOG, **catalog.to_arrays())
+
+
+def load_catalog(directory: Path) -> ItemCatalog:
+    with np.load(directory / CATALOG, allow_pickle=False) as arrays:
+        return ItemCatalog.from_arrays({k: arrays[k] for k in arrays.files})
+
+
+def save_user_attributes(directory: Path, encoder: UserAttributeEncoder) -> None:
+    payload = {name: list(values) for name, values in encoder.vocabularies.items()}
+    (directory / USER_ATTRIBUTES).write_text(json.dumps(payload, indent=2))
+
+
+def load_user_attributes(directory: Path) -> UserAttributeEncoder:
+    data = json.loads((directory / USER_ATTRIBUTES).read_text())
+    return UserAttributeEncoder({name: tuple(values) for name, values in data.items()})
+
+
+def save_scaler(directory: Path, scaler: FeatureScaler) -> None:
+    (directory / SCALER).write_text(json.dumps(scaler.to_dict()))
+
+
+def load_scaler(directory: Path) -> FeatureScaler:
+    return FeatureScaler.from_dict(json.loads((directory / SCALER).read_text()))
+
+
+def save_json(path: Path, payload: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

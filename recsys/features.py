@@ -1,0 +1,243 @@
+"""Feature building shared by training and serving: one definition, so no training/serving skew."""
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+PAD = 0  # index 0 is padding in every id vocabulary and the "unknown" item/attribute
+DEVICES = ("unknown", "web", "mobile", "tv")
+DENSE_FEATURES = (
+    "similarity",
+    "log_popularity",
+    "novelty",
+    "category_affinity",
+    "category_recency",
+    "history_length",
+    "hour_sin",
+    "hour_cos",
+    "device_web",
+    "device_mobile",
+    "device_tv",
+)
+_TOKEN = re.compile(r"[a-z0-9]+")
+_RECENCY_DECAY = 0.9
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+def tokenize_title(title: str, buckets: int, max_tokens: int) -> IntArray:
+    """Hash the lower-cased word tokens of a title into [1, buckets); 0 pads to max_tokens."""
+    ids = [1 + zlib.crc32(tok.encode()) % (buckets - 1) for tok in _TOKEN.findall(title.lower())]
+    out = np.zeros(max_tokens, dtype=np.int64)
+    out[: min(len(ids), max_tokens)] = ids[:max_tokens]
+    return out
+
+
+@dataclass(frozen=True)
+class ItemCatalog:
+    """Item vocabulary and content arrays. Row 0 is padding/unknown; item i lives at row i."""
+
+    item_ids: npt.NDArray[np.str_]  # [n+1], item_ids[0] == ""
+    titles: npt.NDArray[np.str_]  # [n+1]
+    genre_vocab: tuple[str, ...]
+    genres: FloatArray  # [n+1, G] multi-hot
+    title_tokens: IntArray  # [n+1, T] hashed tokens, 0 = pad
+    popularity: FloatArray  # [n+1] training interaction counts
+    novelty: FloatArray  # [n+1] in [0, 1]: percentile of the item's first interaction time
+
+    @property
+    def size(self) -> int:
+        """Number of real items (excluding the padding row)."""
+        return len(self.item_ids) - 1
+
+    def index_lookup(self) -> dict[str, int]:
+        return {item_id: i for i, item_id in enumerate(self.item_ids) if i != PAD}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "item_ids": self.item_ids,
+            "titles": self.titles,
+            "genre_vocab": np.asarray(self.genre_vocab, dtype=np.str_),
+            "genres": self.genres,
+            "title_tokens": self.title_tokens,
+            "popularity": self.popularity,
+            "novelty": self.novelty,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ItemCatalog:
+        return cls(
+            item_ids=np.asarray(arrays["item_ids"], dtype=np.str_),
+            titles=np.asarray(arrays["titles"], dtype=np.str_),
+            genre_vocab=tuple(str(g) for g in arrays["genre_vocab"]),
+            genres=np.asarray(arrays["genres"], dtype=np.float32),
+            title_tokens=np.asarray(arrays["title_tokens"], dtype=np.int64),
+            popularity=np.asarray(arrays["popularity"], dtype=np.float32),
+            novelty=np.asarray(arrays["novelty"], dtype=np.float32),
+        )
+
+
+@dataclass(frozen=True)
+class UserAttributeEncoder:
+    """Maps categorical user attributes to ids; unknown or missing values map to 0."""
+
+    vocabularies: Mapping[str, tuple[str, ...]]  # attribute -> values; id = position + 1
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.vocabularies)
+
+    def cardinalities(self) -> list[int]:
+        return [len(v) + 1 for v in self.vocabularies.values()]
+
+    def encode(self, attributes: Mapping[str, str] | None) -> IntArray:
+        """[A] int64 ids; an encoder with no attributes yields one always-zero column."""
+        attributes = attributes or {}
+        if not self.vocabularies:
+            return np.zeros(1, dtype=np.int64)
+        out = np.zeros(len(self.vocabularies), dtype=np.int64)
+        for j, (name, values) in enumerate(self.vocabularies.items()):
+            value = attributes.get(name)
+            if value is not None and value in values:
+                out[j] = values.index(value) + 1
+        return out
+
+
+def encode_history(item_indices: Sequence[int], length: int) -> IntArray:
+    """Last `length` item indices, oldest first and left-padded with 0 (most recent is last)."""
+    out = np.zeros(length, dtype=np.int64)
+    tail = list(item_indices)[-length:] if length else []
+    if tail:
+        out[length - len(tail) :] = tail
+    return out
+
+
+def user_tower_feeds(history: IntArray, attributes: IntArray) -> dict[str, np.ndarray]:
+    """ONNX feeds for the user tower: history [B, H] and attributes [B, A], both int64."""
+    return {"history": np.ascontiguousarray(history, dtype=np.int64),
+            "attributes": np.ascontiguousarray(attributes, dtype=np.int64)}
+
+
+def item_tower_feeds(catalog: ItemCatalog, indices: IntArray) -> dict[str, np.ndarray]:
+    """ONNX feeds for the item tower for the given catalogue rows [B]."""
+    return {
+        "item": np.ascontiguousarray(indices, dtype=np.int64),
+        "genres": np.ascontiguousarray(catalog.genres[indices]),
+        "title_tokens": np.ascontiguousarray(catalog.title_tokens[indices]),
+    }
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    """Per-user aggregates of the history, computed once per request (or per training row)."""
+
+    genre_profile: FloatArray  # [G] mean genre vector of the history, L2-normalised
+    genre_recency: FloatArray  # [G] max over history of decay^(age) for items of that genre
+    history_length: int
+
+
+def user_profile(history: IntArray, catalog: ItemCatalog) -> UserProfile:
+    """Profile of a padded history [H] (0 = pad, most recent last)."""
+    real = history[history != PAD]
+    n_genres = catalog.genres.shape[1]
+    if real.size == 0:
+        zeros = np.zeros(n_genres, dtype=np.float32)
+        return UserProfile(zeros, zeros.copy(), 0)
+    genres = catalog.genres[real]
+    profile = genres.mean(axis=0)
+    norm = float(np.linalg.norm(profile))
+    if norm > 0:
+        profile = profile / norm
+    ages = np.arange(real.size - 1, -1, -1, dtype=np.float32)
+    recency = (genres * (_RECENCY_DECAY**ages)[:, None]).max(axis=0)
+    return UserProfile(profile.astype(np.float32), recency.astype(np.float32), int(real.size))
+
+
+@dataclass(frozen=True)
+class Context:
+    """Request context. hour is 0-23 local time or None when unknown."""
+
+    hour: int | None = None
+    device: str = "unknown"
+
+
+def context_features(contexts: Sequence[Context]) -> FloatArray:
+    """[N, 5]: hour sin/cos (0 when unknown) and device one-hot (web, mobile, tv)."""
+    out = np.zeros((len(contexts), 5), dtype=np.float32)
+    for i, ctx in enumerate(contexts):
+        if ctx.hour is not None:
+            angle = 2.0 * np.pi * (ctx.hour % 24) / 24.0
+            out[i, 0], out[i, 1] = np.sin(angle), np.cos(angle)
+        if ctx.device in DEVICES[1:]:
+            out[i, 2 + DEVICES.index(ctx.device) - 1] = 1.0
+    return out
+
+
+def dense_features(
+    user_vectors: FloatArray,
+    profiles: Sequence[UserProfile],
+    candidates: IntArray,
+    item_vectors: FloatArray,
+    catalog: ItemCatalog,
+    context: FloatArray,
+) -> FloatArray:
+    """Raw dense features [N, len(DENSE_FEATURES)] for N (user, candidate) pairs.
+
+    user_vectors is [N, D] or [1, D]; profiles has N entries or one; context is [N, 5] or [1, 5].
+    One user (serving) broadcasts against many candidates; training passes one row per pair.
+    """
+    cand_vecs = item_vectors[candidates]
+    cand_genres = catalog.genres[candidates]
+    genre_profile = np.stack([p.genre_profile for p in profiles])
+    genre_recency = np.stack([p.genre_recency for p in profiles])
+    history_length = np.array([p.history_length for p in profiles], dtype=np.float32)
+    genre_norm = np.linalg.norm(cand_genres, axis=1)
+    genre_norm[genre_norm == 0] = 1.0
+    n = len(candidates)
+    out = np.empty((n, len(DENSE_FEATURES)), dtype=np.float32)
+    out[:, 0] = np.einsum("nd,nd->n", np.broadcast_to(user_vectors, cand_vecs.shape), cand_vecs)
+    out[:, 1] = np.log1p(catalog.popularity[candidates])
+    out[:, 2] = catalog.novelty[candidates]
+    out[:, 3] = (cand_genres * genre_profile).sum(axis=1) / genre_norm
+    out[:, 4] = (cand_genres * genre_recency).max(axis=1)
+    out[:, 5] = np.log1p(np.broadcast_to(history_length, (n,)))
+    out[:, 6:11] = np.broadcast_to(context, (n, 5))
+    return out
+
+
+@dataclass(frozen=True)
+class FeatureScaler:
+    """Standardisation of the dense features, fitted on the ranker's training pairs."""
+
+    mean: FloatArray  # [F]
+    std: FloatArray  # [F], never 0
+
+    @classmethod
+    def fit(cls, dense: FloatArray) -> FeatureScaler:
+        std = dense.std(axis=0)
+        std[std < 1e-6] = 1.0
+        return cls(dense.mean(axis=0).astype(np.float32), std.astype(np.float32))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Sequence[float]]) -> FeatureScaler:
+        return cls(np.asarray(data["mean"], dtype=np.float32), np.asarray(data["std"], dtype=np.float32))
+
+
+def ranker_inputs(
+    dense: FloatArray, user_vectors: FloatArray, candidates: IntArray,
+    item_vectors: FloatArray, scaler: FeatureScaler,
+) -> FloatArray:
+    """Ranker input [N, F + 2D]: standardised dense features, user*item product, item vector."""
+    cand_vecs = item_vectors[candidates]
+    product = np.broadcast_to(user_vectors, cand_vecs.shape) * cand_vecs
+    scaled = (dense - scaler.mean) / scaler.std
+    return np.concatenate([scaled, product, cand_vecs], axis=1).astype(np.float32, copy=False)

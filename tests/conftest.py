@@ -1,0 +1,29 @@
+"""Shared pytest set-up: telemetry off, data paths, and the fixture plugins."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for _var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+    os.environ.setdefault(_var, "true")
+
+pytest_plugins = ("tests.fixtures_redis",)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ml100k_path() -> Path | None:
+    """MovieLens 100K location from RECSYS_ML100K_PATH, else ../shared/data/ml-100k if present."""
+    configured = os.environ.get("RECSYS_ML100K_PATH")
+    candidate = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data" / "ml-100k"
+    return candidate if (candidate / "u.data").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def ml100k_path() -> Path:
+    path = _ml100k_path()
+    if path is None:
+        pytest.skip("MovieLens 100K not present (set RECSYS_ML100K_PATH)")
+    return path

@@ -1,0 +1,1 @@
+"""Training side: data, models (PyTorch), ONNX export, offline evaluation, the headless pipeline."""
