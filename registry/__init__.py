@@ -1,0 +1,47 @@
+"""Model registry: log bundles to MLflow, register and promote model sets, export to BentoML.
+
+Imports mlflow and bentoml (never torch); the runtime package `recsys` imports neither.
+"""
+from registry.bento_export import bento_models_for_alias, bento_tag, bentoml_home, export_to_bentoml
+from registry.mlflow_registry import (
+    CHALLENGER,
+    CHAMPION,
+    EMBEDDING_MODEL,
+    FALLBACK_MODEL,
+    PREVIOUS_CHAMPION,
+    RANKER_MODEL,
+    ModelNames,
+    ModelSet,
+    RegistryError,
+    configure_tracking,
+    default_tracking_uri,
+    log_bundle,
+    register_model_set,
+)
+from registry.promotion import Registry, VersionInfo
+from registry.pyfunc import EmbeddingModel, FallbackRankerModel, RankerModel
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "EMBEDDING_MODEL",
+    "FALLBACK_MODEL",
+    "PREVIOUS_CHAMPION",
+    "RANKER_MODEL",
+    "EmbeddingModel",
+    "FallbackRankerModel",
+    "ModelNames",
+    "ModelSet",
+    "RankerModel",
+    "Registry",
+    "RegistryError",
+    "VersionInfo",
+    "bento_models_for_alias",
+    "bento_tag",
+    "bentoml_home",
+    "configure_tracking",
+    "default_tracking_uri",
+    "export_to_bentoml",
+    "log_bundle",
+    "register_model_set",
+]

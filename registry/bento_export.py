@@ -1,0 +1,106 @@
+"""Copy an aliased model set from the MLflow registry into the BentoML model store."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from recsys import artifacts
+from recsys.artifacts import Manifest
+from recsys.errors import ArtifactError
+from registry.mlflow_registry import CHAMPION, ModelSet
+from registry.promotion import Registry
+
+
+def bento_tag(name: str, version: str) -> str:
+    """BentoML tag of a registered model version: `recsys-ranker:v3`."""
+    return f"{name}:v{version}"
+
+
+def bento_models_for_alias(registry: Registry, alias: str = CHAMPION) -> dict[str, str]:
+    """kind -> BentoML tag of the versions `alias` points to (what export writes or reuses).
+
+    Read from the registry only; nothing is exported. For build scripts and service settings.
+    """
+    model_set = registry.resolve(alias)
+    return {kind: bento_tag(name, version) for kind, name, version in model_set.items()}
+
+
+@contextmanager
+def bentoml_home(home: Path) -> Iterator[None]:
+    """Use the BentoML store under `home` for bentoml.models calls inside the block.
+
+    BentoML reads BENTOML_HOME once, on the first use of its model store, and caches the store
+    for the life of the process; this swaps the cached store through BentoML's own dependency
+    container and restores it on exit. A fresh process can set BENTOML_HOME instead.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    models = home / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    with BentoMLContainer.bentoml_home.patch(str(home)), \
+            BentoMLContainer.model_store_dir.patch(str(models)), \
+            BentoMLContainer.model_store.patch(ModelStore(str(models))):
+        yield
+
+
+def _existing(tag: str) -> bentoml.Model | None:
+    try:
+        return bentoml.models.get(tag)
+    except NotFound:
+        return None
+
+
+def _store_bundle(kind: str, name: str, version: str, bundle: Path, alias: str) -> str:
+    """Create (or reuse) the BentoML model for one bundle; returns its tag."""
+    manifest = artifacts.read_manifest(bundle, expected_kind=kind, verify=True)
+    fingerprint = manifest.fingerprint()
+    tag = bento_tag(name, version)
+    existing = _existing(tag)
+    if existing is not None:
+        stored = existing.info.metadata.get("fingerprint")
+        if stored != fingerprint:
+            raise ArtifactError(
+                f"BentoML model {tag} already exists with fingerprint {stored}, but {name} "
+                f"version {version} is {fingerprint}; delete it (bentoml models delete {tag}) "
+                f"if the store is stale")
+        artifacts.read_manifest(Path(existing.path), expected_kind=kind, verify=True)
+        return tag
+    labels = {"mlflow_model": name, "mlflow_version": version, "alias": alias}
+    with bentoml.models.create(tag, labels=labels,
+                               metadata=_metadata(kind, manifest)) as model:
+        shutil.copytree(bundle, model.path, dirs_exist_ok=True)
+        # Verify the copy itself; an error here leaves nothing in the store.
+        artifacts.read_manifest(Path(model.path), expected_kind=kind, verify=True)
+    return str(model.tag)
+
+
+def _metadata(kind: str, manifest: Manifest) -> dict[str, Any]:
+    return {**manifest.metadata, "kind": kind, "fingerprint": manifest.fingerprint()}
+
+
+def export_to_bentoml(registry: Registry, alias: str = CHAMPION, *,
+                      home: Path | None = None) -> dict[str, str]:
+    """Export the three models `alias` points to; returns kind -> BentoML tag.
+
+    Tags are `<registered name>:v<version>`. All three bundles are downloaded and verified
+    before anything is written. Re-exporting the same versions reuses the stored models
+    (after re-verifying their checksums); a stored tag with other content is an ArtifactError.
+    `home` selects a BentoML home for this call; by default BentoML's own (BENTOML_HOME or
+    ~/bentoml). Labels record the MLflow model, version and the alias of the first export.
+    """
+    model_set: ModelSet = registry.resolve(alias)
+    registry.check_compatible(model_set)
+    with tempfile.TemporaryDirectory(prefix="recsys-export-") as tmp:
+        bundles = {kind: registry.download(name, version, Path(tmp) / kind)
+                   for kind, name, version in model_set.items()}
+        with bentoml_home(home) if home is not None else nullcontext():
+            return {kind: _store_bundle(kind, name, version, bundles[kind], alias)
+                    for kind, name, version in model_set.items()}

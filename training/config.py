@@ -1,0 +1,86 @@
+"""Training configurations: dataclasses logged to MLflow as params and saved inside every bundle."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    dim: int = 64
+    hidden: int = 128
+    history_len: int = 20
+    attribute_dim: int = 8
+    title_buckets: int = 8192
+    title_tokens: int = 16
+    epochs: int = 12
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-5
+    temperature: float = 0.05
+    item_id_dropout: float = 0.1  # share of item ids hidden in training so content features learn too
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    positions_per_user: int = 8  # last N training events per user become ranking queries
+    retrieval_candidates: int = 100  # hard negatives are drawn from this many retrieved items
+    hard_negatives: int = 15
+    random_negatives: int = 8
+    cross_layers: int = 2
+    hidden: int = 128
+    epochs: int = 6
+    batch_size: int = 256  # queries per batch; each query is 1 positive + negatives
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    n_estimators: int = 60
+    max_depth: int = 4
+    learning_rate: float = 0.1
+    subsample: float = 0.5
+    max_rows: int = 60_000  # subsample of ranking pairs the fallback trains on
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    candidates: int = 200  # candidate-set size the service retrieves before ranking
+    cutoffs: tuple[int, ...] = (10, 50)
+    als_factors: tuple[int, ...] = (32, 64)
+    als_regularization: tuple[float, ...] = (0.01, 0.1)
+    als_iterations: int = 15
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dataclass → flat {"two_tower.dim": 64, ...} for mlflow.log_params."""
+    out: dict[str, Any] = {}
+    for key, value in asdict(config).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_dict(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def flatten_dict(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten_dict(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,164 @@
+"""Ranker training: DCN-v2 over the shared ranking features, trained on retrieved candidates."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from recsys.features import (
+    DENSE_FEATURES, Context, FeatureScaler, ItemCatalog, context_features, dense_features, encode_history,
+    ranker_inputs, user_profile,
+)
+from training.config import RankerConfig
+from training.sequences import UserSequences
+from training.two_tower import EpochCallback
+
+# (history [B, H], attributes [B, A]) -> user vectors [B, D]
+UserEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class CrossNetwork(nn.Module):
+    """DCN-v2 cross layers: x_{l+1} = x0 * (W x_l + b) + x_l."""
+
+    def __init__(self, width: int, layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
+
+
+class DCNRanker(nn.Module):
+    """features [N, F] → score [N] (a logit: higher ranks first)."""
+
+    def __init__(self, n_features: int, config: RankerConfig) -> None:
+        super().__init__()
+        self.cross = CrossNetwork(n_features, config.cross_layers)
+        self.deep = nn.Sequential(
+            nn.Linear(n_features, config.hidden), nn.ReLU(),
+            nn.Linear(config.hidden, config.hidden // 2), nn.ReLU(),
+        )
+        self.head = nn.Linear(n_features + config.hidden // 2, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.cross(features), self.deep(features)], dim=-1)
+        return self.head(x).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class RankingQueries:
+    """Groups of candidates per query: column 0 is the positive, the rest are negatives.
+
+    dense: raw dense features [Q, G, F]; candidates [Q, G]; user_vectors [Q, D].
+    """
+
+    dense: np.ndarray
+    candidates: np.ndarray
+    user_vectors: np.ndarray
+
+    def inputs(self, item_vectors: np.ndarray, scaler: FeatureScaler) -> np.ndarray:
+        """[Q, G, F + 2D] ranker inputs."""
+        q, g, f = self.dense.shape
+        users = np.repeat(self.user_vectors, g, axis=0)
+        flat = ranker_inputs(self.dense.reshape(q * g, f), users, self.candidates.reshape(-1),
+                             item_vectors, scaler)
+        return flat.reshape(q, g, -1)
+
+
+def build_queries(
+    sequences: UserSequences, attributes: np.ndarray, catalog: ItemCatalog,
+    item_vectors: np.ndarray, encode_users: UserEncoder, history_len: int, config: RankerConfig,
+) -> RankingQueries:
+    """For each user's last `positions_per_user` training events: retrieve with the history before
+    it, then pair the true item with hard negatives (retrieved) and random negatives."""
+    rng = np.random.default_rng(config.seed)
+    histories, attrs, positives, hours = [], [], [], []
+    for u, (seq, times) in enumerate(zip(sequences.sequences, sequences.timestamps)):
+        for t in range(max(1, len(seq) - config.positions_per_user), len(seq)):
+            histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
+            attrs.append(attributes[u])
+            positives.append(seq[t])
+            hours.append(int(times[t] // 3600 % 24))
+    history = np.stack(histories)
+    users = encode_users(history, np.stack(attrs))
+    negatives = _sample_negatives(users, history, np.asarray(positives), item_vectors, config, rng)
+    candidates = np.concatenate([np.asarray(positives)[:, None], negatives], axis=1)
+    group = candidates.shape[1]
+    dense = np.empty((len(candidates), group, len(DENSE_FEATURES)), dtype=np.float32)
+    for q in tqdm(range(len(candidates)), desc="ranking features", leave=False):
+        profile = user_profile(history[q], catalog)
+        context = context_features([Context(hour=hours[q])])
+        dense[q] = dense_features(users[q:q + 1], [profile], candidates[q], item_vectors, catalog, context)
+    return RankingQueries(dense, candidates, users)
+
+
+def _sample_negatives(users: np.ndarray, history: np.ndarray, positives: np.ndarray,
+                      item_vectors: np.ndarray, config: RankerConfig,
+                      rng: np.random.Generator) -> np.ndarray:
+    n_rows = len(item_vectors)
+    out = np.empty((len(users), config.hard_negatives + config.random_negatives), dtype=np.int64)
+    for start in range(0, len(users), 1024):
+        block = slice(start, start + 1024)
+        scores = users[block] @ item_vectors.T
+        scores[:, 0] = -np.inf
+        np.put_along_axis(scores, history[block], -np.inf, axis=1)
+        np.put_along_axis(scores, positives[block, None], -np.inf, axis=1)
+        top = np.argpartition(-scores, config.retrieval_candidates, axis=1)[:, :config.retrieval_candidates]
+        for i, row in enumerate(top):
+            q = start + i
+            hard = rng.choice(row, size=config.hard_negatives, replace=False)
+            rand = rng.integers(1, n_rows, size=config.random_negatives)
+            rand[rand == positives[q]] = hard[0]
+            out[q] = np.concatenate([hard, rand])
+    return out
+
+
+def train_ranker(
+    queries: RankingQueries, item_vectors: np.ndarray, config: RankerConfig,
+    on_epoch_end: EpochCallback | None = None,
+) -> tuple[DCNRanker, FeatureScaler]:
+    """Listwise softmax loss over each query's group (the positive is column 0)."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    q, g, f = queries.dense.shape
+    scaler = FeatureScaler.fit(queries.dense.reshape(q * g, f))
+    inputs = torch.from_numpy(queries.inputs(item_vectors, scaler))
+    model = DCNRanker(inputs.shape[-1], config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    steps = math.ceil(q / config.batch_size)
+    labels = torch.zeros(config.batch_size, dtype=torch.long)
+    for epoch in range(config.epochs):
+        model.train()
+        order = rng.permutation(q)
+        total = 0.0
+        bar = tqdm(range(steps), desc=f"ranker epoch {epoch + 1}/{config.epochs}", leave=False)
+        for step in bar:
+            idx = torch.from_numpy(order[step * config.batch_size:(step + 1) * config.batch_size])
+            batch = inputs[idx]
+            logits = model(batch.reshape(-1, batch.shape[-1])).reshape(len(idx), g)
+            loss = F.cross_entropy(logits, labels[:len(idx)])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, {"loss": total / steps})
+    model.eval()
+    return model, scaler
+
+
+@torch.no_grad()
+def score(model: DCNRanker, inputs: np.ndarray) -> np.ndarray:
+    """[N] float32 scores for ranker inputs [N, F + 2D]."""
+    return model(torch.from_numpy(np.ascontiguousarray(inputs))).numpy().astype(np.float32)

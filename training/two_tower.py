@@ -1,0 +1,191 @@
+"""Two-tower embedding model: an item tower over id + content, a user tower over recent history."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from recsys.features import PAD, ItemCatalog, encode_history
+from training.config import TwoTowerConfig
+from training.sequences import UserSequences
+
+_MASKED = -1e4  # large negative instead of -inf: keeps softmax finite when a row is all padding
+
+
+class ItemTower(nn.Module):
+    """(item id, genre multi-hot, hashed title tokens) → L2-normalised vector [B, D]."""
+
+    def __init__(self, n_rows: int, n_genres: int, config: TwoTowerConfig) -> None:
+        super().__init__()
+        d = config.dim
+        self.item = nn.Embedding(n_rows, d, padding_idx=PAD)
+        self.title = nn.Embedding(config.title_buckets, d, padding_idx=PAD)
+        self.genres = nn.Linear(n_genres, d, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(3 * d, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d))
+
+    def forward(self, item: torch.Tensor, genres: torch.Tensor, title_tokens: torch.Tensor) -> torch.Tensor:
+        mask = (title_tokens != PAD).unsqueeze(-1).float()
+        title = (self.title(title_tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        x = torch.cat([self.item(item), self.genres(genres), title], dim=-1)
+        return F.normalize(self.mlp(x), dim=-1)
+
+
+class UserTower(nn.Module):
+    """(padded history [B, H], attribute ids [B, A]) → L2-normalised vector [B, D].
+
+    History items are pooled with learned recency weights, so a new event moves the vector at once;
+    there is no user-id embedding, so unknown users are encoded from what they did.
+    """
+
+    def __init__(self, n_rows: int, item_genres: torch.Tensor, cardinalities: list[int],
+                 config: TwoTowerConfig) -> None:
+        super().__init__()
+        d = config.dim
+        self.history = nn.Embedding(n_rows, d, padding_idx=PAD)
+        self.register_buffer("item_genres", item_genres, persistent=True)
+        self.genre_proj = nn.Linear(item_genres.shape[1], d, bias=False)
+        self.position = nn.Parameter(torch.zeros(config.history_len))
+        self.attributes = nn.ModuleList(
+            nn.Embedding(c, config.attribute_dim, padding_idx=PAD) for c in cardinalities
+        )
+        width = 2 * d + config.attribute_dim * len(cardinalities)
+        self.mlp = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d))
+
+    def forward(self, history: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        mask = history != PAD
+        logits = self.position.unsqueeze(0).expand_as(history).masked_fill(~mask, _MASKED)
+        weights = (torch.softmax(logits, dim=-1) * mask.float()).unsqueeze(-1)
+        pooled = (self.history(history) * weights).sum(1)
+        genres = self.genre_proj((self.item_genres[history] * weights).sum(1))
+        parts = [pooled, genres] + [emb(attributes[:, j]) for j, emb in enumerate(self.attributes)]
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+
+
+@dataclass
+class TwoTowerModel:
+    user_tower: UserTower
+    item_tower: ItemTower
+    config: TwoTowerConfig
+
+
+def build_model(catalog: ItemCatalog, cardinalities: list[int], config: TwoTowerConfig) -> TwoTowerModel:
+    n_rows = catalog.size + 1
+    genres = torch.from_numpy(catalog.genres)
+    return TwoTowerModel(
+        UserTower(n_rows, genres, cardinalities or [1], config),
+        ItemTower(n_rows, catalog.genres.shape[1], config),
+        config,
+    )
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Next-item training examples: history [N, H], attribute ids [N, A], target row [N]."""
+
+    history: np.ndarray
+    attributes: np.ndarray
+    target: np.ndarray
+
+
+def next_item_examples(sequences: UserSequences, attributes: np.ndarray, history_len: int) -> Examples:
+    """One example per event after a user's first: predict it from the events before it."""
+    histories, attrs, targets = [], [], []
+    for u, seq in enumerate(sequences.sequences):
+        for t in range(1, len(seq)):
+            histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
+            attrs.append(attributes[u])
+            targets.append(seq[t])
+    if not targets:
+        raise ValueError("no training examples: every user has fewer than 2 training events")
+    return Examples(np.stack(histories), np.stack(attrs), np.asarray(targets, dtype=np.int64))
+
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def train_two_tower(
+    model: TwoTowerModel, catalog: ItemCatalog, examples: Examples,
+    on_epoch_end: EpochCallback | None = None,
+) -> list[dict[str, float]]:
+    """In-batch sampled softmax with logQ correction; returns per-epoch stats."""
+    config = model.config
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    params = list(model.user_tower.parameters()) + list(model.item_tower.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    counts = np.bincount(examples.target, minlength=catalog.size + 1).astype(np.float64)
+    log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
+    genres = torch.from_numpy(catalog.genres)
+    titles = torch.from_numpy(catalog.title_tokens)
+    n = len(examples.target)
+    steps = math.ceil(n / config.batch_size)
+    history = []
+    for epoch in range(config.epochs):
+        model.user_tower.train()
+        model.item_tower.train()
+        order = rng.permutation(n)
+        total = 0.0
+        bar = tqdm(range(steps), desc=f"two-tower epoch {epoch + 1}/{config.epochs}", leave=False)
+        for step in bar:
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            target = torch.from_numpy(examples.target[idx])
+            loss = _batch_loss(model, examples, idx, target, genres, titles, log_q, rng)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+        stats = {"loss": total / steps}
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, stats)
+        history.append(stats)
+    model.user_tower.eval()
+    model.item_tower.eval()
+    return history
+
+
+def _batch_loss(model: TwoTowerModel, examples: Examples, idx: np.ndarray, target: torch.Tensor,
+                genres: torch.Tensor, titles: torch.Tensor, log_q: torch.Tensor,
+                rng: np.random.Generator) -> torch.Tensor:
+    config = model.config
+    users = model.user_tower(torch.from_numpy(examples.history[idx]),
+                             torch.from_numpy(examples.attributes[idx]))
+    hidden = torch.from_numpy(rng.random(len(idx)) < config.item_id_dropout)
+    item_ids = target.masked_fill(hidden, PAD)
+    items = model.item_tower(item_ids, genres[target], titles[target])
+    logits = users @ items.T / config.temperature - log_q[target].unsqueeze(0)
+    duplicate = (target.unsqueeze(0) == target.unsqueeze(1)) & ~torch.eye(len(idx), dtype=torch.bool)
+    logits = logits.masked_fill(duplicate, _MASKED)
+    return F.cross_entropy(logits, torch.arange(len(idx)))
+
+
+@torch.no_grad()
+def encode_items(model: TwoTowerModel, catalog: ItemCatalog, batch_size: int = 8192) -> np.ndarray:
+    """[n+1, D] float32 item vectors; row 0 (padding) is all zeros."""
+    model.item_tower.eval()
+    rows = torch.arange(catalog.size + 1)
+    genres = torch.from_numpy(catalog.genres)
+    titles = torch.from_numpy(catalog.title_tokens)
+    out = torch.cat([model.item_tower(rows[s:s + batch_size], genres[s:s + batch_size],
+                                      titles[s:s + batch_size])
+                     for s in range(0, len(rows), batch_size)])
+    vectors = out.numpy().astype(np.float32)
+    vectors[PAD] = 0.0
+    return vectors
+
+
+@torch.no_grad()
+def encode_users(model: TwoTowerModel, history: np.ndarray, attributes: np.ndarray,
+                 batch_size: int = 4096) -> np.ndarray:
+    """[B, D] float32 user vectors from padded histories [B, H] and attribute ids [B, A]."""
+    model.user_tower.eval()
+    parts = [model.user_tower(torch.from_numpy(history[s:s + batch_size]),
+                              torch.from_numpy(attributes[s:s + batch_size]))
+             for s in range(0, len(history), batch_size)]
+    return torch.cat(parts).numpy().astype(np.float32)
