@@ -3,49 +3,55 @@
     python benchmarks/index_choice.py --sizes 10000 100000 1000000
     python benchmarks/index_choice.py --sizes 1000000 --nprobe 32 64 128   # sweep IVF nprobe
 
-Vectors are a Gaussian mixture on the unit sphere (64 dims, ~1000 items per cluster), L2
-normalised, with the zero padding row 0 the index must skip. Queries come from the same
-mixture (fresh draws, not catalogue rows). Latency is single-query search through
+Vectors are a Gaussian mixture on the unit sphere (64 dims, ~1000 items per cluster, see
+make_data), with the zero padding row 0 the index must skip; `--data uniform` is the worst
+case. Queries come from the same distribution (fresh draws, not catalogue rows). Latency is single-query search through
 ItemIndex.search, one call per query, timed with perf_counter.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Sequence
 
 import faiss
 import numpy as np
 
-from recsys.index import IndexSpec, ItemIndex, build_index, choose_index_spec, recall_at_k
+from recsys.index import (
+    FLAT_MAX_CELLS,
+    IndexSpec,
+    ItemIndex,
+    build_index,
+    choose_index_spec,
+    ivf_spec,
+    recall_at_k,
+)
 
 
-def clustered_vectors(n: int, dim: int, rng: np.random.Generator, *, n_clusters: int,
-                      spread: float, centers: np.ndarray | None = None) -> np.ndarray:
-    """n unit vectors drawn around `n_clusters` random centres; `spread` is the noise norm."""
-    if centers is None:
-        centers = rng.standard_normal((n_clusters, dim)).astype(np.float32)
-        centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    weights = rng.zipf(1.5, len(centers)).astype(np.float64)  # uneven cluster sizes, like genres
-    weights /= weights.sum()
-    labels = rng.choice(len(centers), n, p=weights)
-    noise = rng.standard_normal((n, dim)).astype(np.float32) * (spread / np.sqrt(dim))
-    out = centers[labels] + noise
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out.astype(np.float32)
-
-
-def make_data(n: int, dim: int, n_queries: int, spread: float,
+def make_data(n: int, dim: int, n_queries: int, spread: float, data: str = "gmm",
               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """([n+1, dim] item vectors with zero row 0, [n_queries, dim] queries), all unit norm.
+
+    gmm: a Gaussian mixture, n/1000 centres on the unit sphere, log-normal cluster sizes
+    (a few large "genres", many small ones), isotropic noise of norm `spread` around each
+    centre. uniform: directions uniform on the sphere, the worst case for any partitioning
+    index (no structure at all; trained embeddings are far from it).
+    """
     rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((max(16, n // 1000), dim)).astype(np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    items = clustered_vectors(n, dim, rng, n_clusters=len(centers), spread=spread, centers=centers)
-    queries = clustered_vectors(n_queries, dim, rng, n_clusters=len(centers), spread=spread,
-                                centers=centers)
-    vectors = np.vstack([np.zeros((1, dim), np.float32), items])
-    return vectors, queries
+    total = n + n_queries
+    if data == "uniform":
+        points = rng.standard_normal((total, dim), dtype=np.float32)
+    else:
+        centers = rng.standard_normal((max(16, n // 1000), dim), dtype=np.float32)
+        centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+        weights = rng.lognormal(0.0, 1.0, len(centers))
+        labels = rng.choice(len(centers), total, p=weights / weights.sum())
+        noise = rng.standard_normal((total, dim), dtype=np.float32)
+        points = centers[labels] + noise * np.float32(spread / np.sqrt(dim))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    rows = rng.permutation(total)
+    vectors = np.vstack([np.zeros((1, dim), np.float32), points[rows[:n]]])
+    return vectors, points[rows[n:]]
 
 
 def latency_ms(index: ItemIndex, queries: np.ndarray, k: int) -> tuple[float, float]:
@@ -59,7 +65,7 @@ def latency_ms(index: ItemIndex, queries: np.ndarray, k: int) -> tuple[float, fl
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def measure(name: str, vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec,
+def measure(name: str, data: str, vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec,
             threads: Sequence[int], nprobes: Sequence[int]) -> None:
     faiss.omp_set_num_threads(2)  # build on every core
     start = time.perf_counter()
@@ -79,7 +85,7 @@ def measure(name: str, vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec
             recall = recall_at_k(index, vectors, queries, 100)
             p50_100, p99_100 = latency_ms(index, queries, 100)
             p50_1k, p99_1k = latency_ms(index, queries, 1000)
-            print(f"| {len(vectors) - 1:>9,} | {label:<34} | {t} | {build_s:7.1f} | "
+            print(f"| {len(vectors) - 1:>9,} {data:>7} | {label:<34} | {t} | {build_s:7.1f} | "
                   f"{p50_100:6.2f} / {p99_100:6.2f} | {p50_1k:6.2f} / {p99_1k:6.2f} | "
                   f"{recall:.3f} |", flush=True)
 
@@ -91,6 +97,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--spread", type=float, default=0.8,
                         help="noise norm around a cluster centre (0.8: clusters overlap)")
+    parser.add_argument("--data", choices=["gmm", "uniform"], default="gmm")
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw"])
     parser.add_argument("--nprobe", type=int, nargs="*", default=[],
                         help="IVF nprobe values to sweep (default: the chosen spec's)")
@@ -99,30 +106,32 @@ def main() -> None:
     parser.add_argument("--hnsw-max", type=int, default=100_000,
                         help="skip HNSW above this many items (1M takes minutes to build)")
     parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--ef-search", type=int, default=1024)
+    parser.add_argument("--ef-search", type=int, default=256,
+                        help="HNSW efSearch (faiss searches with max(efSearch, k))")
     args = parser.parse_args()
 
-    print("| items | index | threads | build s | top-100 p50 / p99 ms | "
+    print("| items data | index | threads | build s | top-100 p50 / p99 ms | "
           "top-1000 p50 / p99 ms | recall@100 |")
     print("|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        vectors, queries = make_data(n, args.dim, args.queries, args.spread)
+        vectors, queries = make_data(n, args.dim, args.queries, args.spread, args.data)
         chosen = choose_index_spec(n, args.dim)
-        nlist = args.nlist or (chosen.nlist if chosen.kind == "ivf"
-                               else choose_index_spec(10**6, args.dim).nlist)
-        nlist = min(nlist, n // 39)
+        # Below the flat threshold, show the IVF that larger catalogues would get, scaled down.
+        ivf = chosen if chosen.kind == "ivf" else choose_index_spec(FLAT_MAX_CELLS // args.dim + 1,
+                                                                    args.dim)
+        nlist = min(args.nlist or ivf.nlist, n // 39)
         specs = {
             "flat": IndexSpec(kind="flat"),
-            "ivf": chosen if chosen.kind == "ivf" and not args.nlist else
-            IndexSpec(kind="ivf", nlist=nlist, nprobe=max(1, nlist // 64)),
+            "ivf": ivf_spec(n, nlist),
             "hnsw": IndexSpec(kind="hnsw", hnsw_m=args.hnsw_m, ef_search=args.ef_search),
         }
         for kind in args.kinds:
             if kind == "hnsw" and n > args.hnsw_max:
-                print(f"| {n:>9,} | hnsw skipped (--hnsw-max {args.hnsw_max:,}) | | | | | |")
+                print(f"| {n:>9,} {args.data:>7} | hnsw skipped (--hnsw-max {args.hnsw_max:,}) "
+                      "| | | | | |")
                 continue
-            tag = f"{kind} (chosen)" if dataclasses.replace(chosen) == specs[kind] else kind
-            measure(tag, vectors, queries, specs[kind], args.threads, args.nprobe)
+            tag = f"{kind} (chosen)" if specs[kind] == chosen else kind
+            measure(tag, args.data, vectors, queries, specs[kind], args.threads, args.nprobe)
 
 
 if __name__ == "__main__":

@@ -241,3 +241,18 @@ def ranker_inputs(
     product = np.broadcast_to(user_vectors, cand_vecs.shape) * cand_vecs
     scaled = (dense - scaler.mean) / scaler.std
     return np.concatenate([scaled, product, cand_vecs], axis=1).astype(np.float32, copy=False)
+
+
+def user_ranker_inputs(
+    user_vector: FloatArray, history: IntArray, candidates: IntArray, item_vectors: FloatArray,
+    catalog: ItemCatalog, context: Context, scaler: FeatureScaler,
+) -> FloatArray:
+    """Ranker inputs [C, F + 2D] for one user (vector [D], padded history [H]) and C candidates.
+
+    The serving path and the offline evaluation both call this, training builds the same rows
+    through dense_features + ranker_inputs.
+    """
+    user = user_vector.reshape(1, -1)
+    dense = dense_features(user, [user_profile(history, catalog)], candidates, item_vectors,
+                           catalog, context_features([context]))
+    return ranker_inputs(dense, user, candidates, item_vectors, scaler)

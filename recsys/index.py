@@ -5,7 +5,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -28,8 +28,11 @@ FLAT_MAX_CELLS = 50_000 * 64
 TRAIN_POINTS_PER_LIST = 40
 TRAIN_ITERATIONS = 10
 TRAIN_SEED = 1234
-# Share of the IVF lists scanned per query; see the table in choose_index_spec.
+# IVF probes at least this share of the lists and at least this many items per query (so
+# top-500 never runs short and small lists still cover a query's neighbourhood); see the
+# table in choose_index_spec.
 NPROBE_FRACTION = 1 / 64
+MIN_SCANNED_ITEMS = 8192
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,13 @@ def choose_index_spec(n_items: int, dim: int) -> IndexSpec:
     # ~4 * sqrt(n) lists, a power of two: 1024 lists at 100K items, 4096 at 1M.
     nlist = 2 ** round(math.log2(4 * math.sqrt(n_items)))
     nlist = max(64, min(nlist, n_items // 32))
-    nprobe = max(1, min(nlist, round(nlist * NPROBE_FRACTION)))
+    return ivf_spec(n_items, nlist)
+
+
+def ivf_spec(n_items: int, nlist: int) -> IndexSpec:
+    """IVF-flat with `nlist` lists and the nprobe rule of choose_index_spec."""
+    nprobe = max(round(nlist * NPROBE_FRACTION), math.ceil(MIN_SCANNED_ITEMS * nlist / n_items))
+    nprobe = max(1, min(nlist, nprobe))
     return IndexSpec(kind="ivf", nlist=nlist, nprobe=nprobe)
 
 
@@ -91,6 +100,7 @@ def build_index(vectors: FloatArray, spec: IndexSpec | None = None,
     items = np.ascontiguousarray(vectors[1:])
     ids = np.arange(1, vectors.shape[0], dtype=np.int64)
     index: faiss.Index
+    inner: faiss.Index
     if spec.kind == "ivf":
         if spec.nlist > items.shape[0]:
             raise ValueError(f"spec.nlist={spec.nlist} exceeds the {items.shape[0]} items to index")
@@ -140,7 +150,8 @@ def is_on_gpu(index: faiss.Index) -> bool:
 def to_gpu(index: faiss.Index, device: int = 0) -> faiss.Index:
     resources = faiss.StandardGpuResources()
     gpu_index = faiss.index_cpu_to_gpu(resources, device, index)
-    gpu_index.referenced_objects = [resources]  # keep the resources alive as long as the index
+    # index_cpu_to_gpu does not keep its resources alive; tie them to the index's lifetime.
+    gpu_index.referenced_objects = [resources]  # type: ignore[attr-defined]
     return gpu_index
 
 
@@ -236,21 +247,26 @@ class ItemIndex:
         return self._cpu_copy
 
     @property
+    def nlist(self) -> int:
+        self._require("ivf", "nlist")
+        return int(self._native.nlist)
+
+    @property
     def nprobe(self) -> int:
         self._require("ivf", "nprobe")
-        return int(self.index.nprobe)
+        return int(self._native.nprobe)
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
         self._require("ivf", "nprobe")
-        if not 1 <= value <= self.index.nlist:
-            raise ValueError(f"nprobe must be in [1, {self.index.nlist}], got {value}")
+        if not 1 <= value <= self.nlist:
+            raise ValueError(f"nprobe must be in [1, {self.nlist}], got {value}")
         self._set_parameter("nprobe", value)
 
     @property
     def ef_search(self) -> int:
         self._require("hnsw", "ef_search")
-        return int(faiss.downcast_index(self.index.index).hnsw.efSearch)
+        return int(self._native.hnsw.efSearch)
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
@@ -258,6 +274,13 @@ class ItemIndex:
         if value < 1:
             raise ValueError(f"ef_search must be >= 1, got {value}")
         self._set_parameter("efSearch", value)
+
+    @property
+    def _native(self) -> Any:
+        """The IVF / HNSW index itself (under the IndexIDMap for HNSW), for its parameters."""
+        if isinstance(self.index, faiss.IndexIDMap):
+            return faiss.downcast_index(self.index.index)
+        return self.index
 
     def _require(self, kind: str, parameter: str) -> None:
         if self.kind != kind:
@@ -287,9 +310,9 @@ def tune_nprobe(index: ItemIndex, queries: FloatArray, *, k: int = 100,
     truth = _exact_top_k(index.vectors, queries, k)
     nprobe = 1
     while True:
-        index.nprobe = min(nprobe, index.index.nlist)
+        index.nprobe = min(nprobe, index.nlist)
         recall = _recall(index, truth, queries)
-        if recall >= target_recall or index.nprobe == index.index.nlist:
+        if recall >= target_recall or index.nprobe == index.nlist:
             return index.nprobe, recall
         nprobe *= 2
 

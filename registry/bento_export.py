@@ -58,26 +58,29 @@ def _existing(tag: str) -> bentoml.Model | None:
         return None
 
 
-def _store_bundle(kind: str, name: str, version: str, bundle: Path, alias: str) -> str:
-    """Create (or reuse) the BentoML model for one bundle; returns its tag."""
-    manifest = artifacts.read_manifest(bundle, expected_kind=kind, verify=True)
-    fingerprint = manifest.fingerprint()
-    tag = bento_tag(name, version)
+def _reusable(kind: str, tag: str, manifest: Manifest) -> bool:
+    """True when `tag` is already stored with this content (checksums re-verified); False when
+    absent; ArtifactError when it holds other content or its files were altered."""
     existing = _existing(tag)
-    if existing is not None:
-        stored = existing.info.metadata.get("fingerprint")
-        if stored != fingerprint:
-            raise ArtifactError(
-                f"BentoML model {tag} already exists with fingerprint {stored}, but {name} "
-                f"version {version} is {fingerprint}; delete it (bentoml models delete {tag}) "
-                f"if the store is stale")
-        artifacts.read_manifest(Path(existing.path), expected_kind=kind, verify=True)
-        return tag
+    if existing is None:
+        return False
+    stored = str(existing.info.metadata.get("fingerprint"))
+    if stored != manifest.fingerprint():
+        raise ArtifactError(
+            f"BentoML model {tag} already exists with fingerprint {stored}, but the registry "
+            f"version is {manifest.fingerprint()}; delete it (bentoml models delete {tag}) "
+            f"if the store is stale")
+    artifacts.read_manifest(Path(existing.path), expected_kind=kind, verify=True)
+    return True
+
+
+def _create(kind: str, name: str, version: str, bundle: Path, alias: str) -> str:
+    manifest = artifacts.read_manifest(bundle, expected_kind=kind, verify=False)
     labels = {"mlflow_model": name, "mlflow_version": version, "alias": alias}
-    with bentoml.models.create(tag, labels=labels,
+    with bentoml.models.create(bento_tag(name, version), labels=labels,
                                metadata=_metadata(kind, manifest)) as model:
         shutil.copytree(bundle, model.path, dirs_exist_ok=True)
-        # Verify the copy itself; an error here leaves nothing in the store.
+        # Verify the copy itself; an error inside the block leaves nothing in the store.
         artifacts.read_manifest(Path(model.path), expected_kind=kind, verify=True)
     return str(model.tag)
 
@@ -90,8 +93,8 @@ def export_to_bentoml(registry: Registry, alias: str = CHAMPION, *,
                       home: Path | None = None) -> dict[str, str]:
     """Export the three models `alias` points to; returns kind -> BentoML tag.
 
-    Tags are `<registered name>:v<version>`. All three bundles are downloaded and verified
-    before anything is written. Re-exporting the same versions reuses the stored models
+    Tags are `<registered name>:v<version>`. All three bundles are downloaded and verified, and
+    the store checked for clashing tags, before anything is written. Re-exporting the same versions reuses the stored models
     (after re-verifying their checksums); a stored tag with other content is an ArtifactError.
     `home` selects a BentoML home for this call; by default BentoML's own (BENTOML_HOME or
     ~/bentoml). Labels record the MLflow model, version and the alias of the first export.
@@ -99,8 +102,15 @@ def export_to_bentoml(registry: Registry, alias: str = CHAMPION, *,
     model_set: ModelSet = registry.resolve(alias)
     registry.check_compatible(model_set)
     with tempfile.TemporaryDirectory(prefix="recsys-export-") as tmp:
+        # Download and verify all three, and check the store for clashes, before writing any.
         bundles = {kind: registry.download(name, version, Path(tmp) / kind)
                    for kind, name, version in model_set.items()}
         with bentoml_home(home) if home is not None else nullcontext():
-            return {kind: _store_bundle(kind, name, version, bundles[kind], alias)
-                    for kind, name, version in model_set.items()}
+            tags = {kind: bento_tag(name, version) for kind, name, version in model_set.items()}
+            reuse = {kind: _reusable(kind, tags[kind],
+                                    artifacts.read_manifest(bundles[kind], verify=False))
+                     for kind in tags}
+            for kind, name, version in model_set.items():
+                if not reuse[kind]:
+                    tags[kind] = _create(kind, name, version, bundles[kind], alias)
+    return tags

@@ -45,13 +45,12 @@ def _list(registry: Registry, args: argparse.Namespace) -> None:
 
 
 def _set_table(registry: Registry, model_set: ModelSet, *, before: ModelSet | None = None) -> str:
+    was = [version for _, _, version in before.items()] if before else []
     rows = []
-    for (kind, name, version), old in zip(model_set.items(),
-                                          before.items() if before else [None] * 3):
+    for i, (kind, name, version) in enumerate(model_set.items()):
         tags = registry.version_metadata(name, version)
-        row = [kind, name, version, tags.get(TAG_EMBEDDING_VERSION, "-"),
-               tags.get(TAG_FINGERPRINT, "-")]
-        rows.append(row + ([old[2]] if before else []))
+        rows.append([kind, name, version, tags.get(TAG_EMBEDDING_VERSION, "-"),
+                     tags.get(TAG_FINGERPRINT, "-"), *was[i:i + 1]])
     headers = ["KIND", "MODEL", "VERSION", "EMBEDDING", "FINGERPRINT"]
     return format_table(headers + (["WAS"] if before else []), rows)
 

@@ -80,9 +80,10 @@ def default_tracking_uri(store_dir: Path) -> str:
 
 def _local_store_dir(tracking_uri: str) -> Path | None:
     """Directory of a local sqlite/file store (where artifacts go by default), else None."""
+    if tracking_uri.startswith("sqlite:///"):  # sqlite:///rel.db or sqlite:////abs/path.db
+        database = unquote(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+        return None if database in ("", ":memory:") else Path(database).absolute().parent
     parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
-        return Path(unquote(parsed.path)).parent
     if parsed.scheme in ("", "file"):
         return Path(unquote(parsed.path))
     return None

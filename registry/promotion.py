@@ -83,7 +83,8 @@ class Registry:
         if missing:
             raise RegistryError(f"alias {alias!r} is not set on registered model(s) "
                                 f"{', '.join(missing)}")
-        return ModelSet(*(str(v) for v in versions.values()), names=self.names)
+        embedding, ranker, fallback = (str(v) for v in versions.values())
+        return ModelSet(embedding, ranker, fallback, names=self.names)
 
     def champion_exists(self) -> bool:
         """True when all three models have a champion."""

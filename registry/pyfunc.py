@@ -5,10 +5,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-import mlflow.pyfunc
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from recsys import artifacts
 from recsys.errors import ArtifactError
@@ -30,7 +30,7 @@ def _column(frame: pd.DataFrame, name: str, dtype: type) -> np.ndarray:
     return values.astype(dtype)
 
 
-class _BundleModel(mlflow.pyfunc.PythonModel):
+class _BundleModel(PythonModel):
     """Loads one bundle (manifest verified) and runs its ONNX graph."""
 
     kind: ClassVar[str]
@@ -40,7 +40,7 @@ class _BundleModel(mlflow.pyfunc.PythonModel):
     # and `model_input` stays unannotated (an unsupported hint fails at log time).
     _skip_type_hint_validation: ClassVar[bool] = True
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         self.load_bundle(Path(context.artifacts[BUNDLE_ARTIFACT]))
 
     def load_bundle(self, directory: Path) -> _BundleModel:

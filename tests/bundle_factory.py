@@ -139,7 +139,7 @@ def ranker_graph(weights: np.ndarray, bias: float, output: str = "score",
              helper.make_node("Add", ["linear", "bias"], ["raw_score" if squeeze else output])]
     if squeeze:
         nodes.append(helper.make_node("Squeeze", ["raw_score", "axis1"], [output]))
-    out_shape = ["n"] if squeeze else ["n", 1]
+    out_shape: list[str | int] = ["n"] if squeeze else ["n", 1]
     return helper.make_graph(
         nodes, "ranker",
         inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT,

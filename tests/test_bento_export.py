@@ -108,7 +108,7 @@ def test_corrupted_registry_artifact_is_detected(store: Store, tmp_path: Path) -
 
 
 def test_corrupted_store_copy_is_detected_on_reexport(store: Store, tmp_path: Path) -> None:
-    registry, model_set = _champion(store, "store-copy-")
+    registry, _ = _champion(store, "store-copy-")
     tags = export_to_bentoml(registry, home=tmp_path)
     with bentoml_home(tmp_path):
         stored = Path(bentoml.models.get(tags["embedding"]).path) / artifacts.ITEM_VECTORS
@@ -120,10 +120,13 @@ def test_corrupted_store_copy_is_detected_on_reexport(store: Store, tmp_path: Pa
 
 def test_existing_tag_with_other_content_is_refused(store: Store, tmp_path: Path) -> None:
     registry, model_set = _champion(store, "clash-")
-    with bentoml_home(tmp_path):
-        with bentoml.models.create(f"{model_set.names.ranker}:v{model_set.ranker}",
-                                   metadata={"fingerprint": "0123456789abcdef"}):
-            pass
+    with bentoml_home(tmp_path), bentoml.models.create(
+            f"{model_set.names.ranker}:v{model_set.ranker}",
+            metadata={"fingerprint": "0123456789abcdef"}):
+        pass
 
     with pytest.raises(ArtifactError, match="already exists with fingerprint 0123456789abcdef"):
         export_to_bentoml(registry, home=tmp_path)
+    with bentoml_home(tmp_path):
+        assert [str(m.tag) for m in bentoml.models.list()] == [
+            f"{model_set.names.ranker}:v{model_set.ranker}"]  # the clash stopped every write

@@ -24,6 +24,7 @@ from registry import (
     log_bundle,
     register_model_set,
 )
+from registry.mlflow_registry import _local_store_dir
 from tests.bundle_factory import input_example, log_model_set, tracking_store
 
 
@@ -203,3 +204,13 @@ def test_log_bundle_checks_kind_and_active_run(store: Store) -> None:
         log_bundle(bundle, "ranker", input_example(bundle))
     with mlflow.start_run(), pytest.raises(ArtifactError, match="expected 'embedding'"):
         log_bundle(bundle, "embedding", input_example(bundle))
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("sqlite:////srv/ml/mlruns.db", Path("/srv/ml")),
+    ("sqlite:///mlruns.db", Path.cwd()),
+    ("file:///srv/ml/mlruns", Path("/srv/ml/mlruns")),
+    ("http://tracking:5000", None),
+])
+def test_artifacts_default_next_to_a_local_store(uri: str, expected: Path | None) -> None:
+    assert _local_store_dir(uri) == expected

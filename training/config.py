@@ -19,14 +19,16 @@ class TwoTowerConfig:
     weight_decay: float = 1e-5
     temperature: float = 0.05
     item_id_dropout: float = 0.1  # share of item ids hidden in training so content features learn too
+    # Each user's last N training events are kept out of two-tower training and become the
+    # ranker's training queries, so the ranker sees honest (not memorised) similarities.
+    ranker_holdout_events: int = 5
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class RankerConfig:
-    positions_per_user: int = 8  # last N training events per user become ranking queries
-    retrieval_candidates: int = 100  # hard negatives are drawn from this many retrieved items
-    hard_negatives: int = 15
+    retrieval_candidates: int = 200  # hard negatives are drawn from this many retrieved items
+    hard_negatives: int = 23
     random_negatives: int = 8
     cross_layers: int = 2
     hidden: int = 128
@@ -39,11 +41,9 @@ class RankerConfig:
 
 @dataclass(frozen=True)
 class FallbackConfig:
-    n_estimators: int = 60
-    max_depth: int = 4
-    learning_rate: float = 0.1
-    subsample: float = 0.5
-    max_rows: int = 60_000  # subsample of ranking pairs the fallback trains on
+    inverse_regularization: float = 1.0
+    max_iter: int = 300
+    max_rows: int = 200_000  # subsample of ranking pairs the fallback trains on
     seed: int = 0
 
 

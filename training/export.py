@@ -10,7 +10,7 @@ import onnxruntime as ort
 import torch
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
-from sklearn.pipeline import Pipeline
+from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from training.ranker import DCNRanker
@@ -54,11 +54,10 @@ def export_ranker(model: DCNRanker, n_features: int, path: Path) -> Path:
     return _export(model, (torch.zeros((2, n_features)),), path, ["features"], "score")
 
 
-def export_fallback(model: Pipeline, n_features: int, path: Path) -> Path:
+def export_fallback(model: LogisticRegression, n_features: int, path: Path) -> Path:
     """ONNX with input `features` [N, F] and outputs `label` [N], `probabilities` [N, 2]."""
-    trees = model.steps[-1][1]
     onx = to_onnx(model, initial_types=[("features", FloatTensorType([None, n_features]))],
-                  options={id(trees): {"zipmap": False}}, target_opset=17)
+                  options={id(model): {"zipmap": False}}, target_opset=17)
     path.write_bytes(onx.SerializeToString())
     return path
 

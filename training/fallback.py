@@ -1,22 +1,19 @@
-"""Fallback ranker: scikit-learn gradient-boosted trees over the shared dense ranking features.
+"""Fallback ranker: a scikit-learn logistic regression over the same ranker input matrix.
 
-It takes the same ranker input matrix as the main ranker and keeps only the dense block (the
-two-tower similarity, popularity, category affinity, context...), so it stays cheap and robust.
-HistGradientBoosting would train faster, but skl2onnx 1.20 cannot convert it with onnx 1.23
-(boolean attribute lists in TreeEnsembleClassifier), so the classic GradientBoostingClassifier it is.
+Chosen by measurement on MovieLens 100K validation HR@10 (same candidates, same features):
+logistic regression on all features 0.197, on the dense block only 0.184, gradient-boosted trees
+on the dense block 0.150 (the DCN ranker: 0.204). It is one matrix product in ONNX, so it stays
+cheap when the main ranker is the thing failing.
 """
 from __future__ import annotations
 
 import numpy as np
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.pipeline import Pipeline
+from sklearn.linear_model import LogisticRegression
 
-from recsys.features import DENSE_FEATURES
 from training.config import FallbackConfig
 
 
-def train_fallback(inputs: np.ndarray, config: FallbackConfig) -> Pipeline:
+def train_fallback(inputs: np.ndarray, config: FallbackConfig) -> LogisticRegression:
     """Pointwise classifier on inputs [Q, G, F] with the positive in column 0 of each group."""
     rng = np.random.default_rng(config.seed)
     q, g, f = inputs.shape
@@ -27,15 +24,10 @@ def train_fallback(inputs: np.ndarray, config: FallbackConfig) -> Pipeline:
     if len(x) > config.max_rows:
         keep = rng.choice(len(x), size=config.max_rows, replace=False)
         x, y = x[keep], y[keep]
-    dense = ColumnTransformer([("dense", "passthrough", list(range(len(DENSE_FEATURES))))],
-                              remainder="drop")
-    trees = GradientBoostingClassifier(
-        n_estimators=config.n_estimators, max_depth=config.max_depth,
-        learning_rate=config.learning_rate, subsample=config.subsample, random_state=config.seed,
-    )
-    return Pipeline([("select", dense), ("trees", trees)]).fit(x, y)
+    model = LogisticRegression(C=config.inverse_regularization, max_iter=config.max_iter)
+    return model.fit(x, y)
 
 
-def fallback_scores(model: Pipeline, inputs: np.ndarray) -> np.ndarray:
+def fallback_scores(model: LogisticRegression, inputs: np.ndarray) -> np.ndarray:
     """[N] probability that each row is the user's next item, for inputs [N, F]."""
     return model.predict_proba(inputs)[:, 1].astype(np.float32)

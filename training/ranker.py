@@ -76,14 +76,15 @@ class RankingQueries:
 
 def build_queries(
     sequences: UserSequences, attributes: np.ndarray, catalog: ItemCatalog,
-    item_vectors: np.ndarray, encode_users: UserEncoder, history_len: int, config: RankerConfig,
+    item_vectors: np.ndarray, encode_users: UserEncoder, history_len: int, holdout: int,
+    config: RankerConfig,
 ) -> RankingQueries:
-    """For each user's last `positions_per_user` training events: retrieve with the history before
-    it, then pair the true item with hard negatives (retrieved) and random negatives."""
+    """For each user's last `holdout` training events (those the two-tower model did not train on):
+    pair the true item with hard negatives retrieved from the history before it, and random ones."""
     rng = np.random.default_rng(config.seed)
     histories, attrs, positives, hours = [], [], [], []
     for u, (seq, times) in enumerate(zip(sequences.sequences, sequences.timestamps)):
-        for t in range(max(1, len(seq) - config.positions_per_user), len(seq)):
+        for t in range(max(1, len(seq) - holdout), len(seq)):
             histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
             attrs.append(attributes[u])
             positives.append(seq[t])

@@ -93,11 +93,13 @@ class Examples:
     target: np.ndarray
 
 
-def next_item_examples(sequences: UserSequences, attributes: np.ndarray, history_len: int) -> Examples:
-    """One example per event after a user's first: predict it from the events before it."""
+def next_item_examples(sequences: UserSequences, attributes: np.ndarray, history_len: int,
+                       holdout: int = 0) -> Examples:
+    """One example per event after a user's first, predicted from the events before it; each
+    user's last `holdout` events are left out (they train the ranker)."""
     histories, attrs, targets = [], [], []
     for u, seq in enumerate(sequences.sequences):
-        for t in range(1, len(seq)):
+        for t in range(1, len(seq) - holdout):
             histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
             attrs.append(attributes[u])
             targets.append(seq[t])

@@ -1,0 +1,113 @@
+"""Loads model bundles from disk into ready-to-run objects (ONNX Runtime sessions, FAISS index)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from recsys import artifacts
+from recsys.errors import ArtifactError, IncompatibleModelsError, RankingError
+from recsys.features import FeatureScaler, ItemCatalog, UserAttributeEncoder, user_tower_feeds
+from recsys.index import ItemIndex, load_index
+from recsys.onnx_runtime import create_session
+
+
+@dataclass(frozen=True)
+class EmbeddingBundle:
+    """The two-tower model as served: user tower session, item vectors, ANN index, catalogue."""
+
+    path: Path
+    manifest: artifacts.Manifest
+    config: dict[str, Any]
+    catalog: ItemCatalog
+    attributes: UserAttributeEncoder
+    user_tower: ort.InferenceSession
+    item_vectors: npt.NDArray[np.float32]  # [n+1, D], row 0 zeros
+    index: ItemIndex
+
+    @property
+    def history_len(self) -> int:
+        return int(self.config["history_len"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint()
+
+    def encode_users(self, history: npt.NDArray[np.int64],
+                     attributes: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """[B, D] user vectors from padded histories [B, H] and attribute ids [B, A]."""
+        out = self.user_tower.run(["user_vector"], user_tower_feeds(history, attributes))[0]
+        return np.asarray(out, dtype=np.float32)
+
+    @classmethod
+    def load(cls, path: Path, *, threads: int = 1, prefer_gpu: bool | None = None,
+             verify: bool = True) -> EmbeddingBundle:
+        manifest = artifacts.read_manifest(path, "embedding", verify=verify)
+        vectors = np.load(path / artifacts.ITEM_VECTORS, allow_pickle=False)
+        index = ItemIndex(load_index(path / artifacts.ITEM_INDEX, use_gpu=prefer_gpu), vectors,
+                          threads=threads)
+        return cls(
+            path=path,
+            manifest=manifest,
+            config=artifacts.load_json(path / artifacts.CONFIG),
+            catalog=artifacts.load_catalog(path),
+            attributes=artifacts.load_user_attributes(path),
+            user_tower=create_session(path / artifacts.USER_TOWER, intra_op_threads=threads,
+                                      prefer_gpu=prefer_gpu),
+            item_vectors=vectors,
+            index=index,
+        )
+
+
+@dataclass(frozen=True)
+class RankerBundle:
+    """A ranker (main or fallback) as served: features [N, F] → scores [N], higher first."""
+
+    path: Path
+    manifest: artifacts.Manifest
+    config: dict[str, Any]
+    scaler: FeatureScaler
+    session: ort.InferenceSession
+    output: str
+    column: int | None  # for classifiers: the probability column of the positive class
+
+    @property
+    def embedding_fingerprint(self) -> str:
+        return str(self.manifest.metadata.get("embedding_fingerprint", ""))
+
+    def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = self.session.run([self.output], {"features": features})[0]
+        scores = out[:, self.column] if self.column is not None else out
+        if scores.shape != (len(features),):
+            raise RankingError(f"{self.path.name}: ranker returned shape {scores.shape} "
+                               f"for {len(features)} candidates")
+        return np.asarray(scores, dtype=np.float32)
+
+    @classmethod
+    def load(cls, path: Path, kind: str = "ranker", *, threads: int = 1,
+             prefer_gpu: bool | None = None, verify: bool = True) -> RankerBundle:
+        manifest = artifacts.read_manifest(path, kind, verify=verify)
+        session = create_session(path / artifacts.RANKER, intra_op_threads=threads,
+                                 prefer_gpu=prefer_gpu)
+        outputs = [o.name for o in session.get_outputs()]
+        if "score" in outputs:
+            output, column = "score", None
+        elif "probabilities" in outputs:
+            output, column = "probabilities", 1
+        else:
+            raise ArtifactError(f"{path}: ranker outputs {outputs}, expected 'score' or "
+                                "'probabilities'")
+        return cls(path, manifest, artifacts.load_json(path / artifacts.CONFIG),
+                   artifacts.load_scaler(path), session, output, column)
+
+
+def check_compatible(embedding: EmbeddingBundle, ranker: RankerBundle) -> None:
+    """Raise IncompatibleModelsError unless the ranker was trained on this embedding model."""
+    if ranker.embedding_fingerprint != embedding.fingerprint:
+        raise IncompatibleModelsError(
+            f"{ranker.path} was trained against embedding {ranker.embedding_fingerprint!r}, "
+            f"but the embedding model loaded is {embedding.fingerprint!r}")

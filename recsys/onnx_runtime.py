@@ -1,0 +1,117 @@
+"""ONNX Runtime sessions: provider choice, session options, and a thin `run` that checks its feeds."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from recsys.errors import ArtifactError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+# What ORT raises when a file is not a loadable model (garbage, empty, unknown op, bad graph).
+_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph,
+                ort_errors.InvalidArgument, ort_errors.NoSuchFile, ort_errors.NotImplemented,
+                ort_errors.RuntimeException)
+
+_NUMPY_DTYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+def providers(prefer_gpu: bool | None = None) -> list[str]:
+    """CUDA first when this onnxruntime build has it and prefer_gpu is not False, then CPU.
+
+    A CUDA provider that fails to start at session creation falls back to CPU inside ORT;
+    `active_provider` tells which one a session got.
+    """
+    if prefer_gpu is not False and CUDA in ort.get_available_providers():
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def create_session(path: str | os.PathLike[str], *, intra_op_threads: int = 1,
+                   prefer_gpu: bool | None = None) -> ort.InferenceSession:
+    """Load an ONNX model; ArtifactError naming `path` when it is missing or not a valid model.
+
+    intra_op_threads: threads one run may use (0: ORT's default, one per core). Serving keeps
+    1: small batches do not gain from more, and the caller's own threads use the other cores.
+    Inter-op parallelism is off (sequential execution): these graphs are chains.
+    """
+    if isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) \
+            or intra_op_threads < 0:
+        raise ValueError(f"intra_op_threads must be an int >= 0, got {intra_op_threads!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"ONNX model file {path} does not exist")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=options,
+                                    providers=providers(prefer_gpu))
+    except _LOAD_ERRORS as exc:
+        raise ArtifactError(f"ONNX model file {path} is not a valid model: {exc}") from exc
+
+
+def active_provider(session: ort.InferenceSession) -> str:
+    """The execution provider that runs the session's nodes first (CUDA... or CPU...)."""
+    return str(session.get_providers()[0])
+
+
+class OnnxModel:
+    """An ORT session whose `run` checks feed names and dtypes, then returns the first output."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        inputs = session.get_inputs()
+        self.input_names: tuple[str, ...] = tuple(i.name for i in inputs)
+        self.output_names: tuple[str, ...] = tuple(o.name for o in session.get_outputs())
+        self._names = frozenset(self.input_names)
+        # Inputs of types without a numpy equivalent (strings, sequences) are not dtype-checked.
+        self._dtypes = {i.name: _NUMPY_DTYPES[i.type] for i in inputs if i.type in _NUMPY_DTYPES}
+        self._first_output = [self.output_names[0]]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, intra_op_threads: int = 1,
+             prefer_gpu: bool | None = None) -> OnnxModel:
+        return cls(create_session(path, intra_op_threads=intra_op_threads, prefer_gpu=prefer_gpu))
+
+    @property
+    def provider(self) -> str:
+        return active_provider(self.session)
+
+    def run(self, feeds: dict[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.generic]:
+        """Run the model on `feeds` (input name -> array) and return its first output.
+
+        ValueError names the input when a feed is missing, unknown, or of the wrong dtype;
+        shapes are left to ORT (its errors name the input and dimension).
+        """
+        if feeds.keys() != self._names:
+            missing = sorted(self._names - feeds.keys())
+            unknown = sorted(feeds.keys() - self._names)
+            raise ValueError(f"feeds do not match the model inputs {list(self.input_names)}: "
+                             f"missing {missing}, unknown {unknown}")
+        for name, expected in self._dtypes.items():
+            feed = feeds[name]
+            if not isinstance(feed, np.ndarray) or feed.dtype != expected:
+                got = feed.dtype if isinstance(feed, np.ndarray) else type(feed).__name__
+                raise ValueError(f"input {name!r}: expected a numpy array of dtype {expected}, "
+                                 f"got {got}")
+        result: npt.NDArray[np.generic] = self.session.run(self._first_output, feeds)[0]
+        return result

@@ -1,0 +1,84 @@
+"""Writes model bundles: ONNX exports (checked for parity), FAISS index, catalogue, manifest."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from recsys import artifacts
+from recsys.features import FeatureScaler, ItemCatalog, UserAttributeEncoder, item_tower_feeds
+from recsys.index import build_index, save_index
+from training import export
+from training.fallback import fallback_scores
+from training.ranker import DCNRanker, score
+from training.two_tower import TwoTowerModel, encode_users
+
+
+def write_embedding_bundle(
+    directory: Path, model: TwoTowerModel, catalog: ItemCatalog, encoder: UserAttributeEncoder,
+    item_vectors: np.ndarray, sample_history: np.ndarray, sample_attributes: np.ndarray,
+    metadata: dict[str, Any],
+) -> artifacts.Manifest:
+    """Export both towers, check ONNX parity on real samples, build the index, write the manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    export.export_user_tower(model, directory / artifacts.USER_TOWER)
+    export.export_item_tower(model, catalog.genres.shape[1], directory / artifacts.ITEM_TOWER)
+    parity = {
+        "user_tower": export.check_parity(
+            encode_users(model, sample_history, sample_attributes),
+            export.onnx_outputs(directory / artifacts.USER_TOWER,
+                                {"history": sample_history, "attributes": sample_attributes}),
+            "user tower"),
+    }
+    rows = np.arange(1, min(catalog.size, 512) + 1)
+    with torch.no_grad():
+        feeds = item_tower_feeds(catalog, rows)
+        expected = model.item_tower(*(torch.from_numpy(feeds[k]) for k in
+                                      ("item", "genres", "title_tokens"))).numpy()
+    parity["item_tower"] = export.check_parity(
+        expected, export.onnx_outputs(directory / artifacts.ITEM_TOWER, feeds), "item tower")
+    np.save(directory / artifacts.ITEM_VECTORS, item_vectors)
+    save_index(build_index(item_vectors, use_gpu=False), directory / artifacts.ITEM_INDEX)
+    artifacts.save_catalog(directory, catalog)
+    artifacts.save_user_attributes(directory, encoder)
+    artifacts.save_json(directory / artifacts.CONFIG, asdict(model.config))
+    return artifacts.write_manifest(directory, "embedding",
+                                    {**metadata, "onnx_parity_max_abs_diff": parity,
+                                     "dim": int(item_vectors.shape[1]),
+                                     "n_items": int(catalog.size)})
+
+
+def write_ranker_bundle(
+    directory: Path, model: DCNRanker, scaler: FeatureScaler, config: Any,
+    sample_inputs: np.ndarray, embedding_fingerprint: str, metadata: dict[str, Any],
+) -> artifacts.Manifest:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = export.export_ranker(model, sample_inputs.shape[1], directory / artifacts.RANKER)
+    diff = export.check_parity(score(model, sample_inputs),
+                               export.onnx_outputs(path, {"features": sample_inputs}), "ranker")
+    return _finish(directory, "ranker", scaler, config, embedding_fingerprint,
+                   {**metadata, "onnx_parity_max_abs_diff": diff})
+
+
+def write_fallback_bundle(
+    directory: Path, model: LogisticRegression, scaler: FeatureScaler, config: Any,
+    sample_inputs: np.ndarray, embedding_fingerprint: str, metadata: dict[str, Any],
+) -> artifacts.Manifest:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = export.export_fallback(model, sample_inputs.shape[1], directory / artifacts.RANKER)
+    onnx_scores = export.onnx_outputs(path, {"features": sample_inputs}, "probabilities")[:, 1]
+    diff = export.check_parity(fallback_scores(model, sample_inputs), onnx_scores, "fallback ranker")
+    return _finish(directory, "fallback_ranker", scaler, config, embedding_fingerprint,
+                   {**metadata, "onnx_parity_max_abs_diff": diff})
+
+
+def _finish(directory: Path, kind: str, scaler: FeatureScaler, config: Any,
+            embedding_fingerprint: str, metadata: dict[str, Any]) -> artifacts.Manifest:
+    artifacts.save_scaler(directory, scaler)
+    artifacts.save_json(directory / artifacts.CONFIG, asdict(config))
+    return artifacts.write_manifest(directory, kind,
+                                    {**metadata, "embedding_fingerprint": embedding_fingerprint})

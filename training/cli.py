@@ -1,0 +1,68 @@
+"""Command line: `python -m training run|download`, the headless twin of the notebooks."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from recsys.errors import RecsysError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train, evaluate and register the default models")
+    run.add_argument("--data", type=Path, help="dataset path (default: RECSYS_DATA_PATH, "
+                     "else the synthetic generator)")
+    run.add_argument("--epochs", type=int, help="two-tower epochs (default from the config)")
+    run.add_argument("--if-no-champion", action="store_true",
+                     help="do nothing when a champion is already registered")
+    run.add_argument("--promote", choices=("if-no-champion", "always", "never"),
+                     default="if-no-champion", help="when to move the champion alias")
+    download = sub.add_parser("download", help="download a public MovieLens dataset")
+    download.add_argument("variant", choices=("ml-100k", "ml-latest-small", "ml-latest"))
+    download.add_argument("--dest", type=Path, default=Path("data"))
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from training.pipeline import champion_registered, describe, run_pipeline
+    from training.settings import TrainingSettings
+
+    overrides = {k: v for k, v in (("data_path", args.data), ("epochs", args.epochs)) if v}
+    settings = TrainingSettings(**overrides)
+    if args.if_no_champion and champion_registered(settings):
+        print("A champion is registered already: nothing to train "
+              "(python -m registry list shows it).")
+        return 0
+    result = run_pipeline(settings, promote=args.promote)
+    print(result.report.table)
+    print(json.dumps(describe(result), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for var in ("MLFLOW_DISABLE_TELEMETRY", "BENTOML_DO_NOT_TRACK", "DO_NOT_TRACK"):
+        os.environ.setdefault(var, "true")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "download":
+            from training.data import download_movielens
+
+            print(download_movielens(args.variant, args.dest))
+            return 0
+        return _run(args)
+    except (RecsysError, ValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The headless pipeline: each step is one MLflow run; `run_pipeline` chains them and registers."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from recsys.bundles import EmbeddingBundle
+from registry import (
+    ModelSet, Registry, configure_tracking, log_bundle, register_model_set,
+)
+from training import plots
+from training.config import PipelineConfig, flatten
+from training.data import SyntheticConfig, load_dataset
+from training.evaluate import format_table
+from training.settings import TrainingSettings
+from training.steps import (
+    PreparedData, Rankers, evaluate_models, padded_histories, prepare_data,
+    retrieval_diagnostics, train_embedding, train_rankers,
+)
+
+log = logging.getLogger(__name__)
+TABLE_COLUMNS = ("hr@10", "ndcg@10", "recall@50")
+
+
+def code_version() -> str:
+    """git commit of the working tree (with '-dirty' when modified), else 'unknown'."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty.strip() else sha
+
+
+@dataclass
+class Timings:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 1)
+            log.info("%s took %.1f s", name, self.seconds[name])
+
+
+def load_prepared(settings: TrainingSettings, config: PipelineConfig) -> PreparedData:
+    synthetic = None if settings.data_path else SyntheticConfig(
+        n_users=settings.synthetic_users, n_items=settings.synthetic_items, seed=settings.seed)
+    return prepare_data(load_dataset(settings.data_path, synthetic=synthetic), config.two_tower)
+
+
+def apply_overrides(config: PipelineConfig, settings: TrainingSettings) -> PipelineConfig:
+    two_tower = replace(config.two_tower, seed=settings.seed,
+                        epochs=settings.epochs or config.two_tower.epochs)
+    ranker = replace(config.ranker, seed=settings.seed,
+                     epochs=settings.ranker_epochs or config.ranker.epochs)
+    return replace(config, two_tower=two_tower, ranker=ranker)
+
+
+class _EpochLog:
+    """Collects per-epoch metrics (for plots) while logging them to the active MLflow run."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, list[float]] = defaultdict(list)
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+        for name, value in metrics.items():
+            self.series[name].append(value)
+
+
+def _provenance(data: PreparedData) -> dict[str, str]:
+    return {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name,
+            "code_version": code_version()}
+
+
+def embedding_step(data: PreparedData, config: PipelineConfig, workdir: Path) -> tuple[EmbeddingBundle, str]:
+    """Train the two-tower model in an MLflow run; returns the loaded bundle and its model URI."""
+    with mlflow.start_run(run_name="two-tower", nested=mlflow.active_run() is not None):
+        mlflow.log_params(flatten(config.two_tower, "two_tower."))
+        mlflow.set_tags(_provenance(data))
+        mlflow.log_dict(data.summary(), "data_summary.json")
+        epochs = _EpochLog()
+        embedding = train_embedding(data, config.two_tower, workdir / "embedding", log=epochs)
+        history = padded_histories(data.validation, embedding.history_len)[:3]
+        example = {"history": history, "attributes": data.eval_attributes(data.validation)[:3]}
+        uri = log_bundle(embedding.path, "embedding", example)
+        fig = plots.training_curves(dict(epochs.series), "two-tower training")
+        mlflow.log_figure(fig, "two_tower_curves.png")
+    return embedding, uri
+
+
+def ranker_step(data: PreparedData, embedding: EmbeddingBundle, config: PipelineConfig,
+                workdir: Path) -> tuple[Rankers, str, str]:
+    """Train the ranker and the fallback in an MLflow run; returns them and their model URIs."""
+    with mlflow.start_run(run_name="ranker", nested=mlflow.active_run() is not None):
+        mlflow.log_params({**flatten(config.ranker, "ranker."),
+                           **flatten(config.fallback, "fallback.")})
+        mlflow.set_tags({**_provenance(data), "embedding_fingerprint": embedding.fingerprint})
+        epochs = _EpochLog()
+        rankers = train_rankers(data, embedding, config.ranker, config.fallback,
+                                workdir / "ranker", workdir / "fallback_ranker",
+                                config.evaluation, log=epochs)
+        n_features = len(rankers.ranker.scaler.mean) + 2 * embedding.item_vectors.shape[1]
+        example = {"features": np.zeros((4, n_features), dtype=np.float32)}
+        ranker_uri = log_bundle(rankers.ranker.path, "ranker", example)
+        fallback_uri = log_bundle(rankers.fallback.path, "fallback_ranker", example)
+    return rankers, ranker_uri, fallback_uri
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    results: dict[str, dict[str, float]]
+    diagnostics: dict[str, float]
+    table: str
+
+    def hr10_ratio(self, model: str = "pipeline", baseline: str = "popularity") -> float:
+        return self.results[model]["hr@10"] / max(self.results[baseline]["hr@10"], 1e-12)
+
+
+def evaluation_step(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers,
+                    config: PipelineConfig, workdir: Path) -> EvalReport:
+    """Offline evaluation on the test split, logged to the active run (or a new one)."""
+    with mlflow.start_run(run_name="evaluation", nested=mlflow.active_run() is not None):
+        results = evaluate_models(data, embedding, rankers, config.evaluation)
+        diagnostics = retrieval_diagnostics(data, embedding, config.evaluation)
+        table = format_table(results, TABLE_COLUMNS)
+        report = EvalReport(results, diagnostics, table)
+        for model, metrics in results.items():
+            mlflow.log_metrics({f"test_{model}_{k.replace('@', '_at_')}": v
+                                for k, v in metrics.items()})
+        mlflow.log_metrics(diagnostics)
+        mlflow.log_metric("pipeline_over_popularity_hr10", report.hr10_ratio())
+        payload = {"results": results, "diagnostics": diagnostics, "data": data.summary()}
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "evaluation.json").write_text(json.dumps(payload, indent=2))
+        (workdir / "evaluation.md").write_text(table + "\n")
+        mlflow.log_dict(payload, "evaluation.json")
+        mlflow.log_text(table, "evaluation.md")
+        fig = plots.metrics_bar(results)
+        fig.savefig(workdir / "evaluation.png", dpi=110)
+        mlflow.log_figure(fig, "evaluation.png")
+    return report
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    model_set: ModelSet
+    promoted: bool
+    report: EvalReport
+    timings: dict[str, float]
+    tracking_uri: str
+
+
+def run_pipeline(settings: TrainingSettings, config: PipelineConfig | None = None,
+                 promote: str = "if-no-champion") -> PipelineResult:
+    """Data → two-tower → rankers → evaluation → register as challenger (→ champion).
+
+    promote: "if-no-champion" (default), "always" or "never".
+    """
+    if promote not in ("if-no-champion", "always", "never"):
+        raise ValueError(f"promote={promote!r}; expected 'if-no-champion', 'always' or 'never'")
+    config = apply_overrides(config or PipelineConfig(), settings)
+    uri = configure_tracking(settings.tracking_uri, store_dir=settings.store_dir)
+    timings = Timings()
+    with timings.step("data"):
+        data = load_prepared(settings, config)
+    log.info("data: %s", data.summary())
+    with mlflow.start_run(run_name="pipeline"):
+        mlflow.set_tags(_provenance(data))
+        with timings.step("two_tower"):
+            embedding, embedding_uri = embedding_step(data, config, settings.workdir)
+        with timings.step("rankers"):
+            rankers, ranker_uri, fallback_uri = ranker_step(data, embedding, config, settings.workdir)
+        with timings.step("evaluation"):
+            report = evaluation_step(data, embedding, rankers, config, settings.workdir)
+        with timings.step("registration"):
+            model_set = register_model_set(embedding_uri, ranker_uri, fallback_uri,
+                                           tags=_provenance(data))
+            registry = Registry(uri)
+            promoted = promote == "always" or (promote == "if-no-champion"
+                                               and not registry.champion_exists())
+            if promoted:
+                registry.promote_versions(model_set)
+        mlflow.log_dict(timings.seconds, "timings.json")
+    return PipelineResult(model_set, promoted, report, dict(timings.seconds), uri)
+
+
+def champion_registered(settings: TrainingSettings) -> bool:
+    return Registry(configure_tracking(settings.tracking_uri, store_dir=settings.store_dir)) \
+        .champion_exists()
+
+
+def describe(result: PipelineResult) -> dict[str, Any]:
+    ms = result.model_set
+    return {"tracking_uri": result.tracking_uri, "promoted_to_champion": result.promoted,
+            "versions": {"embedding": ms.embedding, "ranker": ms.ranker, "fallback": ms.fallback},
+            "timings_s": result.timings, "diagnostics": result.report.diagnostics,
+            "pipeline_over_popularity_hr10": round(result.report.hr10_ratio(), 3)}

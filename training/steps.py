@@ -1,0 +1,192 @@
+"""The training steps, each a plain function: notebooks and the headless pipeline both call these."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys.bundles import EmbeddingBundle, RankerBundle
+from recsys.features import (
+    Context, ItemCatalog, UserAttributeEncoder, encode_history, user_ranker_inputs,
+)
+from recsys.index import recall_at_k
+from training.baselines import popularity_scorer, tuned_als
+from training.bundles import write_embedding_bundle, write_fallback_bundle, write_ranker_bundle
+from training.catalog import build_attribute_encoder, build_catalog, user_attribute_matrix
+from training.config import EvalConfig, FallbackConfig, RankerConfig, TwoTowerConfig
+from training.data import Dataset, leave_last_out
+from training.evaluate import EvalSet, evaluate_scorer, make_eval_set, rerank_scorer
+from training.fallback import train_fallback
+from training.ranker import build_queries, train_ranker
+from training.sequences import UserSequences, build_sequences, concat_sequences
+from training.two_tower import (
+    build_model, encode_items, encode_users, next_item_examples, train_two_tower,
+)
+
+MetricLogger = Callable[[dict[str, float], int], None]  # (metrics, step) -> None
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A dataset split in time and encoded for the models."""
+
+    dataset: Dataset
+    catalog: ItemCatalog
+    attributes: UserAttributeEncoder
+    train: UserSequences
+    train_attributes: np.ndarray  # [U, A], aligned with train.user_ids
+    validation: EvalSet  # history: train events; held out: each user's second-to-last event
+    test: EvalSet  # history: train + validation events; held out: each user's last event
+    fingerprint: str
+
+    def eval_attributes(self, eval_set: EvalSet) -> np.ndarray:
+        return user_attribute_matrix(self.dataset, self.attributes, eval_set.user_ids)
+
+    def summary(self) -> dict[str, int | str]:
+        return {"dataset": self.dataset.name, "users": len(self.train.user_ids),
+                "items": self.catalog.size, "interactions": len(self.dataset.interactions),
+                "validation_users": len(self.validation.user_ids),
+                "test_users": len(self.test.user_ids), "fingerprint": self.fingerprint}
+
+
+def data_fingerprint(dataset: Dataset) -> str:
+    """sha256 (first 16 hex) over the interaction and item tables' content."""
+    digest = hashlib.sha256()
+    for frame in (dataset.interactions, dataset.items):
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def prepare_data(dataset: Dataset, config: TwoTowerConfig) -> PreparedData:
+    split = leave_last_out(dataset.interactions)
+    catalog = build_catalog(dataset, split.train, config.title_buckets, config.title_tokens)
+    rows = catalog.index_lookup()
+    train = build_sequences(split.train, rows)
+    validation = build_sequences(split.validation, rows)
+    test = build_sequences(split.test, rows)
+    encoder = build_attribute_encoder(dataset)
+    return PreparedData(
+        dataset=dataset, catalog=catalog, attributes=encoder, train=train,
+        train_attributes=user_attribute_matrix(dataset, encoder, train.user_ids),
+        validation=make_eval_set(train, validation),
+        test=make_eval_set(concat_sequences(train, validation), test),
+        fingerprint=data_fingerprint(dataset),
+    )
+
+
+def padded_histories(eval_set: EvalSet, length: int) -> np.ndarray:
+    return np.stack([encode_history(s, length) for s in eval_set.histories.sequences])
+
+
+def train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path,
+                    log: MetricLogger | None = None) -> EmbeddingBundle:
+    """Train the two-tower model (validation HR@10 after each epoch), write and load its bundle."""
+    model = build_model(data.catalog, data.attributes.cardinalities(), config)
+    examples = next_item_examples(data.train, data.train_attributes, config.history_len,
+                                  config.ranker_holdout_events)
+    history = padded_histories(data.validation, config.history_len)
+    attrs = data.eval_attributes(data.validation)
+
+    def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
+        users = encode_users(model, history, attrs)
+        items = encode_items(model, data.catalog)
+        metrics = evaluate_scorer(lambda p: users[p] @ items.T, data.validation, (10,))
+        stats["val_hr_at_10"] = metrics["hr@10"]
+        stats["val_ndcg_at_10"] = metrics["ndcg@10"]
+        if log is not None:
+            log({f"two_tower_{k}": v for k, v in stats.items()}, epoch)
+
+    train_two_tower(model, data.catalog, examples, on_epoch_end)
+    sample = slice(0, min(256, len(examples.target)))
+    write_embedding_bundle(
+        bundle_dir, model, data.catalog, data.attributes, encode_items(model, data.catalog),
+        examples.history[sample], examples.attributes[sample],
+        {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name},
+    )
+    return EmbeddingBundle.load(bundle_dir)
+
+
+@dataclass(frozen=True)
+class Rankers:
+    ranker: RankerBundle
+    fallback: RankerBundle
+
+
+def train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config: RankerConfig,
+                  fallback_config: FallbackConfig, ranker_dir: Path, fallback_dir: Path,
+                  eval_config: EvalConfig, log: MetricLogger | None = None) -> Rankers:
+    """Train the DCN ranker and the fallback on candidates retrieved by the exported user tower."""
+    queries = build_queries(data.train, data.train_attributes, data.catalog, embedding.item_vectors,
+                            embedding.encode_users, embedding.history_len,
+                            int(embedding.config["ranker_holdout_events"]), ranker_config)
+
+    def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
+        if log is not None:
+            log({f"ranker_{k}": v for k, v in stats.items()}, epoch)
+
+    model, scaler = train_ranker(queries, embedding.item_vectors, ranker_config, on_epoch_end)
+    inputs = queries.inputs(embedding.item_vectors, scaler)
+    fallback = train_fallback(inputs, fallback_config)
+    sample = inputs[: min(64, len(inputs))].reshape(-1, inputs.shape[-1])
+    meta = {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name}
+    write_ranker_bundle(ranker_dir, model, scaler, ranker_config, sample, embedding.fingerprint, meta)
+    write_fallback_bundle(fallback_dir, fallback, scaler, fallback_config, sample,
+                          embedding.fingerprint, meta)
+    rankers = Rankers(RankerBundle.load(ranker_dir), RankerBundle.load(fallback_dir, "fallback_ranker"))
+    if log is not None:
+        val = evaluate_models(data, embedding, rankers, eval_config, data.validation, baselines=False)
+        log({f"val_{name}_hr_at_10": m["hr@10"] for name, m in val.items()}, 0)
+    return rankers
+
+
+def evaluate_models(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers,
+                    config: EvalConfig, eval_set: EvalSet | None = None,
+                    baselines: bool = True) -> dict[str, dict[str, float]]:
+    """Metrics per model on `eval_set` (default: test), all through the exported ONNX models."""
+    eval_set = eval_set or data.test
+    history = padded_histories(eval_set, embedding.history_len)
+    users = embedding.encode_users(history, data.eval_attributes(eval_set))
+    items = embedding.item_vectors
+
+    def retrieval(positions: np.ndarray) -> np.ndarray:
+        return users[positions] @ items.T
+
+    def reranker(bundle: RankerBundle) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        def rerank(positions: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+            return np.stack([
+                bundle.score(user_ranker_inputs(
+                    users[p], history[p], candidates[i], items, data.catalog,
+                    Context(hour=int(eval_set.timestamps[p] // 3600 % 24)), bundle.scaler))
+                for i, p in enumerate(positions)])
+        return rerank
+
+    cutoffs = config.cutoffs
+    size = min(config.candidates, data.catalog.size)
+    results = {"retrieval": evaluate_scorer(retrieval, eval_set, cutoffs)}
+    for name, bundle in (("pipeline", rankers.ranker), ("fallback", rankers.fallback)):
+        results[name] = evaluate_scorer(rerank_scorer(retrieval, reranker(bundle), eval_set, size),
+                                        eval_set, cutoffs)
+    if baselines:
+        results["popularity"] = evaluate_scorer(popularity_scorer(data.catalog.popularity),
+                                                eval_set, cutoffs)
+        als = tuned_als(data.validation, eval_set, data.catalog.size + 1, config.als_factors,
+                        config.als_regularization, config.als_iterations)
+        results["als"] = {**evaluate_scorer(als.scorer, eval_set, cutoffs),
+                          "factors": float(als.factors), "regularization": als.regularization}
+    return results
+
+
+def retrieval_diagnostics(data: PreparedData, embedding: EmbeddingBundle,
+                          config: EvalConfig) -> dict[str, float]:
+    """Candidate recall at the service's candidate-set size and ANN recall@100 vs exact search."""
+    history = padded_histories(data.test, embedding.history_len)
+    users = embedding.encode_users(history, data.eval_attributes(data.test))
+    size = min(config.candidates, data.catalog.size)
+    candidate = evaluate_scorer(lambda p: users[p] @ embedding.item_vectors.T, data.test, (size,))
+    k = min(100, data.catalog.size)
+    return {f"candidate_recall_at_{size}": candidate[f"hr@{size}"],
+            f"index_recall_at_{k}": recall_at_k(embedding.index, embedding.item_vectors, users, k)}
