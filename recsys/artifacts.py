@@ -39,6 +39,7 @@ USER_ATTRIBUTES = "user_attributes.json"
 RANKER = "ranker.onnx"
 SCALER = "scaler.json"
 CONFIG = "config.json"
+USER_HISTORIES = "user_histories.npz"  # optional: known users' recent items at training time
 
 REQUIRED_FILES = {
     "embedding": (USER_TOWER, ITEM_TOWER, ITEM_VECTORS, ITEM_INDEX, CATALOG, USER_ATTRIBUTES, CONFIG),
@@ -129,6 +130,36 @@ def save_user_attributes(directory: Path, encoder: UserAttributeEncoder) -> None
 def load_user_attributes(directory: Path) -> UserAttributeEncoder:
     data = json.loads((directory / USER_ATTRIBUTES).read_text())
     return UserAttributeEncoder({name: tuple(values) for name, values in data.items()})
+
+
+@dataclass(frozen=True)
+class UserHistories:
+    """Known users at training time: padded recent history and every item each has seen."""
+
+    user_ids: np.ndarray  # [U] str
+    histories: np.ndarray  # [U, H] catalogue rows, 0 = pad, most recent last
+    attributes: np.ndarray  # [U, A] attribute ids
+    seen_indptr: np.ndarray  # [U + 1] CSR row pointers into seen_items
+    seen_items: np.ndarray  # [nnz] catalogue rows
+
+    def seen(self, position: int) -> np.ndarray:
+        return self.seen_items[self.seen_indptr[position]:self.seen_indptr[position + 1]]
+
+
+def save_user_histories(directory: Path, histories: UserHistories) -> None:
+    np.savez(directory / USER_HISTORIES, user_ids=np.asarray(histories.user_ids, dtype=np.str_),
+             histories=histories.histories.astype(np.int64),
+             attributes=histories.attributes.astype(np.int64),
+             seen_indptr=histories.seen_indptr.astype(np.int64),
+             seen_items=histories.seen_items.astype(np.int64))
+
+
+def load_user_histories(directory: Path) -> UserHistories | None:
+    """None when the bundle has no user snapshot (every user is then served as a new user)."""
+    if not (directory / USER_HISTORIES).is_file():
+        return None
+    with np.load(directory / USER_HISTORIES, allow_pickle=False) as arrays:
+        return UserHistories(**{name: arrays[name] for name in arrays.files})
 
 
 def save_scaler(directory: Path, scaler: FeatureScaler) -> None:

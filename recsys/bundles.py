@@ -28,6 +28,7 @@ class EmbeddingBundle:
     user_tower: ort.InferenceSession
     item_vectors: npt.NDArray[np.float32]  # [n+1, D], row 0 zeros
     index: ItemIndex
+    users: artifacts.UserHistories | None
 
     @property
     def history_len(self) -> int:
@@ -60,6 +61,7 @@ class EmbeddingBundle:
                                       prefer_gpu=prefer_gpu),
             item_vectors=vectors,
             index=index,
+            users=artifacts.load_user_histories(path),
         )
 
 
@@ -80,7 +82,10 @@ class RankerBundle:
         return str(self.manifest.metadata.get("embedding_fingerprint", ""))
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        out = self.session.run([self.output], {"features": features})[0]
+        try:
+            out = self.session.run([self.output], {"features": features})[0]
+        except Exception as error:  # onnxruntime raises its own pybind types; name them as ours
+            raise RankingError(f"{self.path.name}: onnxruntime failed: {error}") from error
         scores = out[:, self.column] if self.column is not None else out
         if scores.shape != (len(features),):
             raise RankingError(f"{self.path.name}: ranker returned shape {scores.shape} "

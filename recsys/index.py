@@ -23,8 +23,9 @@ GPU_MAX_K = 2048
 # Exact search while n_items * dim stays below this (50K items at 64 dims, ~0.4 ms per query).
 FLAT_MAX_CELLS = 50_000 * 64
 # IVF k-means: at most 40 vectors per centroid (faiss warns below 39) and 10 iterations.
-# At 1M items / 4096 lists this trains in ~12 s instead of ~80 s with faiss's defaults
-# (256 per centroid, 25 iterations) for the same recall (0.994 vs 0.995 at nprobe 32).
+# 1M items / 4096 lists, 2 threads, quiet machine: ~16 s to build (train + add) against ~80 s
+# with 64 per centroid and 25 iterations, for the same recall (0.994 vs 0.995 at nprobe 32);
+# 30-70 s when other jobs share the two cores.
 TRAIN_POINTS_PER_LIST = 40
 TRAIN_ITERATIONS = 10
 TRAIN_SEED = 1234
@@ -60,14 +61,32 @@ class IndexSpec:
 def choose_index_spec(n_items: int, dim: int) -> IndexSpec:
     """Exact search for small catalogues, IVF-flat above; parameters measured for recall@100 >= 0.95.
 
-    Measured with benchmarks/index_choice.py on this 2-core machine, 64 dims, Gaussian-mixture
-    item vectors, 1 thread, single queries (p50 / p99 ms, top-100 and top-1000):
+    benchmarks/index_choice.py, this 2-core machine shared with other jobs, 64 dims, Gaussian
+    mixture (n/1000 clusters, log-normal sizes), 500 single queries, 1 thread; ms p50 / p99:
 
-    MEASUREMENTS_PLACEHOLDER
+        items  index                    build   top-100       top-1000      recall@100
+        10K    flat (chosen)             0.0 s  0.19 / 0.39   0.44 / 4.6*   1.000
+        10K    hnsw M=32 efS=256         0.2 s  0.17 / 0.23   0.39 / 0.81   1.000
+        100K   flat                      0.0 s  1.15 / 4.2*   1.58 / 4.3*   1.000
+        100K   ivf 1024/84 (chosen)      2.5 s  0.19 / 4.3*   0.38 / 0.63   1.000
+        100K   hnsw M=32 efS=256        14.1 s  0.36 / 4.6*   0.58 / 5.0*   0.983
+        1M     flat                      0.2 s  16.1 / 19.0   17.0 / 27.4   1.000
+        1M     ivf 4096/16              ~60 s   0.15 / -      0.32 / -      0.976
+        1M     ivf 4096/32              ~60 s   0.27 / -      0.48 / -      0.996
+        1M     ivf 4096/64 (chosen)     31-71 s 0.39 / 0.50   0.57 / 0.71   1.000
+        1M     ivf 4096/128             ~60 s   0.71 / 0.89   0.88 / 1.09   1.000
+        1M     hnsw M=32 efS=256       168 s    0.60 / 9.0*   0.94 / 9.4*   0.955
+        100K   uniform, ivf 1024/84      2.2 s  0.19 / 0.26   0.47 / 0.60   0.487
 
-    IVF wins over HNSW: at 1M it builds in well under a minute (HNSW(M=32) needs minutes),
-    meets p99 <= 5 ms with recall@100 >= 0.95, and top-1000 costs about the same as top-100
-    (HNSW needs efSearch >= k, so its cost grows with k).
+    (* p99 of 4-9 ms is another job taking the core for a scheduler slice: the same index
+    measured 0.5-0.7 ms p99 when the machine was quiet. IVF build time is mostly k-means and
+    varies with that load. 2 threads: IVF no faster for one query (0.39 vs 0.39 ms at 1M),
+    flat 3x slower (47 vs 16 ms at 1M) as the OpenMP threads contend.)
+
+    IVF wins: at 1M it builds in under a minute (HNSW ~3 min), p99 <= 5 ms with 10x headroom,
+    top-1000 costs about what top-100 does, and nprobe 64 is 4x the probes recall 0.95 needs.
+    Uniformly random vectors (no structure, unlike trained embeddings) need far more probes:
+    use tune_nprobe on the real vectors when recall matters more than these defaults.
     """
     if n_items < 1 or dim < 1:
         raise ValueError(f"n_items and dim must be positive, got n_items={n_items}, dim={dim}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -79,16 +80,26 @@ def _rollback(registry: Registry, args: argparse.Namespace) -> None:
 
 
 def _export(registry: Registry, args: argparse.Namespace) -> None:
-    tags = export_to_bentoml(registry, args.alias, home=args.bentoml_home)
-    print(f"exported {args.alias!r} to the BentoML model store:")
-    print(format_table(["KIND", "BENTOML TAG"], list(tags.items())))
+    aliases = args.alias or [CHAMPION]
+    exported: dict[str, dict[str, str]] = {}
+    for alias in aliases:
+        if alias != CHAMPION and not registry.alias_exists(alias):
+            print(f"no {alias!r} registered: skipped")
+            continue
+        exported[alias] = export_to_bentoml(registry, alias, home=args.bentoml_home)
+        print(f"exported {alias!r} to the BentoML model store:")
+        print(format_table(["KIND", "BENTOML TAG"], list(exported[alias].items())))
+    if args.models_file is not None:
+        args.models_file.write_text(json.dumps(exported, indent=2) + "\n")
+        print(f"wrote {args.models_file} (the service reads it through RECSYS_MODELS_FILE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m registry", description=__doc__)
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
-                             "sqlite:///./mlruns.db)")
+                        help="MLflow tracking/registry URI (default: $RECSYS_TRACKING_URI, "
+                             "$MLFLOW_TRACKING_URI, else sqlite:///$RECSYS_STORE_DIR/mlruns.db "
+                             "with RECSYS_STORE_DIR=mlstore)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every version of the three models, with aliases"
                         ).set_defaults(run=_list)
@@ -102,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("rollback", help="swap champion and previous_champion"
                         ).set_defaults(run=_rollback)
     export = commands.add_parser("export", help="copy an aliased set into the BentoML store")
-    export.add_argument("--alias", default=CHAMPION)
+    export.add_argument("--alias", action="append",
+                        help=f"alias to export; repeat for several (default {CHAMPION})")
+    export.add_argument("--models-file", type=Path, default=None,
+                        help="write the exported tags per alias here for the service")
     export.add_argument("--bentoml-home", type=Path, default=None,
                         help="BentoML home to export into (default: $BENTOML_HOME or ~/bentoml)")
     export.set_defaults(run=_export)
@@ -112,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    tracking_uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                    or default_tracking_uri(Path.cwd()))
+    # Same defaults as the training side (training/settings.py): RECSYS_TRACKING_URI, else the
+    # sqlite store under RECSYS_STORE_DIR (default ./mlstore).
+    tracking_uri = (args.tracking_uri or os.environ.get("RECSYS_TRACKING_URI")
+                    or os.environ.get("MLFLOW_TRACKING_URI")
+                    or default_tracking_uri(Path(os.environ.get("RECSYS_STORE_DIR", "mlstore"))))
     try:
         args.run(Registry(tracking_uri), args)
     except RecsysError as exc:

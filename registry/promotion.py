@@ -86,10 +86,14 @@ class Registry:
         embedding, ranker, fallback = (str(v) for v in versions.values())
         return ModelSet(embedding, ranker, fallback, names=self.names)
 
+    def alias_exists(self, alias: str) -> bool:
+        """True when all three models have a version under `alias`."""
+        return all(self._version_by_alias(name, alias) is not None
+                   for name in self.names.by_kind().values())
+
     def champion_exists(self) -> bool:
         """True when all three models have a champion."""
-        return all(self._version_by_alias(name, CHAMPION) is not None
-                   for name in self.names.by_kind().values())
+        return self.alias_exists(CHAMPION)
 
     def _model_version(self, name: str, version: str) -> ModelVersion:
         try:

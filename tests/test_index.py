@@ -207,9 +207,14 @@ def test_search_parameters_apply_only_to_their_kind(small: tuple[np.ndarray, np.
     ivf = ItemIndex(build_index(vectors, IndexSpec(kind="ivf", nlist=16, nprobe=2), use_gpu=False),
                     vectors)
     ivf.nprobe = 8
-    assert ivf.nprobe == 8
+    assert ivf.nprobe == 8 and ivf.nlist == 16
     with pytest.raises(ValueError, match="nprobe"):
         ivf.nprobe = 17
+    hnsw = ItemIndex(build_index(vectors, IndexSpec(kind="hnsw", hnsw_m=8), use_gpu=False), vectors)
+    hnsw.ef_search = 99
+    assert hnsw.ef_search == 99
+    with pytest.raises(ValueError, match="nprobe"):
+        hnsw.nprobe = 4
 
 
 def test_invalid_spec_raises_value_error() -> None:

@@ -21,7 +21,7 @@ from training.two_tower import TwoTowerModel, encode_users
 def write_embedding_bundle(
     directory: Path, model: TwoTowerModel, catalog: ItemCatalog, encoder: UserAttributeEncoder,
     item_vectors: np.ndarray, sample_history: np.ndarray, sample_attributes: np.ndarray,
-    metadata: dict[str, Any],
+    metadata: dict[str, Any], user_histories: artifacts.UserHistories | None = None,
 ) -> artifacts.Manifest:
     """Export both towers, check ONNX parity on real samples, build the index, write the manifest."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -45,6 +45,8 @@ def write_embedding_bundle(
     save_index(build_index(item_vectors, use_gpu=False), directory / artifacts.ITEM_INDEX)
     artifacts.save_catalog(directory, catalog)
     artifacts.save_user_attributes(directory, encoder)
+    if user_histories is not None:
+        artifacts.save_user_histories(directory, user_histories)
     artifacts.save_json(directory / artifacts.CONFIG, asdict(model.config))
     return artifacts.write_manifest(directory, "embedding",
                                     {**metadata, "onnx_parity_max_abs_diff": parity,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys.artifacts import UserHistories
 from recsys.bundles import EmbeddingBundle, RankerBundle
 from recsys.features import (
     Context, ItemCatalog, UserAttributeEncoder, encode_history, user_ranker_inputs,
@@ -82,6 +83,19 @@ def padded_histories(eval_set: EvalSet, length: int) -> np.ndarray:
     return np.stack([encode_history(s, length) for s in eval_set.histories.sequences])
 
 
+def served_histories(data: PreparedData, length: int) -> UserHistories:
+    """Every known user's recent and seen items over all events: the serving-time snapshot."""
+    everything = build_sequences(data.dataset.interactions, data.catalog.index_lookup())
+    seen = [np.unique(s) for s in everything.sequences]
+    return UserHistories(
+        user_ids=np.asarray(everything.user_ids, dtype=np.str_),
+        histories=np.stack([encode_history(s, length) for s in everything.sequences]),
+        attributes=user_attribute_matrix(data.dataset, data.attributes, everything.user_ids),
+        seen_indptr=np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64),
+        seen_items=np.concatenate(seen).astype(np.int64) if seen else np.zeros(0, np.int64),
+    )
+
+
 def train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path,
                     log: MetricLogger | None = None) -> EmbeddingBundle:
     """Train the two-tower model (validation HR@10 after each epoch), write and load its bundle."""
@@ -106,6 +120,7 @@ def train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path
         bundle_dir, model, data.catalog, data.attributes, encode_items(model, data.catalog),
         examples.history[sample], examples.attributes[sample],
         {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name},
+        user_histories=served_histories(data, config.history_len),
     )
     return EmbeddingBundle.load(bundle_dir)
 

@@ -77,6 +77,7 @@ class TwoTowerModel:
 def build_model(catalog: ItemCatalog, cardinalities: list[int], config: TwoTowerConfig) -> TwoTowerModel:
     n_rows = catalog.size + 1
     genres = torch.from_numpy(catalog.genres)
+    torch.manual_seed(config.seed)  # initial weights too follow the seed: same config, same model
     return TwoTowerModel(
         UserTower(n_rows, genres, cardinalities or [1], config),
         ItemTower(n_rows, catalog.genres.shape[1], config),
@@ -123,6 +124,8 @@ def train_two_tower(
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     counts = np.bincount(examples.target, minlength=catalog.size + 1).astype(np.float64)
     log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
+    with torch.no_grad():  # ids never trained on (cold items) would keep their random init:
+        model.item_tower.item.weight[torch.from_numpy(counts == 0)] = 0.0  # make them unknown (PAD)
     genres = torch.from_numpy(catalog.genres)
     titles = torch.from_numpy(catalog.title_tokens)
     n = len(examples.target)

@@ -1,0 +1,329 @@
+"""The request path: cache → history → user vector → retrieval → ranking → re-ranking.
+
+One place decides degradation: every fallback is marked in the response and reported as an event.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.bundles import EmbeddingBundle
+from recsys.cache import ResultCache
+from recsys.errors import CacheError, RecsysError, RetrievalError
+from recsys.experiments import Router
+from recsys.features import PAD, Context, FeatureScaler, encode_history, user_ranker_inputs
+from recsys.history import HistoryStore
+from recsys.ranking import RankerChain
+from recsys.reranking import diversify, filter_candidates, primary_genre
+from recsys.retrieval import Candidates, Retriever, RetrievalQuery
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+UserTower = Callable[[IntArray, IntArray], Awaitable[FloatArray]]  # [1,H],[1,A] -> [1,D]
+
+
+class InvalidRequestError(RecsysError):
+    """Something the client sent cannot be served (unknown item or category); maps to HTTP 4xx."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.status = field, status
+
+
+class _Degraded(Exception):
+    """Carries a degraded result out of the cache's compute so that it is not cached."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__("degraded")
+        self.result = result
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    user_id: str
+    k: int
+    recent_items: tuple[str, ...] = ()
+    context: Context = field(default_factory=Context)
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    exclude_items: tuple[str, ...] = ()
+
+    def cache_fields(self) -> dict[str, Any]:
+        """The request normalised for cache keys: set-like lists sorted, the hour kept."""
+        return {"user": self.user_id, "k": self.k, "recent": list(self.recent_items),
+                "hour": self.context.hour, "device": self.context.device,
+                "include": sorted(set(self.include_categories)),
+                "exclude_cat": sorted(set(self.exclude_categories)),
+                "exclude": sorted(set(self.exclude_items))}
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    ranked_candidates: int
+    diversity: float
+    max_per_category: int
+    budget_s: float
+    history_len: int
+
+
+@dataclass
+class ModelSlot:
+    """Everything one model alias (champion, challenger) needs to serve a request."""
+
+    alias: str
+    versions: dict[str, str]
+    embedding: EmbeddingBundle
+    scaler: FeatureScaler
+    user_tower: UserTower
+    retriever: Retriever
+    ranker: RankerChain
+    item_rows: dict[str, int] = field(default_factory=dict)
+    genre_index: dict[str, int] = field(default_factory=dict)
+    user_rows: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.item_rows = self.embedding.catalog.index_lookup()
+        self.genre_index = {g: i for i, g in enumerate(self.embedding.catalog.genre_vocab)}
+        users = self.embedding.users
+        self.user_rows = {} if users is None else {u: i for i, u in enumerate(users.user_ids)}
+
+
+class Telemetry:
+    """What the pipeline reports; the service plugs Prometheus in, tests may collect."""
+
+    def event(self, name: str, **labels: str) -> None:
+        pass
+
+    def observe(self, stage: str, seconds: float) -> None:
+        pass
+
+
+class Recommender:
+    def __init__(self, slots: Mapping[str, ModelSlot], router: Router, options: PipelineOptions,
+                 cache: ResultCache | None, history: HistoryStore | None,
+                 telemetry: Telemetry | None = None) -> None:
+        if "champion" not in slots:
+            raise ValueError(f"a champion model slot is required, got {sorted(slots)}")
+        self.slots, self.router, self.options = dict(slots), router, options
+        self.cache, self.history = cache, history
+        self.telemetry = telemetry or Telemetry()
+
+    async def warmup(self, rounds: int = 3) -> None:
+        """Run the full path (no cache) for a new user on every slot: loads lazy state (thread
+        pool, ONNX arenas, FAISS) before /readyz says yes."""
+        for slot in self.slots.values():
+            for _ in range(rounds):
+                await self._compute(slot, RecommendRequest("__warmup__", 10), np.zeros(0, np.int64),
+                                    np.zeros(0, np.int64), None, None, time.perf_counter())
+
+    # ---- lookups shared by every endpoint -------------------------------------------------
+    def slot_for(self, user_id: str) -> tuple[str, ModelSlot]:
+        variant = self.router.variant_for(user_id)
+        slot = self.slots.get(variant.alias)
+        if slot is None:
+            self.telemetry.event("variant_unavailable", variant=variant.name)
+            return variant.name, self.slots["champion"]
+        return variant.name, slot
+
+    @staticmethod
+    def rows(slot: ModelSlot, item_ids: tuple[str, ...], field_name: str) -> IntArray:
+        unknown = [i for i in item_ids if i not in slot.item_rows]
+        if unknown:
+            shown = ", ".join(repr(i) for i in unknown[:5])
+            raise InvalidRequestError(field_name, f"unknown item id(s) {shown}"
+                                      f"{' and more' if len(unknown) > 5 else ''}")
+        return np.fromiter((slot.item_rows[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    @staticmethod
+    def genres(slot: ModelSlot, names: tuple[str, ...], field_name: str) -> IntArray | None:
+        if not names:
+            return None
+        unknown = [n for n in names if n not in slot.genre_index]
+        if unknown:
+            raise InvalidRequestError(field_name, f"unknown categor(ies) {unknown}; known: "
+                                      f"{sorted(slot.genre_index)}")
+        return np.asarray([slot.genre_index[n] for n in names], dtype=np.int64)
+
+    async def user_state(self, slot: ModelSlot, user_id: str, recent: IntArray,
+                         reasons: list[str]) -> tuple[IntArray, IntArray, IntArray]:
+        """(padded history [H], attribute ids [A], rows the user has seen)."""
+        users = slot.embedding.users
+        row = slot.user_rows.get(user_id)
+        history = list(users.histories[row][users.histories[row] != PAD]) if row is not None else []
+        seen = users.seen(row) if row is not None else np.zeros(0, dtype=np.int64)
+        attributes = users.attributes[row] if row is not None else \
+            np.zeros(max(len(slot.embedding.attributes.names), 1), dtype=np.int64)
+        if self.history is not None:
+            try:
+                events = await self.history.recent_items(user_id, self.options.history_len)
+                event_rows = [slot.item_rows[i] for i in events if i in slot.item_rows]
+                history += event_rows
+                seen = np.union1d(seen, np.asarray(event_rows, dtype=np.int64))
+            except CacheError:
+                reasons.append("history_unavailable")
+        history += recent.tolist()
+        seen = np.union1d(seen, recent)
+        return encode_history(history, self.options.history_len), attributes, seen
+
+    # ---- POST /recommend ------------------------------------------------------------------
+    async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
+        start = time.perf_counter()
+        variant, slot = self.slot_for(request.user_id)
+        self.telemetry.event("exposure", variant=variant)
+        recent = self.rows(slot, request.recent_items, "recent_items")
+        excluded = self.rows(slot, request.exclude_items, "exclude_items")
+        include = self.genres(slot, request.include_categories, "filters.include_categories")
+        exclude = self.genres(slot, request.exclude_categories, "filters.exclude_categories")
+
+        async def compute() -> dict[str, Any]:
+            result = await self._compute(slot, request, recent, excluded, include, exclude, start)
+            if result["degraded"]:
+                raise _Degraded(result)
+            return result
+
+        level = "none"
+        try:
+            if self.cache is None:
+                result = await compute()
+            else:
+                key = self.cache_key(slot, request)
+                t0 = time.perf_counter()
+                result, level = await self.cache.get_or_compute("results", key, compute,
+                                                                user_id=request.user_id)
+                if level != "miss":
+                    self.telemetry.observe("cache", time.perf_counter() - t0)
+        except _Degraded as degraded:
+            result, level = degraded.result, "miss"
+        return {**result, "variant": variant, "cache": level,
+                "latency_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    @staticmethod
+    def cache_key(slot: ModelSlot, request: RecommendRequest) -> str:
+        from recsys.cache import make_key
+
+        return make_key("results", slot.versions, request.cache_fields())
+
+    async def _compute(self, slot: ModelSlot, request: RecommendRequest, recent: IntArray,
+                       excluded: IntArray, include: IntArray | None, exclude: IntArray | None,
+                       start: float) -> dict[str, Any]:
+        reasons: list[str] = []
+        t = time.perf_counter()
+        history, attributes, seen = await self.user_state(slot, request.user_id, recent, reasons)
+        self.telemetry.observe("history", time.perf_counter() - t)
+        t = time.perf_counter()
+        user = (await slot.user_tower(history[None, :], attributes[None, :]))[0]
+        self.telemetry.observe("user_tower", time.perf_counter() - t)
+        t = time.perf_counter()
+        try:
+            candidates = await slot.retriever.retrieve(RetrievalQuery(user, recent_rows(history)))
+        except RetrievalError:
+            candidates = popularity_candidates(slot, user)
+            reasons.append("retrieval_failed")
+        reasons += [f"source_failed:{name}" for name in candidates.failed]
+        self.telemetry.observe("retrieval", time.perf_counter() - t)
+        self.telemetry.event("candidates", count=str(len(candidates.items)))
+        t = time.perf_counter()
+        candidates = filter_candidates(candidates, np.union1d(seen, excluded), slot.embedding.catalog,
+                                       include, exclude)
+        ranked = candidates.select(np.arange(min(len(candidates.items),
+                                                 self.options.ranked_candidates)))
+        features = user_ranker_inputs(user, history, ranked.items, slot.embedding.item_vectors,
+                                      slot.embedding.catalog, request.context, slot.scaler)
+        self.telemetry.observe("features", time.perf_counter() - t)
+        t = time.perf_counter()
+        remaining = self.options.budget_s - (time.perf_counter() - start)
+        outcome = await slot.ranker.rank(features, ranked.similarity, timeout_s=remaining)
+        if outcome.reason:
+            reasons.append(outcome.reason)
+        self.telemetry.observe("ranking", time.perf_counter() - t)
+        t = time.perf_counter()
+        order = diversify(outcome.scores, slot.embedding.item_vectors[ranked.items],
+                          primary_genre(slot.embedding.catalog, ranked.items), request.k,
+                          self.options.diversity, self.options.max_per_category)
+        self.telemetry.observe("reranking", time.perf_counter() - t)
+        for reason in reasons:
+            self.telemetry.event("fallback", reason=reason.split(":")[0])
+        return {"user_id": request.user_id, "items": self.items(slot, ranked, outcome.scores, order),
+                "model_versions": slot.versions, "ranker": outcome.ranker,
+                "degraded": bool(reasons), "degraded_reasons": reasons}
+
+    @staticmethod
+    def items(slot: ModelSlot, ranked: Candidates, scores: FloatArray,
+              order: IntArray) -> list[dict[str, Any]]:
+        catalog = slot.embedding.catalog
+        return [{"item_id": str(catalog.item_ids[ranked.items[p]]),
+                 "title": str(catalog.titles[ranked.items[p]]),
+                 "score": round(float(scores[p]), 6), "rank": rank + 1,
+                 "sources": ranked.sources_of(int(p))}
+                for rank, p in enumerate(order)]
+
+
+def recent_rows(history: IntArray) -> IntArray:
+    return history[history != PAD]
+
+
+def popularity_candidates(slot: ModelSlot, user: FloatArray) -> Candidates:
+    """Last resort when every retrieval source failed: the most popular items."""
+    popularity = slot.embedding.catalog.popularity
+    items = np.argsort(-popularity, kind="stable")
+    items = items[items != PAD][:1000].astype(np.int64)
+    similarity = (slot.embedding.item_vectors[items] @ user).astype(np.float32)
+    return Candidates(items, similarity, ("popular",), np.ones((len(items), 1), dtype=bool), ())
+
+
+class Endpoints:
+    """The smaller endpoints (similar items, CTR-style ranking, events) over the same slots."""
+
+    def __init__(self, recommender: Recommender) -> None:
+        self.r = recommender
+
+    async def similar_items(self, item_id: str, k: int) -> dict[str, Any]:
+        slot = self.r.slots["champion"]
+        row = slot.item_rows.get(item_id)
+        if row is None:
+            raise InvalidRequestError("item_id", f"unknown item id {item_id!r}", status=404)
+        vectors = slot.embedding.item_vectors
+        scores, ids = slot.embedding.index.search(vectors[row][None, :], k + 1)
+        keep = (ids[0] > PAD) & (ids[0] != row)
+        catalog = slot.embedding.catalog
+        items = [{"item_id": str(catalog.item_ids[i]), "title": str(catalog.titles[i]),
+                  "score": round(float(s), 6), "rank": n + 1}
+                 for n, (i, s) in enumerate(zip(ids[0][keep][:k], scores[0][keep][:k]))]
+        return {"item_id": item_id, "items": items, "model_versions": slot.versions}
+
+    async def rank(self, user_id: str, item_ids: tuple[str, ...], context: Context) -> dict[str, Any]:
+        variant, slot = self.r.slot_for(user_id)
+        rows = self.r.rows(slot, item_ids, "item_ids")
+        reasons: list[str] = []
+        history, attributes, _ = await self.r.user_state(slot, user_id, rows[:0], reasons)
+        user = (await slot.user_tower(history[None, :], attributes[None, :]))[0]
+        features = user_ranker_inputs(user, history, rows, slot.embedding.item_vectors,
+                                      slot.embedding.catalog, context, slot.scaler)
+        similarity = (slot.embedding.item_vectors[rows] @ user).astype(np.float32)
+        outcome = await slot.ranker.rank(features, similarity)
+        if outcome.reason:
+            reasons.append(outcome.reason)
+        return {"user_id": user_id, "variant": variant, "model_versions": slot.versions,
+                "scores": [{"item_id": i, "score": round(float(s), 6)}
+                           for i, s in zip(item_ids, outcome.scores)],
+                "ranker": outcome.ranker, "degraded": bool(reasons), "degraded_reasons": reasons}
+
+    async def record_event(self, user_id: str, item_id: str, event_type: str,
+                           timestamp: float) -> dict[str, Any]:
+        slot = self.r.slots["champion"]
+        self.r.rows(slot, (item_id,), "item_id")
+        if self.r.history is None:
+            raise CacheError("no history store configured")
+        kept = await self.r.history.append(user_id, item_id, event_type, timestamp)
+        invalidated = True
+        if self.r.cache is not None:
+            try:
+                await self.r.cache.bump_user_generation(user_id)
+            except CacheError:
+                invalidated = False  # this worker's L1 was cleared; other workers' entries expire
+        return {"user_id": user_id, "events_kept": kept, "cache_invalidated": invalidated}

@@ -1,0 +1,133 @@
+"""Candidate retrieval: ANN, popularity and item-to-item sources run concurrently, then merged."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.errors import RetrievalError
+from recsys.features import PAD
+from recsys.index import ItemIndex
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+EventSink = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class RetrievalQuery:
+    user_vector: FloatArray  # [D]
+    recent: IntArray  # the user's recent catalogue rows, most recent last (no padding)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Merged candidates in retrieval order (similarity to the user, highest first)."""
+
+    items: IntArray  # [C] catalogue rows
+    similarity: FloatArray  # [C] user·item inner product
+    source_names: tuple[str, ...]  # [S]
+    source_mask: npt.NDArray[np.bool_]  # [C, S]: which sources proposed each item
+    failed: tuple[str, ...]  # sources that failed or timed out for this request
+
+    def sources_of(self, position: int) -> list[str]:
+        return [n for n, hit in zip(self.source_names, self.source_mask[position]) if hit]
+
+    def select(self, keep: npt.NDArray[np.bool_] | IntArray) -> Candidates:
+        """A subset (boolean mask or positions), order preserved."""
+        return Candidates(self.items[keep], self.similarity[keep], self.source_names,
+                          self.source_mask[keep], self.failed)
+
+
+class AnnSource:
+    """Nearest items to the user vector in the FAISS index."""
+
+    name = "ann"
+
+    def __init__(self, index: ItemIndex, k: int) -> None:
+        self.index, self.k = index, k
+
+    def __call__(self, query: RetrievalQuery) -> IntArray:
+        _, ids = self.index.search(query.user_vector.reshape(1, -1), self.k)
+        return ids[0][ids[0] > PAD]
+
+
+class PopularSource:
+    """The most popular items at training time; serves cold-start users and outages alike."""
+
+    name = "popular"
+
+    def __init__(self, popularity: FloatArray, k: int) -> None:
+        order = np.argsort(-popularity, kind="stable")
+        self.top = order[order != PAD][:k].astype(np.int64)
+
+    def __call__(self, query: RetrievalQuery) -> IntArray:
+        return self.top
+
+
+class ItemToItemSource:
+    """Nearest neighbours (by item vector) of the user's most recent items."""
+
+    name = "item2item"
+
+    def __init__(self, index: ItemIndex, item_vectors: FloatArray, seeds: int, per_seed: int) -> None:
+        self.index, self.vectors = index, item_vectors
+        self.seeds, self.per_seed = seeds, per_seed
+
+    def __call__(self, query: RetrievalQuery) -> IntArray:
+        seeds = query.recent[-self.seeds:] if self.seeds else query.recent[:0]
+        if seeds.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        _, ids = self.index.search(self.vectors[seeds], self.per_seed + 1)
+        # Interleave neighbour lists (most recent seed first) so every seed is represented.
+        flat = ids[::-1].T.reshape(-1)
+        return flat[(flat > PAD) & ~np.isin(flat, seeds)]
+
+
+Source = Callable[[RetrievalQuery], IntArray]
+
+
+class Retriever:
+    """Runs every source in a worker thread with its own timeout; merges what came back."""
+
+    def __init__(self, sources: Sequence[Source], item_vectors: FloatArray, timeout_s: float,
+                 on_event: EventSink | None = None) -> None:
+        self.sources = list(sources)
+        self.vectors = item_vectors
+        self.timeout_s = timeout_s
+        self.on_event = on_event or (lambda *a, **k: None)
+
+    async def retrieve(self, query: RetrievalQuery) -> Candidates:
+        names = [getattr(s, "name", type(s).__name__) for s in self.sources]
+        results = await asyncio.gather(
+            *(asyncio.wait_for(asyncio.to_thread(source, query), self.timeout_s)
+              for source in self.sources),
+            return_exceptions=True,
+        )
+        found: list[tuple[str, IntArray]] = []
+        failed = []
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                failed.append(name)
+                self.on_event("source_failed", source=name,
+                              error="timeout" if isinstance(result, TimeoutError) else
+                              type(result).__name__)
+            else:
+                found.append((name, result))
+        if not found:
+            raise RetrievalError(f"every candidate source failed: {', '.join(failed)}")
+        return self._merge(query, found, tuple(failed))
+
+    def _merge(self, query: RetrievalQuery, found: list[tuple[str, IntArray]],
+               failed: tuple[str, ...]) -> Candidates:
+        items = np.unique(np.concatenate([ids for _, ids in found]))
+        similarity = (self.vectors[items] @ query.user_vector).astype(np.float32)
+        order = np.argsort(-similarity, kind="stable")
+        items, similarity = items[order].astype(np.int64), similarity[order]
+        mask = np.stack([np.isin(items, ids) for _, ids in found], axis=1)
+        return Candidates(items, similarity, tuple(n for n, _ in found), mask, failed)

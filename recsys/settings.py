@@ -1,0 +1,79 @@
+"""Serving settings: one typed object read once at start-up from RECSYS_* environment variables."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """Every field is also an environment variable: RECSYS_<FIELD NAME IN CAPITALS>."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", frozen=True, extra="ignore")
+
+    # Models: BentoML model tags per alias, written by `python -m registry export`.
+    models_file: Path = Path("serving-models.json")
+    # Where the user tower and ranker run: "inline" (in the API process) or "services"
+    # (separate BentoML services with adaptive batching).
+    topology: Literal["inline", "services"] = "inline"
+    gpu: int = Field(0, ge=0, description="GPUs per model service (0: CPU)")
+    max_batch_size: int = Field(8192, gt=0, description="rows per adaptive batch")
+    max_latency_ms: int = Field(200, gt=0, description="BentoML batching latency target")
+    onnx_threads: int = Field(1, gt=0)
+
+    # Redis (L2 cache, event history, shadow stream). None: start a local redis-server.
+    redis_url: str | None = None
+    redis_timeout_ms: float = Field(20.0, gt=0)
+    result_ttl_s: float = Field(60.0, gt=0)
+    user_vector_ttl_s: float = Field(300.0, gt=0)
+    l1_max_items: int = Field(10_000, gt=0)
+    history_max_events: int = Field(200, gt=0)
+
+    # Request limits
+    max_k: int = Field(100, gt=0)
+    max_list_items: int = Field(1000, gt=0, description="longest item list a request may carry")
+
+    # Retrieval and ranking
+    ann_candidates: int = Field(1000, gt=0)
+    popular_candidates: int = Field(100, ge=0)
+    item_to_item_seeds: int = Field(5, ge=0, description="recent items used as item-to-item seeds")
+    item_to_item_per_seed: int = Field(50, ge=0)
+    ranked_candidates: int = Field(1000, gt=0, description="candidates scored by the ranker")
+    diversity: float = Field(0.0, ge=0.0, le=1.0, description="MMR weight of diversity (0: off)")
+    max_per_category: int = Field(0, ge=0, description="cap of items sharing a first genre (0: off)")
+
+    # Latency budget (ms) and its per-stage timeouts
+    budget_ms: float = Field(150.0, gt=0)
+    retrieval_timeout_ms: float = Field(30.0, gt=0)
+    ranking_timeout_ms: float = Field(60.0, gt=0)
+    breaker_failures: int = Field(5, gt=0)
+    breaker_reset_s: float = Field(10.0, gt=0)
+
+    # Fault injection for resilience tests, e.g. "ranker:error,ann:timeout" (see recsys/faults.py)
+    faults: str = ""
+
+    # Experiments and shadow scoring
+    experiment_file: Path | None = None
+    shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    shadow_log: str = "shadow.jsonl"  # a path, or "redis" for the stream recsys:shadow
+
+    @field_validator("models_file")
+    @classmethod
+    def _models_file(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingSettings:
+        if self.ranked_candidates > self.ann_candidates + self.popular_candidates + \
+                self.item_to_item_seeds * self.item_to_item_per_seed:
+            raise ValueError(
+                f"RECSYS_RANKED_CANDIDATES={self.ranked_candidates} exceeds what retrieval can "
+                "return (ann + popular + item-to-item candidates)")
+        if self.retrieval_timeout_ms + self.ranking_timeout_ms > self.budget_ms:
+            raise ValueError(
+                f"RECSYS_RETRIEVAL_TIMEOUT_MS + RECSYS_RANKING_TIMEOUT_MS "
+                f"({self.retrieval_timeout_ms} + {self.ranking_timeout_ms}) exceed "
+                f"RECSYS_BUDGET_MS={self.budget_ms}")
+        return self

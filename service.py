@@ -1,0 +1,189 @@
+"""BentoML service: wiring only. The request path lives in recsys/ (pipeline, retrieval, ranking)."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import Field
+
+with bentoml.importing():
+    import numpy as np
+
+    from recsys.assembly import ModelRefs, build_runtime, read_models_file
+    from recsys.bundles import EmbeddingBundle, RankerBundle
+    from recsys.errors import CacheError, RecsysError, RankingError
+    from recsys.pipeline import InvalidRequestError, RecommendRequest
+    from recsys.schemas import EventType, Filters, ItemId, LimitError, RequestContext, check_limits
+    from recsys.settings import ServingSettings
+    from recsys.telemetry import PrometheusTelemetry
+
+SETTINGS = ServingSettings()
+MODEL_TAGS = read_models_file(SETTINGS.models_file)  # alias -> kind -> BentoML tag
+RESOURCES = {"gpu": SETTINGS.gpu} if SETTINGS.gpu else {"cpu": "1"}
+BATCHING = {"batchable": True, "batch_dim": 0, "max_batch_size": SETTINGS.max_batch_size,
+            "max_latency_ms": SETTINGS.max_latency_ms}
+
+
+def _declare_models(cls: type, kinds: tuple[str, ...]) -> type:
+    """Class attributes BentoModel(tag) so that `bentoml build` pins every model it serves."""
+    for alias, tags in MODEL_TAGS.items():
+        for kind in kinds:
+            setattr(cls, f"model_{alias}_{kind}", bentoml.models.BentoModel(tags[kind]))
+    return cls
+
+
+def _path(service: object, alias: str, kind: str) -> Path:
+    model = getattr(service, f"model_{alias}_{kind}")  # a service instance sees the stored model
+    if isinstance(model, bentoml.models.BentoModel):
+        model = model.resolve()
+    return Path(model.path)
+
+
+class RankerModel:
+    """Batched ranker scoring, one API per alias (features [N, F] -> scores [N])."""
+
+    def __init__(self) -> None:
+        self.rankers = {a: RankerBundle.load(_path(self, a, "ranker"), threads=SETTINGS.onnx_threads,
+                                             prefer_gpu=bool(SETTINGS.gpu)) for a in MODEL_TAGS}
+
+    @bentoml.api(**BATCHING)
+    def score_champion(self, features: np.ndarray) -> np.ndarray:
+        return self.rankers["champion"].score(features)
+
+    @bentoml.api(**BATCHING)
+    def score_challenger(self, features: np.ndarray) -> np.ndarray:
+        return self.rankers.get("challenger", self.rankers["champion"]).score(features)
+
+
+class UserTowerModel:
+    """Batched user tower ([B, H + A] int64: history then attributes -> [B, D])."""
+
+    def __init__(self) -> None:
+        self.towers = {a: EmbeddingBundle.load(_path(self, a, "embedding"), prefer_gpu=bool(SETTINGS.gpu))
+                       for a in MODEL_TAGS}
+
+    def _encode(self, alias: str, packed: np.ndarray) -> np.ndarray:
+        bundle = self.towers.get(alias, self.towers["champion"])
+        h = bundle.history_len
+        return bundle.encode_users(packed[:, :h], packed[:, h:])
+
+    @bentoml.api(**BATCHING)
+    def encode_champion(self, packed: np.ndarray) -> np.ndarray:
+        return self._encode("champion", packed)
+
+    @bentoml.api(**BATCHING)
+    def encode_challenger(self, packed: np.ndarray) -> np.ndarray:
+        return self._encode("challenger", packed)
+
+
+RankerService = bentoml.service(resources=RESOURCES, workers=1)(_declare_models(RankerModel, ("ranker",)))
+UserTowerService = bentoml.service(resources=RESOURCES, workers=1)(
+    _declare_models(UserTowerModel, ("embedding",)))
+
+
+class RecommenderApi:
+    if SETTINGS.topology == "services":
+        ranker_service = bentoml.depends(RankerService)
+        tower_service = bentoml.depends(UserTowerService)
+
+    def __init__(self) -> None:
+        refs = [ModelRefs(alias, {k: _path(self, alias, k) for k in tags},
+                          {k: str(tags[k]) for k in tags}) for alias, tags in MODEL_TAGS.items()]
+        rankers = towers = None
+        if SETTINGS.topology == "services":
+            rankers = {a: self._remote_ranker(a) for a in MODEL_TAGS}
+            towers = {a: self._remote_tower(a) for a in MODEL_TAGS}
+        self.runtime = build_runtime(SETTINGS, refs, PrometheusTelemetry(), rankers, towers)
+        self.ready = False
+
+    def _remote_ranker(self, alias: str):  # noqa: ANN202
+        async def score(features: np.ndarray) -> np.ndarray:
+            try:
+                return await getattr(self.ranker_service.to_async, f"score_{alias}")(features)
+            except bentoml.exceptions.BentoMLException as error:  # 503 overload, 5xx, transport
+                raise RankingError(f"ranker service: {error}") from error
+        return score
+
+    def _remote_tower(self, alias: str):  # noqa: ANN202
+        async def encode(history: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+            packed = np.concatenate([history, attributes], axis=1)
+            return await getattr(self.tower_service.to_async, f"encode_{alias}")(packed)
+        return encode
+
+    @bentoml.on_startup
+    async def warm_up(self) -> None:
+        await self.runtime.recommender.warmup()
+        self.ready = True
+
+    @bentoml.on_shutdown
+    async def close(self) -> None:
+        await self.runtime.aclose()
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @bentoml.api
+    async def recommend(
+        self, user_id: Annotated[str, Field(min_length=1, max_length=200)],
+        k: Annotated[int, Field(gt=0)] = 10, recent_item_ids: list[ItemId] = [],
+        context: RequestContext = RequestContext(), filters: Filters = Filters(),
+        exclude_item_ids: list[ItemId] = [],
+    ) -> dict[str, Any]:
+        with _client_errors():
+            check_limits(SETTINGS.max_k, SETTINGS.max_list_items, k, recent_item_ids=recent_item_ids,
+                         exclude_item_ids=exclude_item_ids)
+            return await self.runtime.recommender.recommend(RecommendRequest(
+                user_id, k, tuple(recent_item_ids), context.to_context(),
+                tuple(filters.include_categories), tuple(filters.exclude_categories),
+                tuple(exclude_item_ids)))
+
+    @bentoml.api
+    async def similar_items(self, item_id: ItemId, k: Annotated[int, Field(gt=0)] = 10) -> dict[str, Any]:
+        with _client_errors():
+            check_limits(SETTINGS.max_k, SETTINGS.max_list_items, k)
+            return await self.runtime.endpoints.similar_items(item_id, k)
+
+    @bentoml.api
+    async def rank(self, user_id: Annotated[str, Field(min_length=1, max_length=200)],
+                   item_ids: Annotated[list[ItemId], Field(min_length=1)],
+                   context: RequestContext = RequestContext()) -> dict[str, Any]:
+        with _client_errors():
+            check_limits(SETTINGS.max_k, SETTINGS.max_list_items, item_ids=item_ids)
+            return await self.runtime.endpoints.rank(user_id, tuple(item_ids), context.to_context())
+
+    @bentoml.api
+    async def events(self, user_id: Annotated[str, Field(min_length=1, max_length=200)],
+                     item_id: ItemId, type: EventType = "view",
+                     timestamp: float | None = None) -> dict[str, Any]:
+        with _client_errors():
+            return await self.runtime.endpoints.record_event(
+                user_id, item_id, type, timestamp if timestamp is not None else time.time())
+
+    @bentoml.api
+    async def info(self) -> dict[str, Any]:
+        return self.runtime.info(SETTINGS)
+
+
+class _client_errors:
+    """Maps the project's exceptions to HTTP: bad input → 400/404, unavailable store → 503."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> bool:
+        if isinstance(error, InvalidRequestError):
+            raise (bentoml.exceptions.NotFound if error.status == 404 else
+                   bentoml.exceptions.InvalidArgument)(str(error)) from error
+        if isinstance(error, LimitError):
+            raise bentoml.exceptions.InvalidArgument(str(error)) from error
+        if isinstance(error, CacheError):
+            raise bentoml.exceptions.ServiceUnavailable(f"event store unavailable: {error}") from error
+        return False
+
+
+Recommender = bentoml.service(
+    name="recommender", traffic={"timeout": 10, "max_concurrency": 256}, workers=1,
+)(_declare_models(RecommenderApi, ("embedding", "ranker", "fallback_ranker")))

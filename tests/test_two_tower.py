@@ -1,0 +1,152 @@
+"""The two-tower model (training/two_tower.py) trained for real on a small synthetic dataset."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.features import PAD, encode_history
+from training.config import TwoTowerConfig
+from training.data import SyntheticConfig, generate_synthetic
+from training.sequences import UserSequences
+from training.steps import PreparedData, padded_histories, prepare_data
+from training.two_tower import (
+    Examples, TwoTowerModel, build_model, encode_items, encode_users, next_item_examples,
+    train_two_tower,
+)
+
+CONFIG = TwoTowerConfig(dim=16, hidden=32, epochs=2, history_len=8)
+
+
+@dataclass(frozen=True)
+class Trained:
+    data: PreparedData
+    examples: Examples
+    model: TwoTowerModel
+    history: list[dict[str, float]]
+    epochs_seen: list[int]
+    items: np.ndarray  # [n+1, D]
+
+
+def _train(data: PreparedData, examples: Examples, config: TwoTowerConfig,
+           epochs_seen: list[int] | None = None) -> tuple[TwoTowerModel, list[dict[str, float]]]:
+    model = build_model(data.catalog, data.attributes.cardinalities(), config)
+    callback = (lambda epoch, stats: epochs_seen.append(epoch)) if epochs_seen is not None else None
+    return model, train_two_tower(model, data.catalog, examples, callback)
+
+
+@pytest.fixture(scope="module")
+def data() -> PreparedData:
+    return prepare_data(generate_synthetic(SyntheticConfig(n_users=150, n_items=300)), CONFIG)
+
+
+@pytest.fixture(scope="module")
+def examples(data: PreparedData) -> Examples:
+    return next_item_examples(data.train, data.train_attributes, CONFIG.history_len,
+                              CONFIG.ranker_holdout_events)
+
+
+@pytest.fixture(scope="module")
+def trained(data: PreparedData, examples: Examples) -> Trained:
+    epochs_seen: list[int] = []
+    model, history = _train(data, examples, CONFIG, epochs_seen)
+    return Trained(data, examples, model, history, epochs_seen, encode_items(model, data.catalog))
+
+
+# --- examples ------------------------------------------------------------------------------
+
+def test_next_item_examples_leave_out_the_ranker_holdout() -> None:
+    sequences = UserSequences(["u1", "u2"], [np.array([1, 2, 3, 4, 5]), np.array([6, 7])],
+                              [np.arange(5), np.arange(2)])
+    attributes = np.array([[1, 2], [3, 4]])
+    examples = next_item_examples(sequences, attributes, history_len=3, holdout=2)
+    # u1: targets 2, 3 (4 and 5 are held out); u2: none (its only target 7 is held out)
+    np.testing.assert_array_equal(examples.target, [2, 3])
+    np.testing.assert_array_equal(examples.history, [[0, 0, 1], [0, 1, 2]])
+    np.testing.assert_array_equal(examples.attributes, [[1, 2], [1, 2]])
+    everything = next_item_examples(sequences, attributes, history_len=3)
+    np.testing.assert_array_equal(everything.target, [2, 3, 4, 5, 7])
+    np.testing.assert_array_equal(everything.history[3], [2, 3, 4])  # the most recent 3
+
+
+def test_next_item_examples_refuse_users_with_single_events() -> None:
+    sequences = UserSequences(["u1"], [np.array([1])], [np.array([0])])
+    with pytest.raises(ValueError, match="no training examples"):
+        next_item_examples(sequences, np.zeros((1, 1), dtype=np.int64), history_len=4)
+
+
+# --- training ------------------------------------------------------------------------------
+
+def test_training_reduces_the_loss_and_reports_every_epoch(trained: Trained) -> None:
+    assert trained.epochs_seen == [0, 1]
+    assert len(trained.history) == 2
+    assert trained.history[1]["loss"] < trained.history[0]["loss"]
+
+
+def test_item_vectors_are_unit_norm_with_a_zero_padding_row(trained: Trained) -> None:
+    items = trained.items
+    assert items.shape == (trained.data.catalog.size + 1, CONFIG.dim)
+    assert items.dtype == np.float32
+    np.testing.assert_array_equal(items[PAD], 0.0)
+    np.testing.assert_allclose(np.linalg.norm(items[1:], axis=1), 1.0, atol=1e-5)
+    # the padding embeddings stay zero through training, so padding never leaks into vectors
+    assert not trained.model.item_tower.item.weight[PAD].any()
+    assert not trained.model.user_tower.history.weight[PAD].any()
+
+
+def test_user_vectors_are_unit_norm_even_for_an_empty_history(trained: Trained) -> None:
+    data = trained.data
+    history = padded_histories(data.validation, CONFIG.history_len)
+    attributes = data.eval_attributes(data.validation)
+    empty = np.zeros((1, CONFIG.history_len), dtype=np.int64)
+    users = encode_users(trained.model, np.concatenate([history, empty]),
+                         np.concatenate([attributes, attributes[:1]]))
+    assert users.shape == (len(history) + 1, CONFIG.dim) and users.dtype == np.float32
+    assert np.isfinite(users).all()
+    np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1.0, atol=1e-5)
+
+
+def test_same_seed_gives_identical_vectors_and_another_seed_does_not(
+    data: PreparedData, examples: Examples,
+) -> None:
+    config = replace(CONFIG, epochs=1)
+    first, _ = _train(data, examples, config)
+    second, _ = _train(data, examples, config)
+    other, _ = _train(data, examples, replace(config, seed=1))
+    history, attributes = examples.history[:32], examples.attributes[:32]
+    np.testing.assert_array_equal(encode_items(first, data.catalog),
+                                  encode_items(second, data.catalog))
+    np.testing.assert_array_equal(encode_users(first, history, attributes),
+                                  encode_users(second, history, attributes))
+    assert not np.allclose(encode_items(first, data.catalog), encode_items(other, data.catalog))
+
+
+def test_cold_items_land_nearer_their_own_genre(trained: Trained) -> None:
+    """Items never seen in training are placed by their content (genres, title words) alone."""
+    catalog = trained.data.catalog
+    counts = np.bincount(trained.examples.target, minlength=catalog.size + 1)
+    cold = np.flatnonzero(catalog.popularity == 0)[1:]  # no training events at all (row 0 is PAD)
+    warm = np.flatnonzero(counts > 0)
+    assert len(cold) >= 10
+    assert not trained.model.item_tower.item.weight[torch.from_numpy(cold)].any()  # id unknown
+    same, other = [], []
+    for row in cold:
+        shares_genre = catalog.genres[warm] @ catalog.genres[row] > 0
+        similarity = trained.items[warm] @ trained.items[row]
+        same.append(similarity[shares_genre].mean())
+        other.append(similarity[~shares_genre].mean())
+    assert np.mean(same) > np.mean(other)
+    assert np.mean(np.array(same) > np.array(other)) > 0.5  # for most cold items, not just on average
+
+
+def test_the_user_vector_moves_when_an_event_is_appended(trained: Trained) -> None:
+    data = trained.data
+    sequence = next(s for s in data.train.sequences if len(s) >= 6)
+    attributes = data.train_attributes[:1]
+    before = encode_users(trained.model, encode_history(sequence[:5], CONFIG.history_len)[None],
+                          attributes)
+    after = encode_users(trained.model, encode_history(sequence[:6], CONFIG.history_len)[None],
+                         attributes)
+    assert np.linalg.norm(after - before) > 1e-3
