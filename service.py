@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +13,7 @@ with bentoml.importing():
 
     from recsys.assembly import ModelRefs, build_runtime, read_models_file
     from recsys.bundles import EmbeddingBundle, RankerBundle
-    from recsys.errors import CacheError, RecsysError, RankingError
+    from recsys.errors import CacheError, RankingError
     from recsys.pipeline import InvalidRequestError, RecommendRequest
     from recsys.schemas import EventType, Filters, ItemId, LimitError, RequestContext, check_limits
     from recsys.settings import ServingSettings
@@ -115,7 +114,7 @@ class RecommenderApi:
 
     @bentoml.on_startup
     async def warm_up(self) -> None:
-        await self.runtime.recommender.warmup()
+        await self.runtime.start()
         self.ready = True
 
     @bentoml.on_shutdown

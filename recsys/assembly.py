@@ -20,6 +20,7 @@ from recsys.pipeline import Endpoints, ModelSlot, PipelineOptions, Recommender, 
 from recsys.ranking import AsyncScorer, RankerChain
 from recsys.retrieval import AnnSource, ItemToItemSource, PopularSource, Retriever, RetrievalQuery
 from recsys.settings import ServingSettings
+from recsys.shadow import ShadowConfig, ShadowScorer
 
 KINDS = ("embedding", "ranker", "fallback_ranker")
 AsyncTower = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
@@ -115,6 +116,13 @@ class Runtime:
     endpoints: Endpoints
     cache: ResultCache | None
     history: HistoryStore | None
+    shadow: ShadowScorer | None = None
+
+    async def start(self) -> None:
+        """Inside the serving event loop: start background workers, then warm up."""
+        if self.shadow is not None:
+            self.shadow.start()
+        await self.recommender.warmup()
 
     def info(self, settings: ServingSettings) -> dict[str, Any]:
         """Models per alias, experiment, topology and the settings that shape responses."""
@@ -134,6 +142,8 @@ class Runtime:
         }
 
     async def aclose(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.aclose()
         if self.cache is not None:
             await self.cache.aclose()
         if self.history is not None:
@@ -146,7 +156,7 @@ def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: T
     faults = Faults.parse(settings.faults)
     experiment = active_experiment(settings.experiment_file) if settings.experiment_file else None
     router = Router(experiment)
-    wanted = router.aliases() | {"champion"}
+    wanted = router.aliases() | {"champion"} | ({"challenger"} if settings.shadow_fraction else set())
     slots = {r.alias: build_slot(r, settings, telemetry, faults,
                                  (remote_rankers or {}).get(r.alias), (remote_towers or {}).get(r.alias))
              for r in refs if r.alias in wanted}
@@ -168,5 +178,16 @@ def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: T
                                CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s,
                                               on_state_change=_breaker_listener(telemetry, "redis_history")),
                                on_event=telemetry.event)
-    recommender = Recommender(slots, router, options, cache, history, telemetry)
-    return Runtime(recommender, Endpoints(recommender), cache, history)
+    shadow = None
+    if settings.shadow_fraction > 0 and "challenger" in slots:
+        to_redis = settings.shadow_log == "redis"
+        if to_redis and not settings.redis_url:
+            raise ValueError("RECSYS_SHADOW_LOG=redis needs RECSYS_REDIS_URL")
+        shadow = ShadowScorer(ShadowConfig(
+            fraction=settings.shadow_fraction, sink="redis" if to_redis else "jsonl",
+            jsonl_path=None if to_redis else Path(settings.shadow_log),
+            redis_url=settings.redis_url if to_redis else None,
+            challenger_timeout_s=settings.budget_ms / 1000 * 4,
+        ), on_event=telemetry.event)
+    recommender = Recommender(slots, router, options, cache, history, telemetry, shadow)
+    return Runtime(recommender, Endpoints(recommender), cache, history, shadow)

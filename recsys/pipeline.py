@@ -5,6 +5,7 @@ One place decides degradation: every fallback is marked in the response and repo
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from recsys.history import HistoryStore
 from recsys.ranking import RankerChain
 from recsys.reranking import diversify, filter_candidates, primary_genre
 from recsys.retrieval import Candidates, Retriever, RetrievalQuery
+from recsys.shadow import ScoredList, ShadowScorer
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -106,12 +108,13 @@ class Telemetry:
 class Recommender:
     def __init__(self, slots: Mapping[str, ModelSlot], router: Router, options: PipelineOptions,
                  cache: ResultCache | None, history: HistoryStore | None,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, shadow: ShadowScorer | None = None) -> None:
         if "champion" not in slots:
             raise ValueError(f"a champion model slot is required, got {sorted(slots)}")
         self.slots, self.router, self.options = dict(slots), router, options
         self.cache, self.history = cache, history
         self.telemetry = telemetry or Telemetry()
+        self.shadow = shadow if "challenger" in slots else None
 
     async def warmup(self, rounds: int = 3) -> None:
         """Run the full path (no cache) for a new user on every slot: loads lazy state (thread
@@ -173,6 +176,7 @@ class Recommender:
     # ---- POST /recommend ------------------------------------------------------------------
     async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
         start = time.perf_counter()
+        request_id = uuid.uuid4().hex
         variant, slot = self.slot_for(request.user_id)
         self.telemetry.event("exposure", variant=variant)
         recent = self.rows(slot, request.recent_items, "recent_items")
@@ -199,8 +203,27 @@ class Recommender:
                     self.telemetry.observe("cache", time.perf_counter() - t0)
         except _Degraded as degraded:
             result, level = degraded.result, "miss"
-        return {**result, "variant": variant, "cache": level,
-                "latency_ms": round((time.perf_counter() - start) * 1000, 3)}
+        latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        if self.shadow is not None and slot.alias == "champion" and \
+                self.shadow.should_shadow(request_id):
+            await self._submit_shadow(request_id, request, result, latency_ms,
+                                      (recent, excluded, include, exclude))
+        return {**result, "variant": variant, "cache": level, "request_id": request_id,
+                "latency_ms": latency_ms}
+
+    async def _submit_shadow(self, request_id: str, request: RecommendRequest,
+                             served: dict[str, Any], latency_ms: float,
+                             resolved: tuple[IntArray, IntArray, IntArray | None, IntArray | None]) -> None:
+        """Queue the challenger on the same request; never awaited on the request path."""
+        challenger = self.slots["challenger"]
+
+        async def score_challenger() -> ScoredList:
+            t = time.perf_counter()
+            result = await self._compute(challenger, request, *resolved, time.perf_counter())
+            return scored_list(result, (time.perf_counter() - t) * 1000)
+
+        await self.shadow.submit(request_id, request.user_id, scored_list(served, latency_ms),
+                                 score_challenger, k=request.k)
 
     @staticmethod
     def cache_key(slot: ModelSlot, request: RecommendRequest) -> str:
@@ -261,6 +284,11 @@ class Recommender:
                  "score": round(float(scores[p]), 6), "rank": rank + 1,
                  "sources": ranked.sources_of(int(p))}
                 for rank, p in enumerate(order)]
+
+
+def scored_list(result: dict[str, Any], latency_ms: float) -> ScoredList:
+    return ScoredList(result["model_versions"], [i["item_id"] for i in result["items"]],
+                      [i["score"] for i in result["items"]], latency_ms)
 
 
 def recent_rows(history: IntArray) -> IntArray:

@@ -1,4 +1,4 @@
-"""The notebooks run in order (papermill, tiny synthetic data) and what they logged; the hand-off."""
+"""The notebooks run in order (papermill, tiny synthetic data), what they logged; the hand-off."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,12 @@ import pytest
 from recsys.errors import ArtifactError
 from registry import CHALLENGER, CHAMPION, Registry
 from training.workdir import (
-    NOTEBOOKS, WorkdirError, load_bundles, load_embedding, load_step, save_step,
+    NOTEBOOKS,
+    WorkdirError,
+    load_bundles,
+    load_embedding,
+    load_step,
+    save_step,
 )
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"

@@ -1,4 +1,4 @@
-"""Hand-off between notebooks run in separate kernels: step state in steps.json, bundles beside it."""
+"""Hand-off between notebooks run in separate kernels: steps.json plus the bundles beside it."""
 from __future__ import annotations
 
 import json
@@ -24,12 +24,8 @@ NOTEBOOKS = {
     "evaluation": "03_evaluate.ipynb",
     "registration": "04_register_and_promote.ipynb",
 }
-# Bundle directory under the workdir (as training/pipeline.py lays it out) -> (kind, step).
-BUNDLES = {
-    "embedding": ("embedding", "embedding"),
-    "ranker": ("ranker", "ranker"),
-    "fallback_ranker": ("fallback_ranker", "ranker"),
-}
+# Bundle directory under the workdir (as training/pipeline.py lays it out) -> step writing it.
+BUNDLES = {"embedding": "embedding", "ranker": "ranker", "fallback_ranker": "ranker"}
 
 
 class WorkdirError(ArtifactError):
@@ -101,7 +97,7 @@ def saved_settings(workdir: Path | str, **overrides: Any) -> TrainingSettings:
 def _bundle_dir(workdir: Path, name: str) -> Path:
     directory = workdir / name
     if not (directory / artifacts.MANIFEST).is_file():
-        raise _missing(directory / artifacts.MANIFEST, BUNDLES[name][1], workdir)
+        raise _missing(directory / artifacts.MANIFEST, BUNDLES[name], workdir)
     return directory
 
 
