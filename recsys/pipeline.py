@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.bundles import EmbeddingBundle
-from recsys.cache import ResultCache
+from recsys.cache import ResultCache, make_key
 from recsys.errors import CacheError, RecsysError, RetrievalError
 from recsys.experiments import Router
 from recsys.features import PAD, Context, FeatureScaler, encode_history, user_ranker_inputs
@@ -71,6 +71,9 @@ class PipelineOptions:
     max_per_category: int
     budget_s: float
     history_len: int
+    # Cache user vectors too (kind "user_vector", keyed by the history itself): worth a Redis
+    # round trip only when the user tower is a process hop away (topology "services").
+    cache_user_vectors: bool = False
 
 
 @dataclass
@@ -227,9 +230,19 @@ class Recommender:
 
     @staticmethod
     def cache_key(slot: ModelSlot, request: RecommendRequest) -> str:
-        from recsys.cache import make_key
-
         return make_key("results", slot.versions, request.cache_fields())
+
+    async def user_vector(self, slot: ModelSlot, history: IntArray, attributes: IntArray) -> FloatArray:
+        """[D] user vector; cached by (embedding version, history, attributes) when enabled."""
+        async def encode() -> FloatArray:
+            return (await slot.user_tower(history[None, :], attributes[None, :]))[0]
+
+        if self.cache is None or not self.options.cache_user_vectors:
+            return await encode()
+        key = make_key("user_vector", {"embedding": slot.versions["embedding"]},
+                       {"history": history.tolist(), "attributes": attributes.tolist()})
+        vector, _ = await self.cache.get_or_compute("user_vector", key, encode)
+        return np.asarray(vector, dtype=np.float32)
 
     async def _compute(self, slot: ModelSlot, request: RecommendRequest, recent: IntArray,
                        excluded: IntArray, include: IntArray | None, exclude: IntArray | None,
@@ -239,7 +252,7 @@ class Recommender:
         history, attributes, seen = await self.user_state(slot, request.user_id, recent, reasons)
         self.telemetry.observe("history", time.perf_counter() - t)
         t = time.perf_counter()
-        user = (await slot.user_tower(history[None, :], attributes[None, :]))[0]
+        user = await self.user_vector(slot, history, attributes)
         self.telemetry.observe("user_tower", time.perf_counter() - t)
         t = time.perf_counter()
         try:
@@ -329,7 +342,7 @@ class Endpoints:
         rows = self.r.rows(slot, item_ids, "item_ids")
         reasons: list[str] = []
         history, attributes, _ = await self.r.user_state(slot, user_id, rows[:0], reasons)
-        user = (await slot.user_tower(history[None, :], attributes[None, :]))[0]
+        user = await self.r.user_vector(slot, history, attributes)
         features = user_ranker_inputs(user, history, rows, slot.embedding.item_vectors,
                                       slot.embedding.catalog, context, slot.scaler)
         similarity = (slot.embedding.item_vectors[rows] @ user).astype(np.float32)

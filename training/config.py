@@ -13,7 +13,7 @@ class TwoTowerConfig:
     attribute_dim: int = 8
     title_buckets: int = 8192
     title_tokens: int = 16
-    epochs: int = 12
+    epochs: int = 8  # validation HR@10 on MovieLens 100K peaks around epochs 5-8
     batch_size: int = 512
     learning_rate: float = 3e-3
     weight_decay: float = 1e-5

@@ -103,6 +103,7 @@ def embedding_step(data: PreparedData, config: PipelineConfig, workdir: Path) ->
         uri = log_bundle(embedding.path, "embedding", example)
         fig = plots.training_curves(dict(epochs.series), "two-tower training")
         mlflow.log_figure(fig, "two_tower_curves.png")
+        plots.close(fig)
     return embedding, uri
 
 
@@ -156,6 +157,7 @@ def evaluation_step(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
         fig = plots.metrics_bar(results)
         fig.savefig(workdir / "evaluation.png", dpi=110)
         mlflow.log_figure(fig, "evaluation.png")
+        plots.close(fig)
     return report
 
 

@@ -41,3 +41,8 @@ def training_curves(history: Mapping[str, Sequence[float]], title: str) -> Figur
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def close(fig: Figure) -> None:
+    """Release a figure that was only saved or logged (pyplot keeps every open figure alive)."""
+    plt.close(fig)

@@ -1,0 +1,40 @@
+"""The headline result on MovieLens 100K, kept short: 2 two-tower and 2 ranker epochs, no MLflow."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from training.baselines import popularity_scorer
+from training.config import PipelineConfig
+from training.data import load_dataset
+from training.evaluate import evaluate_scorer
+from training.steps import evaluate_models, prepare_data, train_embedding, train_rankers
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def results(ml100k_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
+    defaults = PipelineConfig()
+    config = replace(defaults, two_tower=replace(defaults.two_tower, epochs=2),
+                     ranker=replace(defaults.ranker, epochs=2))
+    workdir = tmp_path_factory.mktemp("ml100k")
+    data = prepare_data(load_dataset(ml100k_path), config.two_tower)
+    embedding = train_embedding(data, config.two_tower, workdir / "embedding")
+    rankers = train_rankers(data, embedding, config.ranker, config.fallback, workdir / "ranker",
+                            workdir / "fallback_ranker", config.evaluation)
+    # ALS is left out: it costs time and is not part of what this test protects
+    out = evaluate_models(data, embedding, rankers, config.evaluation, baselines=False)
+    out["popularity"] = evaluate_scorer(popularity_scorer(data.catalog.popularity), data.test,
+                                        config.evaluation.cutoffs)
+    return out
+
+
+def test_pipeline_beats_popularity_by_half_again(results: dict[str, dict[str, float]]) -> None:
+    assert results["pipeline"]["hr@10"] > 1.5 * results["popularity"]["hr@10"], results
+
+
+def test_ranking_keeps_most_of_the_retrieval_quality(results: dict[str, dict[str, float]]) -> None:
+    assert results["pipeline"]["hr@10"] > 0.9 * results["retrieval"]["hr@10"], results
