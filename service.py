@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import bentoml
 from pydantic import Field
+from starlette.responses import JSONResponse
 
 with bentoml.importing():
     import numpy as np
@@ -101,7 +102,7 @@ class RecommenderApi:
     def _remote_ranker(self, alias: str):  # noqa: ANN202
         async def score(features: np.ndarray) -> np.ndarray:
             try:
-                return await getattr(self.ranker_service.to_async, f"score_{alias}")(features)
+                return await self.ranker_service.to_async.call(f"score_{alias}", features)
             except bentoml.exceptions.BentoMLException as error:  # 503 overload, 5xx, transport
                 raise RankingError(f"ranker service: {error}") from error
         return score
@@ -109,7 +110,7 @@ class RecommenderApi:
     def _remote_tower(self, alias: str):  # noqa: ANN202
         async def encode(history: np.ndarray, attributes: np.ndarray) -> np.ndarray:
             packed = np.concatenate([history, attributes], axis=1)
-            return await getattr(self.tower_service.to_async, f"encode_{alias}")(packed)
+            return await self.tower_service.to_async.call(f"encode_{alias}", packed)
         return encode
 
     @bentoml.on_startup
@@ -131,7 +132,7 @@ class RecommenderApi:
         context: RequestContext = RequestContext(), filters: Filters = Filters(),
         exclude_item_ids: list[ItemId] = [],
     ) -> dict[str, Any]:
-        with _client_errors():
+        with _client_errors(recent_items="recent_item_ids", exclude_items="exclude_item_ids"):
             check_limits(SETTINGS.max_k, SETTINGS.max_list_items, k, recent_item_ids=recent_item_ids,
                          exclude_item_ids=exclude_item_ids)
             return await self.runtime.recommender.recommend(RecommendRequest(
@@ -158,8 +159,13 @@ class RecommenderApi:
                      item_id: ItemId, type: EventType = "view",
                      timestamp: float | None = None) -> dict[str, Any]:
         with _client_errors():
-            return await self.runtime.endpoints.record_event(
-                user_id, item_id, type, timestamp if timestamp is not None else time.time())
+            try:
+                return await self.runtime.endpoints.record_event(
+                    user_id, item_id, type, timestamp if timestamp is not None else time.time())
+            except CacheError as error:  # BentoML replaces the message of any 5xx it raises
+                return JSONResponse(  # type: ignore[return-value]  # BentoML sends it as is
+                    {"error": f"event store unavailable: {error}"}, status_code=503,
+                    headers={"Retry-After": str(max(1, round(SETTINGS.breaker_reset_s)))})
 
     @bentoml.api
     async def info(self) -> dict[str, Any]:
@@ -167,15 +173,23 @@ class RecommenderApi:
 
 
 class _client_errors:
-    """Maps the project's exceptions to HTTP: bad input → 400/404, unavailable store → 503."""
+    """Maps the project's exceptions to HTTP: bad input → 400/404, unavailable store → 503.
+
+    Keyword arguments rename pipeline fields to request fields (recent_items → recent_item_ids).
+    """
+
+    def __init__(self, **request_fields: str) -> None:
+        self.request_fields = request_fields
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> bool:
         if isinstance(error, InvalidRequestError):
+            name = self.request_fields.get(error.field, error.field)
+            message = name + str(error).removeprefix(error.field)
             raise (bentoml.exceptions.NotFound if error.status == 404 else
-                   bentoml.exceptions.InvalidArgument)(str(error)) from error
+                   bentoml.exceptions.InvalidArgument)(message) from error
         if isinstance(error, LimitError):
             raise bentoml.exceptions.InvalidArgument(str(error)) from error
         if isinstance(error, CacheError):

@@ -177,7 +177,7 @@ def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: T
                                settings.redis_timeout_ms / 1000,
                                CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s,
                                               on_state_change=_breaker_listener(telemetry, "redis_history")),
-                               on_event=telemetry.event)
+                               on_event=telemetry.event, faults=faults)
     shadow = None
     if settings.shadow_fraction > 0 and "challenger" in slots:
         to_redis = settings.shadow_log == "redis"

@@ -18,6 +18,8 @@ DENSE_FEATURES = (
     "category_affinity",
     "category_recency",
     "history_length",
+    "recent_max_similarity",
+    "recent_mean_similarity",
     "hour_sin",
     "hour_cos",
     "device_web",
@@ -26,6 +28,7 @@ DENSE_FEATURES = (
 )
 _TOKEN = re.compile(r"[a-z0-9]+")
 _RECENCY_DECAY = 0.9
+RECENT_ITEMS = 5  # history items compared one by one with each candidate (item-to-item signal)
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -140,6 +143,7 @@ class UserProfile:
     genre_profile: FloatArray  # [G] mean genre vector of the history, L2-normalised
     genre_recency: FloatArray  # [G] max over history of decay^(age) for items of that genre
     history_length: int
+    recent: IntArray  # [<= RECENT_ITEMS] most recent catalogue rows, most recent last
 
 
 def user_profile(history: IntArray, catalog: ItemCatalog) -> UserProfile:
@@ -148,7 +152,7 @@ def user_profile(history: IntArray, catalog: ItemCatalog) -> UserProfile:
     n_genres = catalog.genres.shape[1]
     if real.size == 0:
         zeros = np.zeros(n_genres, dtype=np.float32)
-        return UserProfile(zeros, zeros.copy(), 0)
+        return UserProfile(zeros, zeros.copy(), 0, real)
     genres = catalog.genres[real]
     profile = genres.mean(axis=0)
     norm = float(np.linalg.norm(profile))
@@ -156,7 +160,8 @@ def user_profile(history: IntArray, catalog: ItemCatalog) -> UserProfile:
         profile = profile / norm
     ages = np.arange(real.size - 1, -1, -1, dtype=np.float32)
     recency = (genres * (_RECENCY_DECAY**ages)[:, None]).max(axis=0)
-    return UserProfile(profile.astype(np.float32), recency.astype(np.float32), int(real.size))
+    return UserProfile(profile.astype(np.float32), recency.astype(np.float32), int(real.size),
+                       real[-RECENT_ITEMS:])
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,25 @@ def dense_features(
     out[:, 3] = (cand_genres * genre_profile).sum(axis=1) / genre_norm
     out[:, 4] = (cand_genres * genre_recency).max(axis=1)
     out[:, 5] = np.log1p(np.broadcast_to(history_length, (n,)))
-    out[:, 6:11] = np.broadcast_to(context, (n, 5))
+    out[:, 6:8] = _recent_similarity(profiles, candidates, cand_vecs, item_vectors)
+    out[:, 8:13] = np.broadcast_to(context, (n, 5))
+    return out
+
+
+def _recent_similarity(profiles: Sequence[UserProfile], candidates: IntArray,
+                       cand_vecs: FloatArray, item_vectors: FloatArray) -> FloatArray:
+    """[N, 2]: max and mean cosine between each candidate and the user's most recent items."""
+    out = np.zeros((len(candidates), 2), dtype=np.float32)
+    if len(profiles) == 1:
+        recent = profiles[0].recent
+        if recent.size:
+            sims = cand_vecs @ item_vectors[recent].T
+            out[:, 0], out[:, 1] = sims.max(axis=1), sims.mean(axis=1)
+        return out
+    for i, profile in enumerate(profiles):
+        if profile.recent.size:
+            sims = item_vectors[profile.recent] @ cand_vecs[i]
+            out[i, 0], out[i, 1] = sims.max(), sims.mean()
     return out
 
 

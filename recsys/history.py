@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from recsys.breaker import CircuitBreaker, CircuitOpenError
 from recsys.errors import CacheError
+from recsys.faults import Faults, InjectedFault
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 EventSink = Callable[..., None]
@@ -19,12 +21,14 @@ class HistoryStore:
     """A capped Redis list per user, newest first; each entry is a small JSON object."""
 
     def __init__(self, redis_url: str, max_events: int, timeout_s: float, breaker: CircuitBreaker,
-                 prefix: str = "recsys:history:", on_event: EventSink | None = None) -> None:
+                 prefix: str = "recsys:history:", on_event: EventSink | None = None,
+                 faults: Faults | None = None) -> None:
         self.client = aioredis.from_url(redis_url, socket_timeout=timeout_s,
                                         socket_connect_timeout=timeout_s, retry_on_timeout=False)
         self.max_events, self.timeout_s = max_events, timeout_s
         self.breaker, self.prefix = breaker, prefix
         self.on_event = on_event or (lambda *a, **k: None)
+        self.faults = faults or Faults()
 
     async def recent_items(self, user_id: str, limit: int) -> list[str]:
         """Up to `limit` item ids the user interacted with, oldest first. CacheError on failure."""
@@ -48,10 +52,15 @@ class HistoryStore:
                 return int((await pipe.execute())[-1])
         return int(await self._call("write", write))
 
-    async def _call(self, operation: str, call: Callable[..., object]) -> object:
+    async def _call(self, operation: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        async def guarded() -> Any:
+            await self.faults.acheck("history")
+            return await call()
+
         try:
-            return await self.breaker.call(lambda: asyncio.wait_for(call(), self.timeout_s))
-        except (RedisError, OSError, TimeoutError, CircuitOpenError) as error:
+            return await self.breaker.call(lambda: asyncio.wait_for(guarded(), self.timeout_s))
+        except (RedisError, OSError, asyncio.TimeoutError, CircuitOpenError,
+                InjectedFault) as error:
             self.on_event("history_error", operation=operation, error=type(error).__name__)
             raise CacheError(f"history store {operation} failed: {type(error).__name__}") from error
 

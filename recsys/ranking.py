@@ -48,13 +48,16 @@ class RankerChain:
         if n == 0:
             return RankOutcome(np.zeros(0, dtype=np.float32), "ranker", None)
         timeout = min(self.timeout_s, timeout_s) if timeout_s is not None else self.timeout_s
+
+        async def primary() -> FloatArray:
+            scores = await asyncio.wait_for(self.primary(features), max(timeout, 0.001))
+            return checked(scores, n, "ranker")  # in the breaker: bad output is a failure too
+
         try:
-            scores = await self.breaker.call(
-                lambda: asyncio.wait_for(self.primary(features), max(timeout, 0.001)))
-            return RankOutcome(checked(scores, n, "ranker"), "ranker", None)
+            return RankOutcome(await self.breaker.call(primary), "ranker", None)
         except CircuitOpenError:
             reason = "ranker_circuit_open"
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             reason = "ranker_timeout"
         except RecsysError as error:
             reason = "ranker_error"

@@ -115,7 +115,7 @@ class Retriever:
                     raise result
                 failed.append(name)
                 self.on_event("source_failed", source=name,
-                              error="timeout" if isinstance(result, TimeoutError) else
+                              error="timeout" if isinstance(result, asyncio.TimeoutError) else
                               type(result).__name__)
             else:
                 found.append((name, result))

@@ -31,8 +31,8 @@ class RankerConfig:
     hard_negatives: int = 23
     random_negatives: int = 8
     cross_layers: int = 2
-    hidden: int = 128
-    epochs: int = 6
+    hidden: int = 64  # chosen on MovieLens 100K validation HR@10 (128/6 epochs overfit)
+    epochs: int = 4
     batch_size: int = 256  # queries per batch; each query is 1 positive + negatives
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5

@@ -5,6 +5,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,8 @@ from training.fallback import train_fallback
 from training.ranker import build_queries, train_ranker
 from training.sequences import UserSequences, build_sequences, concat_sequences
 from training.two_tower import (
-    build_model, encode_items, encode_users, next_item_examples, train_two_tower,
+    build_model, encode_items, encode_users, load_model_state, model_state, next_item_examples,
+    train_two_tower,
 )
 
 MetricLogger = Callable[[dict[str, float], int], None]  # (metrics, step) -> None
@@ -105,16 +107,23 @@ def train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path
     history = padded_histories(data.validation, config.history_len)
     attrs = data.eval_attributes(data.validation)
 
+    best: dict[str, Any] = {"ndcg": -1.0}
+
     def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
         users = encode_users(model, history, attrs)
         items = encode_items(model, data.catalog)
         metrics = evaluate_scorer(lambda p: users[p] @ items.T, data.validation, (10,))
         stats["val_hr_at_10"] = metrics["hr@10"]
         stats["val_ndcg_at_10"] = metrics["ndcg@10"]
+        if metrics["ndcg@10"] > best["ndcg"]:  # keep the best epoch by validation NDCG@10
+            best.update(ndcg=metrics["ndcg@10"], epoch=epoch, state=model_state(model))
         if log is not None:
             log({f"two_tower_{k}": v for k, v in stats.items()}, epoch)
 
     train_two_tower(model, data.catalog, examples, on_epoch_end)
+    load_model_state(model, best["state"])
+    if log is not None:
+        log({"two_tower_best_epoch": float(best["epoch"] + 1)}, 0)
     sample = slice(0, min(256, len(examples.target)))
     write_embedding_bundle(
         bundle_dir, model, data.catalog, data.attributes, encode_items(model, data.catalog),

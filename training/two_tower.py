@@ -109,6 +109,17 @@ def next_item_examples(sequences: UserSequences, attributes: np.ndarray, history
     return Examples(np.stack(histories), np.stack(attrs), np.asarray(targets, dtype=np.int64))
 
 
+def model_state(model: TwoTowerModel) -> dict[str, dict[str, torch.Tensor]]:
+    """A detached copy of both towers' weights."""
+    return {name: {k: v.detach().clone() for k, v in tower.state_dict().items()}
+            for name, tower in (("user", model.user_tower), ("item", model.item_tower))}
+
+
+def load_model_state(model: TwoTowerModel, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    model.user_tower.load_state_dict(state["user"])
+    model.item_tower.load_state_dict(state["item"])
+
+
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: serving latency, throughput, batching, cache and scale (python -m benchmarks.run)."""

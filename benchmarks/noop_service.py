@@ -1,0 +1,30 @@
+"""The framework floor: a BentoML service with /recommend's signature and response shape, no work.
+
+Same request validation (pydantic fields of service.py), same worker and traffic settings, and a
+canned response of the same size as a real k-item answer, so what it costs is BentoML itself.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import Field
+
+from recsys.schemas import Filters, ItemId, RequestContext
+
+_ITEMS = [{"item_id": f"i{n}", "title": f"Galaxy Robot i{n}", "score": 0.5, "rank": n + 1,
+           "sources": ["ann"]} for n in range(100)]
+
+
+@bentoml.service(name="noop", traffic={"timeout": 10, "max_concurrency": 256}, workers=1)
+class Noop:
+    @bentoml.api
+    async def recommend(
+        self, user_id: Annotated[str, Field(min_length=1, max_length=200)],
+        k: Annotated[int, Field(gt=0)] = 10, recent_item_ids: list[ItemId] = [],
+        context: RequestContext = RequestContext(), filters: Filters = Filters(),
+        exclude_item_ids: list[ItemId] = [],
+    ) -> dict[str, Any]:
+        return {"user_id": user_id, "items": _ITEMS[:k], "model_versions": {}, "ranker": "none",
+                "degraded": False, "degraded_reasons": [], "variant": "noop", "cache": "none",
+                "request_id": "0" * 32, "latency_ms": 0.0}

@@ -1,0 +1,148 @@
+-- wrk script: POST /recommend bodies for distinct, Zipf-distributed or hot-set users.
+--
+-- Configured through the environment (read in every wrk thread):
+--   BENCH_USERS_FILE  one user id a line (required)
+--   BENCH_MODE        distinct | zipf | hot            (default distinct)
+--   BENCH_PATH        request path                      (default /recommend)
+--   BENCH_K           k of every request                (default 10)
+--   BENCH_OFFSET      first request number (distinct)   (default 0)
+--   BENCH_ZIPF_S      Zipf exponent over user ranks     (default 1.0)
+--   BENCH_HOT_USERS   size of the hot set (hot)         (default 64)
+--   BENCH_MAX_REQUESTS requests per thread before it stops (default unlimited)
+--   BENCH_SEED        random seed                       (default 1)
+--   BENCH_OUT         file for done() to write the JSON summary to (required)
+--
+-- distinct: request n asks for user n mod U, hour (n div U) mod 24 and device (n div 24U) mod 4,
+-- so no two of the first 96U requests share a cache key.
+-- Every response body is scanned for "latency_ms" and "cache" so that the server-side latency
+-- and the cache level are known per request; done() writes them out with wrk's own latency
+-- percentiles.
+
+local devices = {"unknown", "web", "mobile", "tv"}
+local threads = {}
+local thread_count = 0
+
+function setup(thread)
+   thread:set("id", thread_count)
+   thread_count = thread_count + 1
+   table.insert(threads, thread)
+end
+
+local function env(name, default)
+   local value = os.getenv(name)
+   if value == nil or value == "" then return default end
+   return value
+end
+
+function init(args)
+   users = {}
+   for line in io.lines(env("BENCH_USERS_FILE", "")) do
+      if line ~= "" then users[#users + 1] = line end
+   end
+   mode = env("BENCH_MODE", "distinct")
+   path = env("BENCH_PATH", "/recommend")
+   k = tonumber(env("BENCH_K", "10"))
+   counter = tonumber(env("BENCH_OFFSET", "0")) + id
+   stride = tonumber(env("BENCH_THREADS", "1"))
+   max_requests = tonumber(env("BENCH_MAX_REQUESTS", "0"))
+   hot = math.min(tonumber(env("BENCH_HOT_USERS", "64")), #users)
+   math.randomseed(tonumber(env("BENCH_SEED", "1")) * 7919 + id)
+   if mode == "zipf" then
+      local s = tonumber(env("BENCH_ZIPF_S", "1.0"))
+      cdf = {}
+      local total = 0.0
+      for r = 1, #users do
+         total = total + r ^ (-s)
+         cdf[r] = total
+      end
+      for r = 1, #users do cdf[r] = cdf[r] / total end
+   end
+   headers = {["Content-Type"] = "application/json"}
+   latencies = {}
+   levels = {}
+   responses = 0
+   hot_next = id
+end
+
+local function zipf_rank()
+   local u = math.random()
+   local lo, hi = 1, #cdf
+   while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if cdf[mid] < u then lo = mid + 1 else hi = mid end
+   end
+   return lo
+end
+
+local function body_for(user, hour, device)
+   return string.format('{"user_id":"%s","k":%d,"context":{"hour":%d,"device":"%s"}}',
+                        user, k, hour, device)
+end
+
+function request()
+   local user, hour, device
+   if mode == "zipf" then
+      user, hour, device = users[zipf_rank()], 12, "web"
+   elseif mode == "hot" then
+      user, hour, device = users[(hot_next % hot) + 1], 12, "web"
+      hot_next = hot_next + stride
+   else
+      local n = counter
+      counter = counter + stride
+      local u = #users
+      user = users[(n % u) + 1]
+      hour = math.floor(n / u) % 24
+      device = devices[(math.floor(n / (u * 24)) % 4) + 1]
+   end
+   return wrk.format("POST", path, headers, body_for(user, hour, device))
+end
+
+function response(status, headers, body)
+   responses = responses + 1
+   if status == 200 then
+      local ms = string.match(body, '"latency_ms":%s*([%d%.eE%-]+)')
+      if ms then latencies[#latencies + 1] = tonumber(ms) end
+      local level = string.match(body, '"cache":%s*"(%w+)"')
+      if level then levels[level] = (levels[level] or 0) + 1 end
+   end
+   if max_requests > 0 and responses >= max_requests then
+      wrk.thread:stop()
+   end
+end
+
+local function json_list(values)
+   local parts = {}
+   for i = 1, #values do parts[i] = string.format("%.3f", values[i]) end
+   return "[" .. table.concat(parts, ",") .. "]"
+end
+
+function done(summary, latency, requests)
+   local server = {}
+   local cache = {}
+   for _, thread in ipairs(threads) do
+      local lat = thread:get("latencies") or {}
+      for i = 1, #lat do server[#server + 1] = lat[i] end
+      local lv = thread:get("levels") or {}
+      for name, count in pairs(lv) do cache[name] = (cache[name] or 0) + count end
+   end
+   local cache_parts = {}
+   for name, count in pairs(cache) do
+      cache_parts[#cache_parts + 1] = string.format('"%s":%d', name, count)
+   end
+   local pct = {}
+   for _, p in ipairs({50, 75, 90, 95, 99, 99.9}) do
+      pct[#pct + 1] = string.format('"%s":%.1f', tostring(p), latency:percentile(p))
+   end
+   local e = summary.errors
+   local out = io.open(os.getenv("BENCH_OUT"), "w")
+   out:write(string.format(
+      '{"duration_us":%d,"requests":%d,"bytes":%d,' ..
+      '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
+      '"latency_us":{"min":%.1f,"max":%.1f,"mean":%.1f,"stdev":%.1f,"percentiles":{%s}},' ..
+      '"cache_levels":{%s},"server_latency_ms":%s}\n',
+      summary.duration, summary.requests, summary.bytes,
+      e.connect, e.read, e.write, e.status, e.timeout,
+      latency.min, latency.max, latency.mean, latency.stdev, table.concat(pct, ","),
+      table.concat(cache_parts, ","), json_list(server)))
+   out:close()
+end

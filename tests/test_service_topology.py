@@ -1,0 +1,132 @@
+"""End to end: RECSYS_TOPOLOGY=services, the user tower and the ranker in their own BentoML
+services with adaptive batching, called by the API service over BentoML's service-to-service
+transport.
+
+Stage timeouts are widened for this server: on a 2-core machine three processes compete for the
+CPU under a burst, and the default 60 ms ranking timeout would turn most of the burst into
+fallback-ranker responses, which would hide whether the remote ranker answers at all.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from recsys.local_redis import LocalRedis
+from tests.fixtures_models import TrainedModels
+from tests.serving_process import ServingProcess, metric_samples
+
+pytestmark = pytest.mark.slow
+
+BURST_REQUESTS = 96
+BURST_CONCURRENCY = 16
+BATCH_METRIC = "bentoml_service_adaptive_batch_size"
+
+
+@pytest.fixture(scope="module")
+def server(trained_models: TrainedModels, redis_server: LocalRedis,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingProcess]:
+    redis_server.start()
+    env = {**trained_models.env(), "RECSYS_REDIS_URL": redis_server.url,
+           "RECSYS_TOPOLOGY": "services", "RECSYS_BUDGET_MS": "3000",
+           "RECSYS_RETRIEVAL_TIMEOUT_MS": "1000", "RECSYS_RANKING_TIMEOUT_MS": "2000"}
+    with ServingProcess("service:Recommender", env,
+                        tmp_path_factory.mktemp("serve-services") / "serve.log") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def http(server: ServingProcess) -> Iterator[httpx.Client]:
+    with server.client(timeout_s=30.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def item_ids(http: httpx.Client) -> list[str]:
+    response = http.post("/recommend", json={"user_id": "topology-catalogue", "k": 50})
+    assert response.status_code == 200, response.text
+    return [item["item_id"] for item in response.json()["items"]]
+
+
+@pytest.fixture(scope="module")
+def burst(server: ServingProcess, item_ids: list[str]) -> list[httpx.Response]:
+    """Concurrent /recommend calls; a distinct recent item per request makes each user vector
+    distinct, so every request reaches the user tower service as well as the ranker service."""
+    def call(n: int) -> httpx.Response:
+        body = {"user_id": f"burst-{n}", "k": 10, "recent_item_ids": [item_ids[n % len(item_ids)]]}
+        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+            return client.post("/recommend", json=body)
+
+    with ThreadPoolExecutor(BURST_CONCURRENCY) as pool:
+        return list(pool.map(call, range(BURST_REQUESTS)))
+
+
+def test_recommend_through_the_model_services(http: httpx.Client, trained_models: TrainedModels,
+                                              item_ids: list[str]) -> None:
+    response = http.post("/recommend", json={"user_id": "topology-one", "k": 10,
+                                             "recent_item_ids": item_ids[:2]})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["items"]) == 10
+    assert body["ranker"] == "ranker" and body["degraded"] is False, body["degraded_reasons"]
+    assert body["model_versions"] == json.loads(trained_models.models_file.read_text())["champion"]
+
+
+def test_info_reports_the_services_topology(http: httpx.Client) -> None:
+    assert http.post("/info", json={}).json()["topology"] == "services"
+
+
+def test_rank_through_the_ranker_service(http: httpx.Client, item_ids: list[str]) -> None:
+    response = http.post("/rank", json={"user_id": "topology-rank", "item_ids": item_ids[:5]})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["ranker"] == "ranker"
+
+
+def test_burst_has_no_server_errors(burst: list[httpx.Response]) -> None:
+    statuses = Counter(r.status_code for r in burst)
+
+    assert statuses == {200: BURST_REQUESTS}, statuses
+    rankers = Counter(r.json()["ranker"] for r in burst)
+    assert rankers["ranker"] > BURST_REQUESTS // 2, rankers  # mostly the remote primary ranker
+    assert all(len(r.json()["items"]) == 10 for r in burst)
+
+
+def test_adaptive_batching_metrics_after_the_burst(http: httpx.Client,
+                                                   burst: list[httpx.Response]) -> None:
+    text = http.get("/metrics").text
+    counts = _per_method(metric_samples(text, f"{BATCH_METRIC}_count{{"))
+    sums = _per_method(metric_samples(text, f"{BATCH_METRIC}_sum{{"))
+    print(f"\nadaptive batches after {BURST_REQUESTS} requests, {BURST_CONCURRENCY} at a time: "
+          + ", ".join(f"{m}: {int(counts[m])} batches, {int(sums[m])} rows" for m in sorted(counts)))
+
+    for method in ("score_champion", "encode_champion"):
+        assert counts.get(method, 0) > 0, sorted(counts)
+        # every burst request (plus warm-up) went through the method, in no more batches
+        assert sums[method] >= BURST_REQUESTS, (method, sums)
+    # under concurrency the dispatcher merged at least some requests into one batch
+    assert any(sums[m] > counts[m] for m in counts), (counts, sums)
+    errors = {k: v for k, v in metric_samples(text, "bentoml_service_request_total{").items()
+              if 'http_response_code="5' in k and v > 0}
+    assert not errors
+
+
+def _per_method(samples: dict[str, float]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for key, value in samples.items():
+        method = _label(key, "method_name")
+        if method:
+            totals[method] = totals.get(method, 0.0) + value
+    return totals
+
+
+def _label(key: str, name: str) -> str | None:
+    marker = f'{name}="'
+    if marker not in key:
+        return None
+    return key.split(marker, 1)[1].split('"', 1)[0]

@@ -1,0 +1,137 @@
+"""Serving settings, fault specs and request limits reject bad values with messages naming them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from recsys.faults import STAGES, Faults, InjectedFault
+from recsys.schemas import LimitError, check_limits
+from recsys.settings import ServingSettings
+
+
+@pytest.fixture(autouse=True)
+def no_recsys_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read RECSYS_* variables: none from the developer's shell may leak in."""
+    for name in [n for n in os.environ if n.startswith("RECSYS_")]:
+        monkeypatch.delenv(name)
+
+
+def test_defaults_are_consistent() -> None:
+    settings = ServingSettings()
+    assert settings.topology == "inline" and settings.redis_url is None
+    assert settings.retrieval_timeout_ms + settings.ranking_timeout_ms <= settings.budget_ms
+    assert settings.faults == ""
+
+
+def test_ranked_candidates_above_what_retrieval_returns_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="RECSYS_RANKED_CANDIDATES=500 exceeds"):
+        ServingSettings(ann_candidates=200, popular_candidates=50, item_to_item_seeds=5,
+                        item_to_item_per_seed=40, ranked_candidates=500)
+    # Exactly what retrieval can return is fine.
+    assert ServingSettings(ann_candidates=200, popular_candidates=50, item_to_item_seeds=5,
+                           item_to_item_per_seed=40, ranked_candidates=450).ranked_candidates == 450
+
+
+def test_stage_timeouts_above_the_budget_are_rejected() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ServingSettings(budget_ms=100, retrieval_timeout_ms=50, ranking_timeout_ms=60)
+    message = str(caught.value)
+    assert "RECSYS_RETRIEVAL_TIMEOUT_MS + RECSYS_RANKING_TIMEOUT_MS" in message
+    assert "(50.0 + 60.0)" in message and "RECSYS_BUDGET_MS=100.0" in message
+    assert ServingSettings(budget_ms=110, retrieval_timeout_ms=50, ranking_timeout_ms=60)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("budget_ms", 0), ("max_k", 0), ("diversity", 1.5), ("shadow_fraction", -0.1),
+    ("topology", "cluster"), ("redis_timeout_ms", -1),
+])
+def test_out_of_range_values_name_the_setting(field: str, value: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ServingSettings(**{field: value})
+    [error] = caught.value.errors()
+    assert error["loc"] == (field,)
+    assert field in str(caught.value)
+
+
+def test_settings_are_frozen() -> None:
+    settings = ServingSettings()
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.max_k = 5  # type: ignore[misc]
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RECSYS_MAX_K", "25")
+    monkeypatch.setenv("RECSYS_DIVERSITY", "0.3")
+    monkeypatch.setenv("RECSYS_REDIS_URL", "redis://127.0.0.1:6399/0")
+    monkeypatch.setenv("RECSYS_FAULTS", "ranker:error")
+    monkeypatch.setenv("RECSYS_MODELS_FILE", "~/models.json")
+    monkeypatch.setenv("RECSYS_EXPERIMENT_FILE", str(tmp_path / "experiments.json"))
+    monkeypatch.setenv("MAX_K", "99")  # no prefix: not ours
+    settings = ServingSettings()
+    assert settings.max_k == 25 and settings.diversity == 0.3
+    assert settings.redis_url == "redis://127.0.0.1:6399/0"
+    assert Faults.parse(settings.faults).modes == {"ranker": "error"}
+    assert settings.models_file == Path("~/models.json").expanduser()
+    assert settings.experiment_file == tmp_path / "experiments.json"
+
+
+def test_keyword_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_MAX_K", "25")
+    assert ServingSettings(max_k=7).max_k == 7
+
+
+def test_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_BUDGET_MS", "fast")
+    with pytest.raises(ValidationError, match="budget_ms"):
+        ServingSettings()
+    monkeypatch.setenv("RECSYS_BUDGET_MS", "20")
+    with pytest.raises(ValidationError, match="RECSYS_BUDGET_MS=20.0"):
+        ServingSettings()  # the default stage timeouts (30 + 60 ms) no longer fit
+
+
+# ---- RECSYS_FAULTS ------------------------------------------------------------------------
+
+def test_faults_parse_stages_and_modes() -> None:
+    faults = Faults.parse(" ranker:error , ann:timeout,,history:error ")
+    assert faults.modes == {"ranker": "error", "ann": "timeout", "history": "error"}
+    assert Faults.parse("").modes == {}
+    assert set(STAGES) >= set(faults.modes)
+
+
+@pytest.mark.parametrize("spec, bad", [
+    ("ranker", "'ranker'"), ("ranker:explode", "'ranker:explode'"),
+    ("database:error", "'database:error'"), ("ann:error,ranker:slow", "'ranker:slow'"),
+])
+def test_bad_fault_spec_names_the_entry(spec: str, bad: str) -> None:
+    with pytest.raises(ValueError, match=f"RECSYS_FAULTS entry {bad}: expected <stage>:<mode>"):
+        Faults.parse(spec)
+
+
+def test_fault_check_raises_only_for_named_stages() -> None:
+
+    faults = Faults.parse("popular:error")
+    faults.check("ann")
+    with pytest.raises(InjectedFault, match="injected failure in popular"):
+        faults.check("popular")
+
+
+# ---- request limits -----------------------------------------------------------------------
+
+def test_limits_accept_requests_within_them() -> None:
+    check_limits(10, 3, k=10, recent_items=["a", "b", "c"], exclude_items=None)
+    check_limits(10, 3)
+
+
+def test_k_above_max_k_names_k_and_the_setting() -> None:
+    with pytest.raises(LimitError, match=r"^k: must be at most 10 \(RECSYS_MAX_K\), got 11$"):
+        check_limits(10, 3, k=11)
+
+
+def test_long_list_names_the_field_and_the_setting() -> None:
+    with pytest.raises(LimitError) as caught:
+        check_limits(10, 3, k=5, recent_items=["a"], exclude_items=["a", "b", "c", "d"])
+    assert str(caught.value) == ("exclude_items: at most 3 items (RECSYS_MAX_LIST_ITEMS), got 4")
+    assert isinstance(caught.value, ValueError)
