@@ -91,15 +91,16 @@ async def run(models: BenchModels, requests: int, concurrencies: list[int],
     load_s = time.perf_counter() - started
     users = models.user_ids()
     await measure(runtime.recommender, users, warmup, 1, 10_000_000)
-    clock.seconds.clear()
     results, offset = [], 0
     for concurrency in concurrencies:
-        results.append(await measure(runtime.recommender, users, requests, concurrency, offset))
+        clock.seconds.clear()
+        run = await measure(runtime.recommender, users, requests, concurrency, offset)
+        results.append({**run, "stages": clock.summary()})
         offset += requests
     await runtime.aclose()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"n_items": models.n_items, "load_s": round(load_s, 2), "runs": results,
-            "stages": clock.summary(), "peak_rss_mb": round(peak_rss_mb, 1),
+            "peak_rss_mb": round(peak_rss_mb, 1),
             "ranked_candidates": settings.ranked_candidates}
 
 

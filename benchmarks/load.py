@@ -134,8 +134,10 @@ def _run_bounded(command: list[str], env: dict[str, str], limit_s: float) -> tup
 
 def _result(target: str, spec: LoadSpec, stdout: str, summary: dict[str, Any], client_cpu: float,
             cpu: dict[str, Any]) -> LoadResult:
-    duration_s = summary["duration_us"] / 1e6
     requests = int(summary["requests"])
+    duration_s = summary["duration_us"] / 1e6
+    if summary.get("capped") and summary.get("active_s", 0) > 0:
+        duration_s = summary["active_s"]  # stopped at max_requests, then idled until -d ended
     lat = summary["latency_us"]
     latency = {f"p{k}": round(v / 1000, 3) for k, v in lat["percentiles"].items()}
     latency.update(mean=round(lat["mean"] / 1000, 3), max=round(lat["max"] / 1000, 3))
@@ -145,6 +147,10 @@ def _result(target: str, spec: LoadSpec, stdout: str, summary: dict[str, Any], c
                   | {"mean": round(float(server.mean()), 3), "n": int(server.size)}) \
         if server.size else {}
     errors = summary["errors"]
+    if requests:  # CPU per request does not depend on how busy the rest of the machine is
+        busy_s = cpu["server_cores"] * cpu["wall_s"]
+        cpu = {**cpu, "server_cpu_ms_per_request": round(1000 * busy_s / requests, 3),
+               "client_cpu_ms_per_request": round(1000 * client_cpu / requests, 3)}
     return LoadResult(
         target=target, spec={**asdict(spec), "users_file": str(spec.users_file)},
         requests=requests, duration_s=round(duration_s, 3),
@@ -152,7 +158,8 @@ def _result(target: str, spec: LoadSpec, stdout: str, summary: dict[str, Any], c
         non_2xx=max(int(errors["status"]), _non_2xx(stdout)),
         socket_errors={k: int(errors[k]) for k in ("connect", "read", "write", "timeout")},
         server_latency_ms=server_pct, cache_levels=summary.get("cache_levels") or {},
-        client_cpu_s=round(client_cpu, 3), cpu=cpu)
+        client_cpu_s=round(client_cpu, 3), cpu=cpu,
+        extra={"capped": bool(summary.get("capped")), "wrk_duration_s": summary["duration_us"] / 1e6})
 
 
 def _non_2xx(stdout: str) -> int:

@@ -62,9 +62,10 @@ class BenchModels:
 
     @classmethod
     def read(cls, root: Path) -> BenchModels:
+        """The set under `root` (paths follow the directory if it was moved)."""
         data = json.loads((root / MARKER).read_text())
-        paths = {k: Path(data[k]) for k in ("root", "bentoml_home", "models_file", "workdir")}
-        return cls(**{**data, **paths})
+        return cls(data["n_items"], root, root / "bentoml", root / "serving-models.json",
+                   root / "work", data["tracking_uri"], data["n_users"], data["train_seconds"])
 
 
 def code_fingerprint() -> str:

@@ -59,10 +59,11 @@ def machine_cpu_seconds() -> tuple[float, float]:
 class RssSampler:
     """Samples the RSS of every process under the given roots in a background thread.
 
-    `peak_mb` maps process label -> highest RSS seen (MiB), `pids()` names the roots to watch.
+    `roots()` maps a server name to its root pid; `peak_mb` maps "<server>:<process label>" to
+    the highest RSS seen (MiB).
     """
 
-    pids: Callable[[], list[int]]
+    roots: Callable[[], dict[str, int]]
     interval_s: float = 0.25
     peak_mb: dict[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -74,13 +75,13 @@ class RssSampler:
         return self
 
     def sample(self) -> None:
-        for pid in self.pids():
+        for server, pid in self.roots().items():
             for process in tree(pid):
                 try:
                     rss = process.memory_info().rss / 2**20
                 except psutil.NoSuchProcess:
                     continue
-                label = process_label(process)
+                label = f"{server}:{process_label(process)}"
                 self.peak_mb[label] = max(self.peak_mb.get(label, 0.0), round(rss, 1))
 
     def _run(self) -> None:

@@ -19,6 +19,23 @@
 -- percentiles.
 
 local devices = {"unknown", "web", "mobile", "tv"}
+
+-- A monotonic clock through LuaJIT's FFI: a thread stopped by BENCH_MAX_REQUESTS idles until
+-- wrk's -d ends, so its req/s must come from the time it was actually sending.
+local has_clock, ffi = pcall(require, "ffi")
+if has_clock then
+   has_clock = pcall(ffi.cdef, [[
+      typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+      int clock_gettime(int clk_id, bench_timespec *tp);
+   ]])
+end
+
+local function now_s()
+   if not has_clock then return 0 end
+   local t = ffi.new("bench_timespec")
+   ffi.C.clock_gettime(1, t)  -- CLOCK_MONOTONIC
+   return tonumber(t.tv_sec) + tonumber(t.tv_nsec) * 1e-9
+end
 local threads = {}
 local thread_count = 0
 
@@ -62,6 +79,9 @@ function init(args)
    levels = {}
    responses = 0
    hot_next = id
+   first_sent = nil
+   last_received = nil
+   capped = false
 end
 
 local function zipf_rank()
@@ -80,6 +100,7 @@ local function body_for(user, hour, device)
 end
 
 function request()
+   if first_sent == nil then first_sent = now_s() end
    local user, hour, device
    if mode == "zipf" then
       user, hour, device = users[zipf_rank()], 12, "web"
@@ -99,6 +120,7 @@ end
 
 function response(status, headers, body)
    responses = responses + 1
+   last_received = now_s()
    if status == 200 then
       local ms = string.match(body, '"latency_ms":%s*([%d%.eE%-]+)')
       if ms then latencies[#latencies + 1] = tonumber(ms) end
@@ -106,6 +128,7 @@ function response(status, headers, body)
       if level then levels[level] = (levels[level] or 0) + 1 end
    end
    if max_requests > 0 and responses >= max_requests then
+      capped = true
       wrk.thread:stop()
    end
 end
@@ -119,7 +142,12 @@ end
 function done(summary, latency, requests)
    local server = {}
    local cache = {}
+   local active_s = 0
+   local any_capped = false
    for _, thread in ipairs(threads) do
+      local first, last = thread:get("first_sent"), thread:get("last_received")
+      if first and last then active_s = math.max(active_s, last - first) end
+      any_capped = any_capped or thread:get("capped")
       local lat = thread:get("latencies") or {}
       for i = 1, #lat do server[#server + 1] = lat[i] end
       local lv = thread:get("levels") or {}
@@ -136,11 +164,11 @@ function done(summary, latency, requests)
    local e = summary.errors
    local out = io.open(os.getenv("BENCH_OUT"), "w")
    out:write(string.format(
-      '{"duration_us":%d,"requests":%d,"bytes":%d,' ..
+      '{"duration_us":%d,"active_s":%.6f,"capped":%s,"requests":%d,"bytes":%d,' ..
       '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
       '"latency_us":{"min":%.1f,"max":%.1f,"mean":%.1f,"stdev":%.1f,"percentiles":{%s}},' ..
       '"cache_levels":{%s},"server_latency_ms":%s}\n',
-      summary.duration, summary.requests, summary.bytes,
+      summary.duration, active_s, tostring(any_capped), summary.requests, summary.bytes,
       e.connect, e.read, e.write, e.status, e.timeout,
       latency.min, latency.max, latency.mean, latency.stdev, table.concat(pct, ","),
       table.concat(cache_parts, ","), json_list(server)))

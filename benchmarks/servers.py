@@ -42,6 +42,7 @@ class Server:
         self.env = {**os.environ, **QUIET_ENV, **env}
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_s = 0.0
+        self._launched = 0.0
 
     @property
     def pid(self) -> int:
@@ -50,21 +51,31 @@ class Server:
         return self.process.pid
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> Server:
+        """Launch and wait until ready; stopped again if it does not get there."""
+        self.launch()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def launch(self) -> Server:
+        """Start the process without waiting (several servers can then start together)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        self._launched = time.perf_counter()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)
-        try:
-            self._wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_s = round(time.perf_counter() - started, 2)
         return self
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Poll the readiness path; sets startup_s (launch to ready) on success."""
+        self._poll_ready(timeout_s)
+        self.startup_s = round(time.perf_counter() - self._launched, 2)
+
+    def _poll_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         with httpx.Client(base_url=self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:

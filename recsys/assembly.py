@@ -163,7 +163,8 @@ def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: T
     champion = slots["champion"].embedding
     options = PipelineOptions(settings.ranked_candidates, settings.diversity,
                               settings.max_per_category, settings.budget_ms / 1000,
-                              champion.history_len, settings.topology == "services")
+                              champion.history_len, settings.topology == "services",
+                              settings.retrieval_timeout_ms / 1000)
     cache = history = None
     if settings.redis_url:
         cache = ResultCache(CacheConfig(

@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from recsys import artifacts
 from recsys.errors import ArtifactError, IncompatibleModelsError, RankingError
-from recsys.features import FeatureScaler, ItemCatalog, UserAttributeEncoder, user_tower_feeds
+from recsys.features import DENSE_FEATURES, FeatureScaler, ItemCatalog, UserAttributeEncoder, user_tower_feeds
 from recsys.index import ItemIndex, load_index
 from recsys.onnx_runtime import create_session
 
@@ -106,8 +106,14 @@ class RankerBundle:
         else:
             raise ArtifactError(f"{path}: ranker outputs {outputs}, expected 'score' or "
                                 "'probabilities'")
-        return cls(path, manifest, artifacts.load_json(path / artifacts.CONFIG),
-                   artifacts.load_scaler(path), session, output, column)
+        scaler = artifacts.load_scaler(path)
+        expected = list(DENSE_FEATURES)
+        trained = manifest.metadata.get("dense_features", f"{len(scaler.mean)} unnamed features")
+        if trained != expected:
+            raise ArtifactError(f"{path}: ranker was trained on dense features {trained}, this "
+                                f"code builds {expected}; retrain or serve it with matching code")
+        return cls(path, manifest, artifacts.load_json(path / artifacts.CONFIG), scaler, session,
+                   output, column)
 
 
 def check_compatible(embedding: EmbeddingBundle, ranker: RankerBundle) -> None:

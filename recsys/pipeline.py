@@ -4,6 +4,7 @@ One place decides degradation: every fallback is marked in the response and repo
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -74,6 +75,7 @@ class PipelineOptions:
     # Cache user vectors too (kind "user_vector", keyed by the history itself): worth a Redis
     # round trip only when the user tower is a process hop away (topology "services").
     cache_user_vectors: bool = False
+    tower_timeout_s: float = 0.05
 
 
 @dataclass
@@ -232,6 +234,17 @@ class Recommender:
     def cache_key(slot: ModelSlot, request: RecommendRequest) -> str:
         return make_key("results", slot.versions, request.cache_fields())
 
+    async def resilient_user_vector(self, slot: ModelSlot, history: IntArray, attributes: IntArray,
+                                    reasons: list[str]) -> FloatArray:
+        """The user vector under a timeout; on failure the mean of recent (or popular) items."""
+        try:
+            return await asyncio.wait_for(self.user_vector(slot, history, attributes),
+                                          self.options.tower_timeout_s)
+        except (RecsysError, asyncio.TimeoutError) as error:
+            reasons.append("user_tower_timeout" if isinstance(error, asyncio.TimeoutError)
+                           else "user_tower_error")
+            return fallback_user_vector(slot, history)
+
     async def user_vector(self, slot: ModelSlot, history: IntArray, attributes: IntArray) -> FloatArray:
         """[D] user vector; cached by (embedding version, history, attributes) when enabled."""
         async def encode() -> FloatArray:
@@ -252,7 +265,7 @@ class Recommender:
         history, attributes, seen = await self.user_state(slot, request.user_id, recent, reasons)
         self.telemetry.observe("history", time.perf_counter() - t)
         t = time.perf_counter()
-        user = await self.user_vector(slot, history, attributes)
+        user = await self.resilient_user_vector(slot, history, attributes, reasons)
         self.telemetry.observe("user_tower", time.perf_counter() - t)
         t = time.perf_counter()
         try:
@@ -304,6 +317,20 @@ def scored_list(result: dict[str, Any], latency_ms: float) -> ScoredList:
                       [i["score"] for i in result["items"]], latency_ms)
 
 
+def fallback_user_vector(slot: ModelSlot, history: IntArray) -> FloatArray:
+    """When the user tower fails: the mean vector of the user's recent items, or of the most
+    popular items for a user without history, normalised like the tower's output."""
+    vectors = slot.embedding.item_vectors
+    rows = recent_rows(history)
+    if rows.size == 0:
+        popularity = slot.embedding.catalog.popularity
+        rows = np.argsort(-popularity, kind="stable")[:100]
+        rows = rows[rows != PAD]
+    mean = vectors[rows].mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return (mean / norm if norm > 0 else mean).astype(np.float32)
+
+
 def recent_rows(history: IntArray) -> IntArray:
     return history[history != PAD]
 
@@ -342,7 +369,7 @@ class Endpoints:
         rows = self.r.rows(slot, item_ids, "item_ids")
         reasons: list[str] = []
         history, attributes, _ = await self.r.user_state(slot, user_id, rows[:0], reasons)
-        user = await self.r.user_vector(slot, history, attributes)
+        user = await self.r.resilient_user_vector(slot, history, attributes, reasons)
         features = user_ranker_inputs(user, history, rows, slot.embedding.item_vectors,
                                       slot.embedding.catalog, context, slot.scaler)
         similarity = (slot.embedding.item_vectors[rows] @ user).astype(np.float32)

@@ -17,6 +17,13 @@ Scorer = Callable[[FloatArray], FloatArray]
 EventSink = Callable[..., None]
 
 
+MIN_RANKER_S = 0.002  # below this much budget left the primary ranker is skipped, not timed out
+
+
+class _BudgetSpent(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class RankOutcome:
     scores: FloatArray  # [N], higher first
@@ -54,7 +61,11 @@ class RankerChain:
             return checked(scores, n, "ranker")  # in the breaker: bad output is a failure too
 
         try:
+            if timeout < MIN_RANKER_S:  # earlier stages spent the budget: not the ranker's fault
+                raise _BudgetSpent
             return RankOutcome(await self.breaker.call(primary), "ranker", None)
+        except _BudgetSpent:
+            reason = "budget_exhausted"
         except CircuitOpenError:
             reason = "ranker_circuit_open"
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10

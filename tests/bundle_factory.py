@@ -239,7 +239,8 @@ def make_ranker_bundle(directory: Path, embedding_fingerprint: str,
     artifacts.save_json(directory / artifacts.CONFIG, config)
     return artifacts.write_manifest(
         directory, kind, metadata={"embedding_fingerprint": embedding_fingerprint,
-                                   "n_features": n_features})
+                                   "n_features": n_features,
+                                   "dense_features": list(DENSE_FEATURES)})
 
 
 def input_example(directory: Path, batch: int = 3, seed: int = 0) -> dict[str, np.ndarray]:

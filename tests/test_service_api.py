@@ -1,5 +1,8 @@
 """End to end: `bentoml serve service:Recommender` (default settings, real Redis) over HTTP.
 
+Only the stage timeouts are widened (RELAXED_LATENCY) so that the happy-path assertions
+("not degraded", "ranked by the primary ranker") do not depend on the machine's load.
+
 Every endpoint, the response contract, client errors (always 4xx with the field named, never a
 5xx), cold start, the result cache and its invalidation by /events, and /metrics.
 """
@@ -17,6 +20,7 @@ import redis
 
 from tests.fixtures_models import TrainedModels
 from tests.serving_process import (
+    RELAXED_LATENCY,
     ServingProcess,
     error_fields,
     error_text,
@@ -36,7 +40,7 @@ def server(trained_models: TrainedModels, redis_server: Any,
     redis_server.start()  # a module before may have stopped it
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
-    env = {**trained_models.env(), "RECSYS_REDIS_URL": redis_server.url}
+    env = {**trained_models.env(), **RELAXED_LATENCY, "RECSYS_REDIS_URL": redis_server.url}
     with ServingProcess("service:Recommender", env,
                         tmp_path_factory.mktemp("serve-api") / "serve.log") as process:
         yield process

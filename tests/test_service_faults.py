@@ -102,10 +102,9 @@ def test_redis_outage_degrades_recommend_and_refuses_events(resilient: httpx.Cli
     recovered = wait_for(lambda: _event(resilient, user, item).status_code == 200, 15.0,
                          "POST /events answering 200 after Redis restarted", interval_s=0.25)
     assert recovered
-    history_back = wait_for(
-        lambda: "history_unavailable" not in _recommend(resilient, _user("back"))["degraded_reasons"],
-        15.0, "/recommend reading history again", interval_s=0.25)
-    assert history_back
+    def reads_history() -> bool:
+        return "history_unavailable" not in _recommend(resilient, _user("back"))["degraded_reasons"]
+    assert wait_for(reads_history, 15.0, "/recommend reading history again", interval_s=0.25)
 
 
 def test_redis_errors_are_counted(resilient: httpx.Client) -> None:

@@ -10,7 +10,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from recsys import artifacts
-from recsys.features import FeatureScaler, ItemCatalog, UserAttributeEncoder, item_tower_feeds
+from recsys.features import DENSE_FEATURES, FeatureScaler, ItemCatalog, UserAttributeEncoder, item_tower_feeds
 from recsys.index import build_index, save_index
 from training import export
 from training.fallback import fallback_scores
@@ -83,4 +83,5 @@ def _finish(directory: Path, kind: str, scaler: FeatureScaler, config: Any,
     artifacts.save_scaler(directory, scaler)
     artifacts.save_json(directory / artifacts.CONFIG, asdict(config))
     return artifacts.write_manifest(directory, kind,
-                                    {**metadata, "embedding_fingerprint": embedding_fingerprint})
+                                    {**metadata, "embedding_fingerprint": embedding_fingerprint,
+                                     "dense_features": list(DENSE_FEATURES)})

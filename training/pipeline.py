@@ -96,6 +96,7 @@ def embedding_step(data: PreparedData, config: PipelineConfig, workdir: Path) ->
         mlflow.log_params(flatten(config.two_tower, "two_tower."))
         mlflow.set_tags(_provenance(data))
         mlflow.log_dict(data.summary(), "data_summary.json")
+        mlflow.log_dict(dict(data.dataset.repairs), "data_repairs.json")
         epochs = _EpochLog()
         embedding = train_embedding(data, config.two_tower, workdir / "embedding", log=epochs)
         history = padded_histories(data.validation, embedding.history_len)[:3]

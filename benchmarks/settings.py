@@ -1,0 +1,59 @@
+"""How much to run: the full suite's defaults and the --quick profile, as one frozen dataclass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    main_size: int = 100_000  # catalogue of the peer, cache and batching comparisons
+    users: int = 1000  # synthetic users (known users the load generator asks for)
+    epochs: int = 1
+    concurrencies: tuple[int, ...] = (1, 4, 16, 64)
+    duration_s: float = 6.0  # per measured wrk run
+    warmup_s: float = 2.0  # a discarded wrk run before each measured one
+    repeats: int = 3  # measured runs per (target, concurrency); medians are reported
+    max_requests: int = 20_000  # per wrk run: the run stops at this or at duration_s
+    timeout_s: float = 5.0  # wrk request timeout
+    zipf_s: float = 1.0
+    zipf_concurrency: int = 16
+    zipf_duration_s: float = 12.0
+    hot_users: int = 64  # distinct users of the cache-hit run (all cached after warm-up)
+    batching_concurrencies: tuple[int, ...] = (1, 8, 32, 64)
+    # RECSYS_MAX_BATCH_SIZE per variant. BentoML rejects 1 (max_batch_size must be > 1) and
+    # splits any request larger than max_batch_size, so no value turns batching off for both
+    # model services: "per-request" (= ranked candidates) gives the ranker one request per
+    # batch; "min" gives the tower at most 2 users per batch but cuts ranker requests into
+    # 2-row pieces. See README.
+    batching_variants: tuple[tuple[str, int], ...] = (("on", 8192), ("per-request", 1000),
+                                                      ("min", 2))
+    batching_repeats: int = 2
+    inprocess_requests: int = 400
+    inprocess_concurrency: tuple[int, ...] = (1, 8)
+    index_queries: int = 300
+    probe_requests: int = 400  # cap of the one-at-a-time runs of the scale phase
+    scale_topologies: tuple[str, ...] = ("inline", "services")
+    scale_duration_s: float = 6.0
+    slo_p99_ms: float = 100.0  # throughput of a target = best req/s with client p99 at most this
+    max_load: float = 1.5  # refuse to start a full run above this one-minute load average
+    gpu_batching: bool = True  # rerun batching and scale on the GPU when there is one
+    quick: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def quick_profile(cls) -> BenchSettings:
+        """< 3 minutes with cached models: one small catalogue, two concurrencies, short runs."""
+        return cls(sizes=(10_000,), main_size=10_000, users=500, concurrencies=(1, 16),
+                   duration_s=3.0, warmup_s=1.0, repeats=1, max_requests=5000,
+                   zipf_concurrency=16, zipf_duration_s=4.0, batching_concurrencies=(1, 16),
+                   batching_variants=(("on", 8192), ("per-request", 1000)), batching_repeats=1,
+                   inprocess_requests=150, inprocess_concurrency=(1, 8), index_queries=100,
+                   probe_requests=150, scale_topologies=("inline",), scale_duration_s=3.0,
+                   max_load=float("inf"), quick=True)
+
+    def with_sizes(self, sizes: tuple[int, ...]) -> BenchSettings:
+        """Use these catalogue sizes; the main size is 100K when listed, else the largest below it."""
+        below = [s for s in sizes if s <= 100_000] or [min(sizes)]
+        main = 100_000 if 100_000 in sizes else max(below)
+        return replace(self, sizes=tuple(sorted(sizes)), main_size=main)
