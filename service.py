@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import aiohttp
 import bentoml
 from pydantic import Field
 from starlette.responses import JSONResponse
@@ -14,7 +15,7 @@ with bentoml.importing():
 
     from recsys.assembly import ModelRefs, build_runtime, read_models_file
     from recsys.bundles import EmbeddingBundle, RankerBundle
-    from recsys.errors import CacheError, RankingError
+    from recsys.errors import CacheError, RankingError, RecsysError
     from recsys.pipeline import InvalidRequestError, RecommendRequest
     from recsys.schemas import EventType, Filters, ItemId, LimitError, RequestContext, check_limits
     from recsys.settings import ServingSettings
@@ -25,6 +26,9 @@ MODEL_TAGS = read_models_file(SETTINGS.models_file)  # alias -> kind -> BentoML 
 RESOURCES = {"gpu": SETTINGS.gpu} if SETTINGS.gpu else {"cpu": "1"}
 BATCHING = {"batchable": True, "batch_dim": 0, "max_batch_size": SETTINGS.max_batch_size,
             "max_latency_ms": SETTINGS.max_latency_ms}
+# A model service call fails with a BentoMLException (503 overload, 5xx) or, on the transport
+# (a keep-alive connection the server closed), with an aiohttp error.
+REMOTE_ERRORS = (bentoml.exceptions.BentoMLException, aiohttp.ClientError)
 
 
 def _declare_models(cls: type, kinds: tuple[str, ...]) -> type:
@@ -103,14 +107,17 @@ class RecommenderApi:
         async def score(features: np.ndarray) -> np.ndarray:
             try:
                 return await self.ranker_service.to_async.call(f"score_{alias}", features)
-            except bentoml.exceptions.BentoMLException as error:  # 503 overload, 5xx, transport
-                raise RankingError(f"ranker service: {error}") from error
+            except REMOTE_ERRORS as error:
+                raise RankingError(f"ranker service: {error!r}") from error
         return score
 
     def _remote_tower(self, alias: str):  # noqa: ANN202
         async def encode(history: np.ndarray, attributes: np.ndarray) -> np.ndarray:
             packed = np.concatenate([history, attributes], axis=1)
-            return await self.tower_service.to_async.call(f"encode_{alias}", packed)
+            try:
+                return await self.tower_service.to_async.call(f"encode_{alias}", packed)
+            except REMOTE_ERRORS as error:  # the pipeline falls back to a mean-of-items vector
+                raise RecsysError(f"user tower service: {error!r}") from error
         return encode
 
     @bentoml.on_startup

@@ -33,12 +33,15 @@ def point(runs: list[Run]) -> dict[str, Any]:
         "target": first["target"], "connections": first["spec"]["connections"],
         "repeats": len(runs),
         "rps": _median(r["rps"] for r in runs),
+        "requests": _median(r["requests"] for r in runs),
         "rps_all": [r["rps"] for r in runs],
         **{f"{p}_ms": _median(r["latency_ms"].get(p) for r in runs)
            for p in ("p50", "p95", "p99", "p99.9")},
         "server_p50_ms": _median(r["server_latency_ms"].get("p50") for r in runs),
         "server_p99_ms": _median(r["server_latency_ms"].get("p99") for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
+        "degraded_share": _median(r.get("degraded", 0) / r["requests"] if r["requests"] else None
+                                  for r in runs),
         "socket_errors": sum(sum(r["socket_errors"].values()) for r in runs),
         "hit_rate": _median(r.get("hit_rate") for r in runs),
         "client_cores": _median(r["cpu"]["client_cores"] for r in runs),

@@ -61,6 +61,7 @@ class LoadResult:
     socket_errors: dict[str, int]
     server_latency_ms: dict[str, float]  # from latency_ms in each 200 body
     cache_levels: dict[str, int]
+    degraded: int  # 200 responses marked degraded (fallbacks; never cached)
     client_cpu_s: float
     cpu: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +85,8 @@ def wrk_binary() -> str:
 
 
 def wrk_version() -> str:
-    out = subprocess.run([wrk_binary(), "-v"], capture_output=True, text=True, timeout=10)
+    out = subprocess.run([wrk_binary(), "-v"], capture_output=True, text=True, timeout=10,
+                         check=False)
     return (out.stdout + out.stderr).splitlines()[0].strip()
 
 
@@ -158,6 +160,7 @@ def _result(target: str, spec: LoadSpec, stdout: str, summary: dict[str, Any], c
         non_2xx=max(int(errors["status"]), _non_2xx(stdout)),
         socket_errors={k: int(errors[k]) for k in ("connect", "read", "write", "timeout")},
         server_latency_ms=server_pct, cache_levels=summary.get("cache_levels") or {},
+        degraded=int(summary.get("degraded", 0)),
         client_cpu_s=round(client_cpu, 3), cpu=cpu,
         extra={"capped": bool(summary.get("capped")), "wrk_duration_s": summary["duration_us"] / 1e6})
 
@@ -170,7 +173,7 @@ def _non_2xx(stdout: str) -> int:
 def parse_latency_distribution(stdout: str) -> dict[str, float]:
     """The `--latency` block of wrk's text output: {"p50": ms, "p75": ..., "p90": ..., "p99": ...}."""
     out = {}
-    for pct, value, unit in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", stdout, re.M):
+    for pct, value, unit in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", stdout, re.MULTILINE):
         out[f"p{pct}"] = float(value) * _UNITS_MS[unit]
     return out
 

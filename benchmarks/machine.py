@@ -43,7 +43,7 @@ def gpu() -> dict[str, Any]:
     if smi:
         try:
             out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
+                                 capture_output=True, text=True, timeout=10, check=False)
             found["nvidia_smi"] = out.stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
             pass

@@ -97,7 +97,7 @@ def ensure_models(n_items: int, root: Path, n_users: int, epochs: int, log_path:
                str(root), "--users", str(n_users), "--epochs", str(epochs)]
     with log_path.open("wb") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
     if code != 0:
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"training {n_items} items failed (exit {code}); log tail:\n{tail}")
@@ -110,7 +110,7 @@ def bounded_negative_sampling(block_rows: int = NEGATIVE_BLOCK_ROWS) -> Iterator
 
     Same random stream and result (rows are drawn in the same order), bounded memory.
     """
-    import training.ranker as ranker
+    from training import ranker
 
     original: Callable[..., np.ndarray] = ranker._sample_negatives
 
@@ -138,8 +138,14 @@ def train_and_export(n_items: int, root: Path, n_users: int, epochs: int) -> Ben
     import mlflow
     import torch
 
-    from registry import Registry, bentoml_home, configure_tracking, export_to_bentoml, \
-        log_bundle, register_model_set
+    from registry import (
+        Registry,
+        bentoml_home,
+        configure_tracking,
+        export_to_bentoml,
+        log_bundle,
+        register_model_set,
+    )
     from training.config import PipelineConfig
     from training.pipeline import apply_overrides, embedding_step, load_prepared
     from training.settings import TrainingSettings

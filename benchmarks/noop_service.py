@@ -21,9 +21,9 @@ class Noop:
     @bentoml.api
     async def recommend(
         self, user_id: Annotated[str, Field(min_length=1, max_length=200)],
-        k: Annotated[int, Field(gt=0)] = 10, recent_item_ids: list[ItemId] = [],
-        context: RequestContext = RequestContext(), filters: Filters = Filters(),
-        exclude_item_ids: list[ItemId] = [],
+        k: Annotated[int, Field(gt=0)] = 10, recent_item_ids: list[ItemId] = [],  # noqa: B006
+        context: RequestContext = RequestContext(), filters: Filters = Filters(),  # noqa: B008
+        exclude_item_ids: list[ItemId] = [],  # noqa: B006  (BentoML reads defaults as schema)
     ) -> dict[str, Any]:
         return {"user_id": user_id, "items": _ITEMS[:k], "model_versions": {}, "ranker": "none",
                 "degraded": False, "degraded_reasons": [], "variant": "noop", "cache": "none",

@@ -155,7 +155,7 @@ def run_indexbench(models: BenchModels, settings: BenchSettings, log: Path) -> d
 def _json_child(command: list[str], log: Path, timeout_s: float) -> dict[str, Any]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as err:
-        out = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, timeout=timeout_s,
+        out = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, timeout=timeout_s, check=False,
                              cwd=servers.REPO_ROOT, env={**os.environ, **servers.QUIET_ENV})
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(command[1:4])} failed ({out.returncode}): "

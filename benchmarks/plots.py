@@ -7,7 +7,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import matplotlib.pyplot as plt
 
 Curves = dict[str, dict[int, dict[str, Any]]]
 
@@ -61,8 +61,8 @@ def latency_vs_size(scale: dict[str, Any], path: Path) -> str:
                 series[f"e2e server {p} ({topology})"] = [
                     scale[str(s)][topology]["c1"]["server_latency_ms"].get(p) for s in sizes]
     for n, (name, ys) in enumerate(series.items()):
-        style = "--" if "p99" in name else "-"
-        ax.plot(sizes, ys, "o" + style, color=f"C{n // 2}", label=name)
+        style = "s--" if "p99" in name else "o-"
+        ax.plot(sizes, ys, style, color=f"C{n // 2}", label=name)
     ax.set(xscale="log", yscale="log", xlabel="catalogue items", ylabel="latency (ms), one at a time",
            title="Latency vs catalogue size")
     ax.grid(True, which="both", alpha=0.3)

@@ -14,8 +14,8 @@
 --
 -- distinct: request n asks for user n mod U, hour (n div U) mod 24 and device (n div 24U) mod 4,
 -- so no two of the first 96U requests share a cache key.
--- Every response body is scanned for "latency_ms" and "cache" so that the server-side latency
--- and the cache level are known per request; done() writes them out with wrk's own latency
+-- Every response body is scanned for "latency_ms", "cache" and "degraded" so that the
+-- server-side latency, the cache level and degradation are known per request; done() writes them out with wrk's own latency
 -- percentiles.
 
 local devices = {"unknown", "web", "mobile", "tv"}
@@ -77,6 +77,7 @@ function init(args)
    headers = {["Content-Type"] = "application/json"}
    latencies = {}
    levels = {}
+   degraded = 0
    responses = 0
    hot_next = id
    first_sent = nil
@@ -126,6 +127,7 @@ function response(status, headers, body)
       if ms then latencies[#latencies + 1] = tonumber(ms) end
       local level = string.match(body, '"cache":%s*"(%w+)"')
       if level then levels[level] = (levels[level] or 0) + 1 end
+      if string.find(body, '"degraded":%s*true') then degraded = degraded + 1 end
    end
    if max_requests > 0 and responses >= max_requests then
       capped = true
@@ -148,6 +150,7 @@ function done(summary, latency, requests)
       local first, last = thread:get("first_sent"), thread:get("last_received")
       if first and last then active_s = math.max(active_s, last - first) end
       any_capped = any_capped or thread:get("capped")
+      degraded_total = (degraded_total or 0) + (thread:get("degraded") or 0)
       local lat = thread:get("latencies") or {}
       for i = 1, #lat do server[#server + 1] = lat[i] end
       local lv = thread:get("levels") or {}
@@ -164,11 +167,12 @@ function done(summary, latency, requests)
    local e = summary.errors
    local out = io.open(os.getenv("BENCH_OUT"), "w")
    out:write(string.format(
-      '{"duration_us":%d,"active_s":%.6f,"capped":%s,"requests":%d,"bytes":%d,' ..
+      '{"duration_us":%d,"active_s":%.6f,"capped":%s,"degraded":%d,"requests":%d,"bytes":%d,' ..
       '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
       '"latency_us":{"min":%.1f,"max":%.1f,"mean":%.1f,"stdev":%.1f,"percentiles":{%s}},' ..
       '"cache_levels":{%s},"server_latency_ms":%s}\n',
-      summary.duration, active_s, tostring(any_capped), summary.requests, summary.bytes,
+      summary.duration, active_s, tostring(any_capped), degraded_total or 0, summary.requests,
+      summary.bytes,
       e.connect, e.read, e.write, e.status, e.timeout,
       latency.min, latency.max, latency.mean, latency.stdev, table.concat(pct, ","),
       table.concat(cache_parts, ","), json_list(server)))

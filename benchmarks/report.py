@@ -62,6 +62,22 @@ def bottleneck_notes(derived: dict[str, Any], results: dict[str, Any]) -> list[s
             f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in top)
             + f"; sum of stages {total:.2f} ms vs server latency_ms p50 "
               f"{miss_one.get('server_p50_ms')} ms and client p50 {miss_one.get('p50_ms')} ms.")
+    for target in ("service-miss", "service-zipf"):
+        for c, p in sorted((curves.get(target) or derived["zipf"] if target == "service-zipf"
+                            else curves.get(target, {})).items()):
+            if (p.get("degraded_share") or 0) > 0.05:
+                notes.append(
+                    f"{target} c={c}: {100 * p['degraded_share']:.0f}% of responses degraded "
+                    f"(server p50 {p['server_p50_ms']} ms vs the {results['meta'].get('budget_ms', 150)} "
+                    "ms budget). Degraded results are never cached, so under overload the cache "
+                    "stops absorbing load exactly when it is needed"
+                    + (f" (Zipf hit rate {p['hit_rate']})." if target == "service-zipf" else "."))
+    naive_one = curves.get("naive", {}).get(1) or {}
+    if miss_one and (naive_one.get("server_p50_ms") or 0) > 2 * (miss_one.get("server_p50_ms") or 1e9):
+        notes.append(f"naive server one at a time: handler p50 {naive_one['server_p50_ms']} ms vs "
+                     f"the service's {miss_one['server_p50_ms']} ms. It keeps the libraries' default "
+                     "thread pools (onnxruntime intra-op and faiss OpenMP = all cores), which "
+                     "wait on each other when the cores are shared; the service pins 1 thread.")
     at_peak = ratios.get("at_peak", {})
     if at_peak.get("miss_over_noop") is not None and at_peak["miss_over_noop"] < 0.6:
         notes.append(f"cache-miss peak throughput is {at_peak['miss_over_noop']:.2f}x the no-op "
@@ -72,7 +88,7 @@ def bottleneck_notes(derived: dict[str, Any], results: dict[str, Any]) -> list[s
     for name, curve in derived["batching"].items():
         for c, p in sorted(curve.items()):
             degraded = {k: v for k, v in p["fallbacks"].items() if k.startswith("ranker")}
-            if p["model_503"] or sum(degraded.values()) > 0.05 * (p["rps"] or 0) * 1:
+            if p["model_503"] or sum(degraded.values()) > 0.05 * (p["requests"] or 0):
                 notes.append(f"batching {name} c={c}: model-service 503s {p['model_503']}, "
                              f"ranker fallbacks {degraded or 'none'} (responses were still 200 "
                              "but degraded to the fallback ranker).")
@@ -110,8 +126,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _pct(share: float | None) -> str:
+    return "–" if share is None else f"{100 * share:.0f}%"
+
+
 def _curve_rows(curves: dict[str, dict[int, dict[str, Any]]], batching: bool = False) -> list[str]:
-    head = ("| target | c | req/s (median) | p50 | p95 | p99 ms | server p50 / p99 ms | non-2xx | "
+    head = ("| target | c | req/s (median) | p50 | p95 | p99 ms | server p50 / p99 ms | non-2xx / degraded | "
             "hit rate | server CPU ms/req | client / server / other cores |")
     if batching:
         head = head.replace("hit rate", "requests/batch (ranker, tower) | 503s | ranker fallbacks")
@@ -127,7 +147,8 @@ def _curve_rows(curves: dict[str, dict[int, dict[str, Any]]], batching: bool = F
             rows.append(
                 f"| {target} | {c} | {_fmt(p['rps'], 1)} | {_fmt(p['p50_ms'])} | {_fmt(p['p95_ms'])} "
                 f"| {_fmt(p['p99_ms'])} | {_fmt(p['server_p50_ms'])} / {_fmt(p['server_p99_ms'])} "
-                f"| {p['non_2xx']} | {mid} | {_fmt(p['server_cpu_ms_per_request'])} "
+                f"| {p['non_2xx']} / {_pct(p.get('degraded_share'))} | {mid} "
+                f"| {_fmt(p['server_cpu_ms_per_request'])} "
                 f"| {_fmt(p['client_cores'])} / "
                 f"{_fmt(p['server_cores'])} / {_fmt(p['other_cores'])} |")
     return rows
@@ -139,12 +160,12 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
     kind = "QUICK (short runs, one small catalogue, no repeats: indicative only)" if s["quick"] \
         else "full"
     lines = [f"# Serving benchmark: {kind}", "",
-             f"Started {meta['started']}, took {meta['duration_s']:.0f} s. Code fingerprint "
+             (f"Started {meta['started']}, took {meta['duration_s']:.0f} s. Code fingerprint "
              f"`{meta['code_fingerprint']}`. Client: {meta['wrk']}, one thread, traffic to "
-             "127.0.0.1 only.", "",
+             "127.0.0.1 only."), "",
              "## Machine", "",
-             f"- {machine['cpu_model']}: {machine['logical_cores']} logical cores, "
-             f"{machine['memory_gb']} GB RAM; {machine['os']}; Python {machine['python']}",
+             (f"- {machine['cpu_model']}: {machine['logical_cores']} logical cores, "
+             f"{machine['memory_gb']} GB RAM; {machine['os']}; Python {machine['python']}"),
              f"- load average at start {machine['load_average']}, at end {meta['load_average_end']}",
              "- " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
              f"- GPU: {meta['gpu_note']}", ""]
@@ -159,9 +180,9 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
     if derived["curves"]:
         peers = results["peers"]
         lines += ["", f"## Service vs peers ({peers['n_items']:,} items)", "",
-                  "Medians over repeats. Latency is wrk's (client side) unless marked server "
+                  ("Medians over repeats. Latency is wrk's (client side) unless marked server "
                   "(`latency_ms` of each response). Cores: CPU used by wrk / the server tree / "
-                  "everything else on the machine during the run.", ""]
+                  "everything else on the machine during the run."), ""]
         lines += _curve_rows({t: derived["curves"][t] for t in PEER_TARGETS if t in derived["curves"]})
         lines += ["", f"Start-up to ready (s; the three started together): {peers['startup_s']}", ""]
         if derived["zipf"]:
@@ -181,8 +202,8 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
                          f"{_fmt(ratios['at_peak'].get(key))} |")
         lines.append(f"| service miss / in-process engine (req/s) | | | "
                      f"{_fmt(ratios['at_peak'].get('miss_over_inprocess'))} |")
-        lines += ["", f"SLO for 'best within': client p99 ≤ {s['slo_p99_ms']:g} ms, no errors; "
-                  f"req/s at it: {ratios['at_slo']['rps']}.", ""]
+        lines += ["", (f"SLO for 'best within': client p99 ≤ {s['slo_p99_ms']:g} ms, no errors; "
+                  f"req/s at it: {ratios['at_slo']['rps']}."), ""]
         cost = ratios.get("cpu_per_request")
         if cost:
             lines.append(f"Server CPU per request at c={cost['connections']} (robust to other "
@@ -203,8 +224,8 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
             lat = r["latency_ms"]
             lines.append(f"| {r['concurrency']} | {r['rps']} | {lat['p50']} | {lat['p95']} | "
                          f"{lat['p99']} | {r['cpu_cores']} | {r['degraded']} |")
-        lines += ["", "Mean ms per stage, one at a time: service (from `recsys_stage_seconds`) "
-                  "vs in-process:", "", "| stage | service | in-process |", "|---|---|---|"]
+        lines += ["", ("Mean ms per stage, one at a time: service (from `recsys_stage_seconds`) "
+                  "vs in-process:"), "", "| stage | service | in-process |", "|---|---|---|"]
         service_stages = (derived["curves"].get("service-miss", {}).get(1) or {}).get("stages", {})
         engine_stages = peers["inprocess"]["runs"][0].get("stages", {})
         for stage in sorted(set(service_stages) | set(engine_stages)):
@@ -230,8 +251,8 @@ def _batching_section(batching: dict[str, Any] | None, curves: dict[str, Any],
     if not batching:
         return []
     b = batching
-    lines = ["", f"## Adaptive batching (topology=services, {b['n_items']:,} items"
-             f"{', GPU' if b.get('gpu') else ''})", "",
+    lines = ["", (f"## Adaptive batching (topology=services, {b['n_items']:,} items"
+             f"{', GPU' if b.get('gpu') else ''})"), "",
              "Variants set RECSYS_MAX_BATCH_SIZE: " + ", ".join(
                  f"{n} = {v['max_batch_size']}" for n, v in b["variants"].items())
              + ". Requests/batch from `bentoml_service_adaptive_batch_size` (requests, not "
@@ -258,9 +279,9 @@ def _scale_section(scale: dict[str, Any], figure: str | None, where: str) -> lis
     lines: list[str] = []
     if scale:
         lines += ["", f"## Scale{where}", "",
-                  "| items | train s | index | build s | top-1000 p50 / p99 ms | top-100 p50 / p99 ms "
+                  ("| items | train s | index | build s | top-1000 p50 / p99 ms | top-100 p50 / p99 ms "
                   "| recall@100 | topology | e2e server p50 / p99 ms | client p50 / p99 ms | "
-                  "c=8 req/s | start-up s | peak RSS MiB per process |",
+                  "c=8 req/s | start-up s | peak RSS MiB per process |"),
                   "|" + "---|" * 13]
         for size in sorted(scale, key=int):
             e = scale[size]

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
+from typing_extensions import Self
 
 from benchmarks.models import BenchModels
 from recsys.local_redis import LocalRedis, free_port
@@ -119,8 +120,9 @@ class Server:
                 process.wait(STOP_TIMEOUT_S)
         _signal_group(process.pid, signal.SIGKILL)  # stray workers left in the group
 
-    def __enter__(self) -> Server:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

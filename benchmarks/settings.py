@@ -11,16 +11,16 @@ class BenchSettings:
     users: int = 1000  # synthetic users (known users the load generator asks for)
     epochs: int = 1
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
-    duration_s: float = 6.0  # per measured wrk run
-    warmup_s: float = 2.0  # a discarded wrk run before each measured one
+    duration_s: float = 5.0  # per measured wrk run
+    warmup_s: float = 1.5  # a discarded wrk run before each measured one
     repeats: int = 3  # measured runs per (target, concurrency); medians are reported
     max_requests: int = 20_000  # per wrk run: the run stops at this or at duration_s
     timeout_s: float = 5.0  # wrk request timeout
     zipf_s: float = 1.0
     zipf_concurrency: int = 16
-    zipf_duration_s: float = 12.0
+    zipf_duration_s: float = 10.0
     hot_users: int = 64  # distinct users of the cache-hit run (all cached after warm-up)
-    batching_concurrencies: tuple[int, ...] = (1, 8, 32, 64)
+    batching_concurrencies: tuple[int, ...] = (1, 8, 32)
     # RECSYS_MAX_BATCH_SIZE per variant. BentoML rejects 1 (max_batch_size must be > 1) and
     # splits any request larger than max_batch_size, so no value turns batching off for both
     # model services: "per-request" (= ranked candidates) gives the ranker one request per
@@ -34,7 +34,7 @@ class BenchSettings:
     index_queries: int = 300
     probe_requests: int = 400  # cap of the one-at-a-time runs of the scale phase
     scale_topologies: tuple[str, ...] = ("inline", "services")
-    scale_duration_s: float = 6.0
+    scale_duration_s: float = 5.0
     slo_p99_ms: float = 100.0  # throughput of a target = best req/s with client p99 at most this
     max_load: float = 1.5  # refuse to start a full run above this one-minute load average
     gpu_batching: bool = True  # rerun batching and scale on the GPU when there is one

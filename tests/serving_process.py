@@ -109,15 +109,16 @@ class ServingProcess:
     def stop(self) -> None:
         """SIGTERM to the whole process group, SIGKILL if it is still there after a while."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _signal_group(process.pid, signal.SIGKILL)
-            process.wait(STOP_TIMEOUT_S)
-        _signal_group(process.pid, signal.SIGKILL)  # stray workers left in the group
+        if process.poll() is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait(STOP_TIMEOUT_S)
+        _signal_group(process.pid, signal.SIGKILL)  # workers that outlived the arbiter
 
     def __enter__(self) -> Self:
         return self.start()

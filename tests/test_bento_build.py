@@ -98,6 +98,8 @@ def test_exported_bento_serves_from_an_empty_home_without_the_repo(
     imported = {f"{d.parent.name}:{d.name}" for d in (fresh_home / "models").glob("*/*")
                 if (d / "model.yaml").is_file()}
     assert imported == pinned  # the models travelled inside the archive
+    served_src = fresh_home / "bentos" / "recommender" / tag.split(":", 1)[1] / "src"
+    assert (served_src / "recsys" / "pipeline.py").is_file()  # so did the runtime package
 
     # Serve it with the editable install hidden and a working directory outside the repo.
     hide = tmp_path / "hide-editable-install"

@@ -7,7 +7,11 @@ import pytest
 
 from recsys.features import PAD, tokenize_title
 from training.catalog import (
-    NO_GENRE, build_attribute_encoder, build_catalog, genre_vocabulary, user_attribute_matrix,
+    NO_GENRE,
+    build_attribute_encoder,
+    build_catalog,
+    genre_vocabulary,
+    user_attribute_matrix,
 )
 from training.data import SyntheticConfig, generate_synthetic, leave_last_out, validate
 from training.data.schema import Dataset

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from training.evaluate import (
-    EvalSet, candidate_recall, evaluate_scorer, format_table, make_eval_set, mask_known,
-    ranking_metrics, rerank_scorer, target_ranks,
+    EvalSet,
+    candidate_recall,
+    evaluate_scorer,
+    format_table,
+    make_eval_set,
+    mask_known,
+    ranking_metrics,
+    rerank_scorer,
+    target_ranks,
 )
 from training.sequences import UserSequences
 

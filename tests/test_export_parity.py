@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,27 @@ from training.fallback import fallback_scores, train_fallback
 from training.ranker import DCNRanker, build_queries, score, train_ranker
 from training.steps import PreparedData, prepare_data
 from training.two_tower import (
-    TwoTowerModel, build_model, encode_items, encode_users, next_item_examples, train_two_tower,
+    TwoTowerModel,
+    build_model,
+    encode_items,
+    encode_users,
+    next_item_examples,
+    train_two_tower,
 )
 
 CONFIG = TwoTowerConfig(dim=16, hidden=32, epochs=1, history_len=8)
 RANKER = RankerConfig(retrieval_candidates=50, hard_negatives=7, random_negatives=4, hidden=32,
                       epochs=1)
 BATCHES = (1, 257)  # a single row and more rows than any example used at export time
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Small batches: on 2 shared cores a second intra-op thread mostly waits (measured 4x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

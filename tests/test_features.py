@@ -10,6 +10,7 @@ import pytest
 
 from recsys.features import (
     DENSE_FEATURES,
+    RECENT_ITEMS,
     Context,
     FeatureScaler,
     ItemCatalog,
@@ -114,6 +115,7 @@ def test_empty_attribute_encoder_gives_one_zero_column() -> None:
 def test_user_profile_of_an_empty_history_is_all_zero(catalog: ItemCatalog) -> None:
     profile = user_profile(encode_history([], 4), catalog)
     assert profile.history_length == 0
+    assert profile.recent.size == 0
     np.testing.assert_array_equal(profile.genre_profile, np.zeros(3))
     np.testing.assert_array_equal(profile.genre_recency, np.zeros(3))
 
@@ -121,8 +123,18 @@ def test_user_profile_of_an_empty_history_is_all_zero(catalog: ItemCatalog) -> N
 def test_user_profile_is_the_normalised_mean_genre_vector(catalog: ItemCatalog) -> None:
     profile = user_profile(encode_history([1, 2, 3], 5), catalog)
     assert profile.history_length == 3
+    np.testing.assert_array_equal(profile.recent, [1, 2, 3])
     expected = np.array([2, 2, 0]) / np.linalg.norm([2, 2, 0])
     np.testing.assert_allclose(profile.genre_profile, expected, rtol=1e-6)
+
+
+def test_user_profile_keeps_the_most_recent_items_for_item_to_item_features(
+    catalog: ItemCatalog,
+) -> None:
+    events = [4, 3, 2, 1, 2, 3, 4, 1, 2, 3][: RECENT_ITEMS + 3]
+    profile = user_profile(encode_history(events, 12), catalog)
+    assert profile.history_length == len(events)
+    np.testing.assert_array_equal(profile.recent, events[-RECENT_ITEMS:])
 
 
 def test_user_profile_recency_weighs_the_genre_seen_last_more(catalog: ItemCatalog) -> None:
@@ -177,6 +189,11 @@ def test_dense_features_values_for_one_user(catalog: ItemCatalog) -> None:
     np.testing.assert_allclose(dense[:, column["category_affinity"]], [2**-0.5, 1.0, 0.0], rtol=1e-6)
     np.testing.assert_allclose(dense[:, column["category_recency"]], [0.9, 1.0, 0.0], rtol=1e-6)
     np.testing.assert_allclose(dense[:, column["history_length"]], np.log1p(2.0), rtol=1e-6)
+    to_recent = items[candidates] @ items[[1, 2]].T  # cosine with each recent item (unit vectors)
+    np.testing.assert_allclose(dense[:, column["recent_max_similarity"]], to_recent.max(axis=1),
+                               rtol=1e-6)
+    np.testing.assert_allclose(dense[:, column["recent_mean_similarity"]], to_recent.mean(axis=1),
+                               rtol=1e-6)
     np.testing.assert_allclose(dense[:, column["device_mobile"]], 1.0)
     np.testing.assert_allclose(dense[:, column["hour_sin"]], 1.0, atol=1e-6)
 
@@ -191,7 +208,8 @@ def test_dense_features_broadcast_one_user_like_repeated_rows(catalog: ItemCatal
     one_user = dense_features(user, [profile], candidates, items, catalog, context)
     repeated = dense_features(np.repeat(user, n, axis=0), [profile] * n, candidates, items,
                               catalog, np.repeat(context, n, axis=0))
-    np.testing.assert_array_equal(one_user, repeated)
+    # one matrix product against a row-by-row loop: equal up to float32 rounding
+    np.testing.assert_allclose(one_user, repeated, rtol=1e-6, atol=1e-7)
 
 
 def test_feature_scaler_round_trips_through_json_and_never_divides_by_zero() -> None:

@@ -8,13 +8,20 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from mlflow.entities import Run
 from pydantic import ValidationError
 
 from recsys import artifacts
 from recsys.bundles import EmbeddingBundle, RankerBundle, check_compatible
 from registry import (
-    CHALLENGER, CHAMPION, EMBEDDING_MODEL, FALLBACK_MODEL, RANKER_MODEL, ModelSet, Registry,
+    CHALLENGER,
+    CHAMPION,
+    EMBEDDING_MODEL,
+    FALLBACK_MODEL,
+    RANKER_MODEL,
+    ModelSet,
+    Registry,
 )
 from tests.bundle_factory import tracking_store
 from training import cli
@@ -32,6 +39,15 @@ CONFIG = PipelineConfig(
                           als_iterations=5),
 )
 MODELS = (EMBEDDING_MODEL, RANKER_MODEL, FALLBACK_MODEL)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Small batches: on 2 shared cores a second intra-op thread mostly waits (measured 4x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _settings(store: Path, workdir: Path, epochs: int) -> TrainingSettings:

@@ -1,6 +1,7 @@
 """The two-tower model (training/two_tower.py) trained for real on a small synthetic dataset."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -13,11 +14,25 @@ from training.data import SyntheticConfig, generate_synthetic
 from training.sequences import UserSequences
 from training.steps import PreparedData, padded_histories, prepare_data
 from training.two_tower import (
-    Examples, TwoTowerModel, build_model, encode_items, encode_users, next_item_examples,
+    Examples,
+    TwoTowerModel,
+    build_model,
+    encode_items,
+    encode_users,
+    next_item_examples,
     train_two_tower,
 )
 
 CONFIG = TwoTowerConfig(dim=16, hidden=32, epochs=2, history_len=8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Small batches: on 2 shared cores a second intra-op thread mostly waits (measured 4x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,14 @@ class CrossNetwork(nn.Module):
 
 
 class DCNRanker(nn.Module):
-    """features [N, F] → score [N] (a logit: higher ranks first)."""
+    """features [N, F] → score [N] (a logit: higher ranks first).
 
-    def __init__(self, n_features: int, config: RankerConfig) -> None:
+    The logit is the retrieval logit (the standardised two-tower similarity in column 0, scaled
+    back to similarity / temperature) plus a DCN correction whose head starts at zero: an untrained
+    ranker ranks exactly like retrieval, and training only moves it where the data says so.
+    """
+
+    def __init__(self, n_features: int, config: RankerConfig, prior_scale: float = 0.0) -> None:
         super().__init__()
         self.cross = CrossNetwork(n_features, config.cross_layers)
         self.deep = nn.Sequential(
@@ -48,10 +53,13 @@ class DCNRanker(nn.Module):
             nn.Linear(config.hidden, config.hidden // 2), nn.ReLU(),
         )
         self.head = nn.Linear(n_features + config.hidden // 2, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("prior_scale", torch.tensor(float(prior_scale)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.cross(features), self.deep(features)], dim=-1)
-        return self.head(x).squeeze(-1)
+        return self.head(x).squeeze(-1) + self.prior_scale * features[:, 0]
 
 
 @dataclass(frozen=True)
@@ -80,18 +88,24 @@ def build_queries(
     config: RankerConfig,
 ) -> RankingQueries:
     """For each user's last `holdout` training events (those the two-tower model did not train on):
-    pair the true item with hard negatives retrieved from the history before it, and random ones."""
+    pair the true item with hard negatives retrieved from the history before it, and random ones.
+
+    Negatives never include any item of the user's training sequence: the items they went on to
+    interact with after the query are relevant, and labelling them negative teaches the ranker to
+    bury exactly the items that matter.
+    """
     rng = np.random.default_rng(config.seed)
-    histories, attrs, positives, hours = [], [], [], []
+    histories, attrs, positives, hours, known = [], [], [], [], []
     for u, (seq, times) in enumerate(zip(sequences.sequences, sequences.timestamps)):
         for t in range(max(1, len(seq) - holdout), len(seq)):
             histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
             attrs.append(attributes[u])
             positives.append(seq[t])
             hours.append(int(times[t] // 3600 % 24))
+            known.append(seq)
     history = np.stack(histories)
     users = encode_users(history, np.stack(attrs))
-    negatives = _sample_negatives(users, history, np.asarray(positives), item_vectors, config, rng)
+    negatives = _sample_negatives(users, known, item_vectors, config, rng)
     candidates = np.concatenate([np.asarray(positives)[:, None], negatives], axis=1)
     group = candidates.shape[1]
     dense = np.empty((len(candidates), group, len(DENSE_FEATURES)), dtype=np.float32)
@@ -102,38 +116,48 @@ def build_queries(
     return RankingQueries(dense, candidates, users)
 
 
-def _sample_negatives(users: np.ndarray, history: np.ndarray, positives: np.ndarray,
-                      item_vectors: np.ndarray, config: RankerConfig,
-                      rng: np.random.Generator) -> np.ndarray:
+def _sample_negatives(users: np.ndarray, known: list[np.ndarray], item_vectors: np.ndarray,
+                      config: RankerConfig, rng: np.random.Generator) -> np.ndarray:
     n_rows = len(item_vectors)
     out = np.empty((len(users), config.hard_negatives + config.random_negatives), dtype=np.int64)
-    for start in range(0, len(users), 1024):
-        block = slice(start, start + 1024)
-        scores = users[block] @ item_vectors.T
+    block = max(1, (1 << 25) // n_rows)  # ~128 MB of scores per block, whatever the catalogue
+    pool = min(config.retrieval_candidates, n_rows - 1)
+    for start in range(0, len(users), block):
+        scores = users[start:start + block] @ item_vectors.T
         scores[:, 0] = -np.inf
-        np.put_along_axis(scores, history[block], -np.inf, axis=1)
-        np.put_along_axis(scores, positives[block, None], -np.inf, axis=1)
-        top = np.argpartition(-scores, config.retrieval_candidates, axis=1)[:, :config.retrieval_candidates]
+        for i in range(len(scores)):
+            scores[i, known[start + i]] = -np.inf
+        top = np.argpartition(-scores, pool - 1, axis=1)[:, :pool]
         for i, row in enumerate(top):
             q = start + i
             hard = rng.choice(row, size=config.hard_negatives, replace=False)
             rand = rng.integers(1, n_rows, size=config.random_negatives)
-            rand[rand == positives[q]] = hard[0]
+            taken = np.isin(rand, known[q])
+            rand[taken] = hard[: taken.sum()] if taken.sum() <= len(hard) else hard[0]
             out[q] = np.concatenate([hard, rand])
     return out
 
 
+Validator = Callable[[DCNRanker, FeatureScaler], float]  # higher is better
+
+
 def train_ranker(
     queries: RankingQueries, item_vectors: np.ndarray, config: RankerConfig,
-    on_epoch_end: EpochCallback | None = None,
+    on_epoch_end: EpochCallback | None = None, validate: Validator | None = None,
+    temperature: float = 0.05,
 ) -> tuple[DCNRanker, FeatureScaler]:
-    """Listwise softmax loss over each query's group (the positive is column 0)."""
+    """Listwise softmax loss over each query's group (the positive is column 0).
+
+    With `validate`, the model is scored before training and after every epoch and the best state
+    is kept, so the ranker returned is never worse on validation than retrieval order.
+    """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     q, g, f = queries.dense.shape
     scaler = FeatureScaler.fit(queries.dense.reshape(q * g, f))
     inputs = torch.from_numpy(queries.inputs(item_vectors, scaler))
-    model = DCNRanker(inputs.shape[-1], config)
+    model = DCNRanker(inputs.shape[-1], config, prior_scale=float(scaler.std[0]) / temperature)
+    best = (validate(model.eval(), scaler), -1, _state(model)) if validate else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     steps = math.ceil(q / config.batch_size)
@@ -153,10 +177,23 @@ def train_ranker(
             optimizer.step()
             total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+        stats = {"loss": total / steps}
+        if validate is not None and best is not None:
+            stats["val_hr_at_10"] = validate(model.eval(), scaler)
+            if stats["val_hr_at_10"] > best[0]:
+                best = (stats["val_hr_at_10"], epoch, _state(model))
         if on_epoch_end is not None:
-            on_epoch_end(epoch, {"loss": total / steps})
+            on_epoch_end(epoch, stats)
+    if best is not None:
+        model.load_state_dict(best[2])
+        if on_epoch_end is not None:
+            on_epoch_end(config.epochs, {"best_epoch": float(best[1] + 1)})
     model.eval()
     return model, scaler
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @torch.no_grad()

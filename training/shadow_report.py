@@ -190,7 +190,7 @@ def verdict(summary: Mapping[str, float], offline: Offline, rules: VerdictRules)
     gain = (new - base) / base if base > 0 else (math.inf if new > 0 else 0.0)
     checks = [
         ("min_records", n >= rules.min_records,
-         f"{n} shadow records were logged and at least {rules.min_records} are needed."),
+         f"{n} shadow records were logged; the rules need at least {rules.min_records}."),
         ("max_error_rate", rate <= rules.max_error_rate,
          (f"the challenger failed on {errors} of {n} shadowed requests ({rate:.1%}) and the "
           f"limit is {rules.max_error_rate:.1%}.")),

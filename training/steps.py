@@ -5,7 +5,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,8 @@ import pandas as pd
 from recsys.artifacts import UserHistories
 from recsys.bundles import EmbeddingBundle, RankerBundle
 from recsys.features import (
-    Context, ItemCatalog, UserAttributeEncoder, encode_history, user_ranker_inputs,
+    Context, FeatureScaler, ItemCatalog, UserAttributeEncoder, encode_history,
+    user_ranker_inputs,
 )
 from recsys.index import recall_at_k
 from training.baselines import popularity_scorer, tuned_als
@@ -21,9 +22,13 @@ from training.bundles import write_embedding_bundle, write_fallback_bundle, writ
 from training.catalog import build_attribute_encoder, build_catalog, user_attribute_matrix
 from training.config import EvalConfig, FallbackConfig, RankerConfig, TwoTowerConfig
 from training.data import Dataset, leave_last_out
-from training.evaluate import EvalSet, evaluate_scorer, make_eval_set, rerank_scorer
+from training.data.schema import TIMESTAMP, USER_ID
+from training.evaluate import (
+    CatalogueScorer, EvalSet, evaluate_scorer, make_eval_set, rerank_scorer,
+)
 from training.fallback import train_fallback
-from training.ranker import build_queries, train_ranker
+from training.ranker import DCNRanker, build_queries, train_ranker
+from training.ranker import score as score_torch
 from training.sequences import UserSequences, build_sequences, concat_sequences
 from training.two_tower import (
     build_model, encode_items, encode_users, load_model_state, model_state, next_item_examples,
@@ -64,9 +69,18 @@ def data_fingerprint(dataset: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
+def without_last_events(events: pd.DataFrame, n: int) -> pd.DataFrame:
+    """`events` minus each user's last n events (time order, ties by row order)."""
+    ordered = events.sort_values([USER_ID, TIMESTAMP], kind="stable")
+    return ordered[ordered.groupby(USER_ID).cumcount(ascending=False) >= n]
+
+
 def prepare_data(dataset: Dataset, config: TwoTowerConfig) -> PreparedData:
     split = leave_last_out(dataset.interactions)
-    catalog = build_catalog(dataset, split.train, config.title_buckets, config.title_tokens)
+    # Item statistics (popularity, novelty) come from the events before the ranker's held-out
+    # queries, so a ranker training positive never counts itself: no leak into its features.
+    history = without_last_events(split.train, config.ranker_holdout_events)
+    catalog = build_catalog(dataset, history, config.title_buckets, config.title_tokens)
     rows = catalog.index_lookup()
     train = build_sequences(split.train, rows)
     validation = build_sequences(split.validation, rows)
@@ -152,7 +166,15 @@ def train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config:
         if log is not None:
             log({f"ranker_{k}": v for k, v in stats.items()}, epoch)
 
-    model, scaler = train_ranker(queries, embedding.item_vectors, ranker_config, on_epoch_end)
+    validation = _EvalUsers(data, embedding, data.validation)
+    size = min(eval_config.candidates, data.catalog.size)
+
+    def validate(model: DCNRanker, scaler: FeatureScaler) -> float:
+        scorer = validation.reranked(TorchScorer(model, scaler), size)
+        return evaluate_scorer(scorer, data.validation, (10,))["hr@10"]
+
+    model, scaler = train_ranker(queries, embedding.item_vectors, ranker_config, on_epoch_end,
+                                 validate, float(embedding.config["temperature"]))
     inputs = queries.inputs(embedding.item_vectors, scaler)
     fallback = train_fallback(inputs, fallback_config)
     sample = inputs[: min(64, len(inputs))].reshape(-1, inputs.shape[-1])
@@ -167,33 +189,56 @@ def train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config:
     return rankers
 
 
+class Scorer(Protocol):
+    """Anything that scores ranker inputs: a RankerBundle, or a PyTorch ranker in training."""
+
+    scaler: FeatureScaler
+
+    def score(self, features: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TorchScorer:
+    model: DCNRanker
+    scaler: FeatureScaler
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return score_torch(self.model, features)
+
+
+class _EvalUsers:
+    """User vectors and histories of an eval set, encoded once through the exported user tower."""
+
+    def __init__(self, data: PreparedData, embedding: EmbeddingBundle, eval_set: EvalSet) -> None:
+        self.data, self.embedding, self.eval_set = data, embedding, eval_set
+        self.history = padded_histories(eval_set, embedding.history_len)
+        self.users = embedding.encode_users(self.history, data.eval_attributes(eval_set))
+
+    def retrieval(self, positions: np.ndarray) -> np.ndarray:
+        return self.users[positions] @ self.embedding.item_vectors.T
+
+    def reranked(self, ranker: Scorer, size: int) -> CatalogueScorer:
+        def rerank(positions: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+            return np.stack([
+                ranker.score(user_ranker_inputs(
+                    self.users[p], self.history[p], candidates[i], self.embedding.item_vectors,
+                    self.data.catalog, Context(hour=int(self.eval_set.timestamps[p] // 3600 % 24)),
+                    ranker.scaler))
+                for i, p in enumerate(positions)])
+        return rerank_scorer(self.retrieval, rerank, self.eval_set, size)
+
+
 def evaluate_models(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers,
                     config: EvalConfig, eval_set: EvalSet | None = None,
                     baselines: bool = True) -> dict[str, dict[str, float]]:
     """Metrics per model on `eval_set` (default: test), all through the exported ONNX models."""
     eval_set = eval_set or data.test
-    history = padded_histories(eval_set, embedding.history_len)
-    users = embedding.encode_users(history, data.eval_attributes(eval_set))
-    items = embedding.item_vectors
-
-    def retrieval(positions: np.ndarray) -> np.ndarray:
-        return users[positions] @ items.T
-
-    def reranker(bundle: RankerBundle) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        def rerank(positions: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-            return np.stack([
-                bundle.score(user_ranker_inputs(
-                    users[p], history[p], candidates[i], items, data.catalog,
-                    Context(hour=int(eval_set.timestamps[p] // 3600 % 24)), bundle.scaler))
-                for i, p in enumerate(positions)])
-        return rerank
-
+    users = _EvalUsers(data, embedding, eval_set)
     cutoffs = config.cutoffs
     size = min(config.candidates, data.catalog.size)
-    results = {"retrieval": evaluate_scorer(retrieval, eval_set, cutoffs)}
-    for name, bundle in (("pipeline", rankers.ranker), ("fallback", rankers.fallback)):
-        results[name] = evaluate_scorer(rerank_scorer(retrieval, reranker(bundle), eval_set, size),
-                                        eval_set, cutoffs)
+    results = {"retrieval": evaluate_scorer(users.retrieval, eval_set, cutoffs)}
+    for name, ranker in (("pipeline", rankers.ranker), ("fallback", rankers.fallback)):
+        results[name] = evaluate_scorer(users.reranked(ranker, size), eval_set, cutoffs)
     if baselines:
         results["popularity"] = evaluate_scorer(popularity_scorer(data.catalog.popularity),
                                                 eval_set, cutoffs)
