@@ -127,8 +127,10 @@ def test_request_budget_shortens_the_timeout(rankers: tuple[RankerBundle, Ranker
     outcome = rank(chain(hanging, fallback, timeout_s=60.0), features, timeout_s=0.05)
     assert time.perf_counter() - started < 5.0
     assert outcome.reason == "ranker_timeout"
-    # A budget already spent still gives the primary a (tiny) chance, never a negative timeout.
-    assert rank(chain(hanging, fallback), features, timeout_s=-1.0).reason == "ranker_timeout"
+    # A budget already spent skips the primary (not its fault: nothing counts against its breaker).
+    spent = chain(hanging, fallback)
+    assert rank(spent, features, timeout_s=-1.0).reason == "budget_exhausted"
+    assert spent.breaker.failure_count == 0
 
 
 @pytest.mark.parametrize("bad", [short, not_finite], ids=["wrong_shape", "nan"])
