@@ -103,7 +103,7 @@ class RecommenderApi:
         self.runtime = build_runtime(SETTINGS, refs, PrometheusTelemetry(), rankers, towers)
         self.ready = False
 
-    def _remote_ranker(self, alias: str):  # noqa: ANN202
+    def _remote_ranker(self, alias: str):
         async def score(features: np.ndarray) -> np.ndarray:
             try:
                 return await self.ranker_service.to_async.call(f"score_{alias}", features)
@@ -111,7 +111,7 @@ class RecommenderApi:
                 raise RankingError(f"ranker service: {error!r}") from error
         return score
 
-    def _remote_tower(self, alias: str):  # noqa: ANN202
+    def _remote_tower(self, alias: str):
         async def encode(history: np.ndarray, attributes: np.ndarray) -> np.ndarray:
             packed = np.concatenate([history, attributes], axis=1)
             try:
@@ -139,7 +139,7 @@ class RecommenderApi:
         context: RequestContext = RequestContext(), filters: Filters = Filters(),
         exclude_item_ids: list[ItemId] = [],
     ) -> dict[str, Any]:
-        with _client_errors(recent_items="recent_item_ids", exclude_items="exclude_item_ids"):
+        with _client_errors():
             check_limits(SETTINGS.max_k, SETTINGS.max_list_items, k, recent_item_ids=recent_item_ids,
                          exclude_item_ids=exclude_item_ids)
             return await self.runtime.recommender.recommend(RecommendRequest(
@@ -180,23 +180,15 @@ class RecommenderApi:
 
 
 class _client_errors:
-    """Maps the project's exceptions to HTTP: bad input → 400/404, unavailable store → 503.
-
-    Keyword arguments rename pipeline fields to request fields (recent_items → recent_item_ids).
-    """
-
-    def __init__(self, **request_fields: str) -> None:
-        self.request_fields = request_fields
+    """Maps the project's exceptions to HTTP: bad input → 400/404, unavailable store → 503."""
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> bool:
         if isinstance(error, InvalidRequestError):
-            name = self.request_fields.get(error.field, error.field)
-            message = name + str(error).removeprefix(error.field)
             raise (bentoml.exceptions.NotFound if error.status == 404 else
-                   bentoml.exceptions.InvalidArgument)(message) from error
+                   bentoml.exceptions.InvalidArgument)(str(error)) from error
         if isinstance(error, LimitError):
             raise bentoml.exceptions.InvalidArgument(str(error)) from error
         if isinstance(error, CacheError):

@@ -12,13 +12,14 @@ import numpy as np
 from recsys.breaker import CircuitBreaker
 from recsys.bundles import EmbeddingBundle, RankerBundle, check_compatible
 from recsys.cache import CacheConfig, ResultCache
+from recsys.endpoints import Endpoints
 from recsys.errors import ArtifactError
 from recsys.experiments import Router, active_experiment
 from recsys.faults import Faults
 from recsys.history import HistoryStore
-from recsys.pipeline import Endpoints, ModelSlot, PipelineOptions, Recommender, Telemetry
+from recsys.pipeline import ModelSlot, PipelineOptions, Recommender, Telemetry
 from recsys.ranking import AsyncScorer, RankerChain
-from recsys.retrieval import AnnSource, ItemToItemSource, PopularSource, Retriever, RetrievalQuery
+from recsys.retrieval import AnnSource, ItemToItemSource, PopularSource, RetrievalQuery, Retriever
 from recsys.settings import ServingSettings
 from recsys.shadow import ShadowConfig, ShadowScorer
 

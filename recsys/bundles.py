@@ -11,7 +11,13 @@ import onnxruntime as ort
 
 from recsys import artifacts
 from recsys.errors import ArtifactError, IncompatibleModelsError, RankingError
-from recsys.features import DENSE_FEATURES, FeatureScaler, ItemCatalog, UserAttributeEncoder, user_tower_feeds
+from recsys.features import (
+    DENSE_FEATURES,
+    FeatureScaler,
+    ItemCatalog,
+    UserAttributeEncoder,
+    user_tower_feeds,
+)
 from recsys.index import ItemIndex, load_index
 from recsys.onnx_runtime import create_session
 

@@ -22,7 +22,7 @@ from recsys.features import PAD, Context, FeatureScaler, encode_history, user_ra
 from recsys.history import HistoryStore
 from recsys.ranking import RankerChain
 from recsys.reranking import diversify, filter_candidates, primary_genre
-from recsys.retrieval import Candidates, Retriever, RetrievalQuery
+from recsys.retrieval import Candidates, RetrievalQuery, Retriever
 from recsys.shadow import ScoredList, ShadowScorer
 
 IntArray = npt.NDArray[np.int64]
@@ -184,8 +184,8 @@ class Recommender:
         request_id = uuid.uuid4().hex
         variant, slot = self.slot_for(request.user_id)
         self.telemetry.event("exposure", variant=variant)
-        recent = self.rows(slot, request.recent_items, "recent_items")
-        excluded = self.rows(slot, request.exclude_items, "exclude_items")
+        recent = self.rows(slot, request.recent_items, "recent_item_ids")
+        excluded = self.rows(slot, request.exclude_items, "exclude_item_ids")
         include = self.genres(slot, request.include_categories, "filters.include_categories")
         exclude = self.genres(slot, request.exclude_categories, "filters.exclude_categories")
 
@@ -343,55 +343,3 @@ def popularity_candidates(slot: ModelSlot, user: FloatArray) -> Candidates:
     similarity = (slot.embedding.item_vectors[items] @ user).astype(np.float32)
     return Candidates(items, similarity, ("popular",), np.ones((len(items), 1), dtype=bool), ())
 
-
-class Endpoints:
-    """The smaller endpoints (similar items, CTR-style ranking, events) over the same slots."""
-
-    def __init__(self, recommender: Recommender) -> None:
-        self.r = recommender
-
-    async def similar_items(self, item_id: str, k: int) -> dict[str, Any]:
-        slot = self.r.slots["champion"]
-        row = slot.item_rows.get(item_id)
-        if row is None:
-            raise InvalidRequestError("item_id", f"unknown item id {item_id!r}", status=404)
-        vectors = slot.embedding.item_vectors
-        scores, ids = slot.embedding.index.search(vectors[row][None, :], k + 1)
-        keep = (ids[0] > PAD) & (ids[0] != row)
-        catalog = slot.embedding.catalog
-        items = [{"item_id": str(catalog.item_ids[i]), "title": str(catalog.titles[i]),
-                  "score": round(float(s), 6), "rank": n + 1}
-                 for n, (i, s) in enumerate(zip(ids[0][keep][:k], scores[0][keep][:k]))]
-        return {"item_id": item_id, "items": items, "model_versions": slot.versions}
-
-    async def rank(self, user_id: str, item_ids: tuple[str, ...], context: Context) -> dict[str, Any]:
-        variant, slot = self.r.slot_for(user_id)
-        rows = self.r.rows(slot, item_ids, "item_ids")
-        reasons: list[str] = []
-        history, attributes, _ = await self.r.user_state(slot, user_id, rows[:0], reasons)
-        user = await self.r.resilient_user_vector(slot, history, attributes, reasons)
-        features = user_ranker_inputs(user, history, rows, slot.embedding.item_vectors,
-                                      slot.embedding.catalog, context, slot.scaler)
-        similarity = (slot.embedding.item_vectors[rows] @ user).astype(np.float32)
-        outcome = await slot.ranker.rank(features, similarity)
-        if outcome.reason:
-            reasons.append(outcome.reason)
-        return {"user_id": user_id, "variant": variant, "model_versions": slot.versions,
-                "scores": [{"item_id": i, "score": round(float(s), 6)}
-                           for i, s in zip(item_ids, outcome.scores)],
-                "ranker": outcome.ranker, "degraded": bool(reasons), "degraded_reasons": reasons}
-
-    async def record_event(self, user_id: str, item_id: str, event_type: str,
-                           timestamp: float) -> dict[str, Any]:
-        slot = self.r.slots["champion"]
-        self.r.rows(slot, (item_id,), "item_id")
-        if self.r.history is None:
-            raise CacheError("no history store configured")
-        kept = await self.r.history.append(user_id, item_id, event_type, timestamp)
-        invalidated = True
-        if self.r.cache is not None:
-            try:
-                await self.r.cache.bump_user_generation(user_id)
-            except CacheError:
-                invalidated = False  # this worker's L1 was cleared; other workers' entries expire
-        return {"user_id": user_id, "events_kept": kept, "cache_invalidated": invalidated}

@@ -56,7 +56,7 @@ class PrometheusTelemetry(Telemetry):
             if "overlap" in labels:
                 SHADOW_OVERLAP.observe(float(labels["overlap"]))
 
-    def breaker_listener(self, breaker: str):  # noqa: ANN201 - returns a listener callable
+    def breaker_listener(self, breaker: str):
         def listen(previous: str, new: str) -> None:
             BREAKER_STATE.labels(breaker).set(_BREAKER_VALUES.get(new, 0.0))
         BREAKER_STATE.labels(breaker).set(0.0)

@@ -202,8 +202,8 @@ def test_category_filters_are_honoured(redis_url: str, refs: list[ModelRefs],
 
 
 @pytest.mark.parametrize("fields, field", [
-    ({"recent_items": ("i1", "no-such-item")}, "recent_items"),
-    ({"exclude_items": ("missing-1",)}, "exclude_items"),
+    ({"recent_items": ("i1", "no-such-item")}, "recent_item_ids"),
+    ({"exclude_items": ("missing-1",)}, "exclude_item_ids"),
     ({"include_categories": ("Polka",)}, "filters.include_categories"),
     ({"exclude_categories": ("Action", "Polka")}, "filters.exclude_categories"),
 ])

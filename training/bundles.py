@@ -10,7 +10,13 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from recsys import artifacts
-from recsys.features import DENSE_FEATURES, FeatureScaler, ItemCatalog, UserAttributeEncoder, item_tower_feeds
+from recsys.features import (
+    DENSE_FEATURES,
+    FeatureScaler,
+    ItemCatalog,
+    UserAttributeEncoder,
+    item_tower_feeds,
+)
 from recsys.index import build_index, save_index
 from training import export
 from training.fallback import fallback_scores

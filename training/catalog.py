@@ -6,7 +6,14 @@ import pandas as pd
 
 from recsys.features import ItemCatalog, UserAttributeEncoder, tokenize_title
 from training.data.schema import (
-    DESCRIPTION, GENRE_SEPARATOR, GENRES, ITEM_ID, TIMESTAMP, TITLE, USER_ID, Dataset,
+    DESCRIPTION,
+    GENRE_SEPARATOR,
+    GENRES,
+    ITEM_ID,
+    TIMESTAMP,
+    TITLE,
+    USER_ID,
+    Dataset,
 )
 
 NO_GENRE = "(none)"

@@ -17,7 +17,11 @@ import numpy as np
 
 from recsys.bundles import EmbeddingBundle
 from registry import (
-    ModelSet, Registry, configure_tracking, log_bundle, register_model_set,
+    ModelSet,
+    Registry,
+    configure_tracking,
+    log_bundle,
+    register_model_set,
 )
 from training import plots
 from training.config import PipelineConfig, flatten
@@ -25,8 +29,14 @@ from training.data import SyntheticConfig, load_dataset
 from training.evaluate import format_table
 from training.settings import TrainingSettings
 from training.steps import (
-    PreparedData, Rankers, evaluate_models, padded_histories, prepare_data,
-    retrieval_diagnostics, train_embedding, train_rankers,
+    PreparedData,
+    Rankers,
+    evaluate_models,
+    padded_histories,
+    prepare_data,
+    retrieval_diagnostics,
+    train_embedding,
+    train_rankers,
 )
 
 log = logging.getLogger(__name__)

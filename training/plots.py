@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith("module://") else None
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 MODEL_ORDER = ("popularity", "als", "retrieval", "fallback", "pipeline")
 

@@ -12,8 +12,15 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from recsys.features import (
-    DENSE_FEATURES, Context, FeatureScaler, ItemCatalog, context_features, dense_features, encode_history,
-    ranker_inputs, user_profile,
+    DENSE_FEATURES,
+    Context,
+    FeatureScaler,
+    ItemCatalog,
+    context_features,
+    dense_features,
+    encode_history,
+    ranker_inputs,
+    user_profile,
 )
 from training.config import RankerConfig
 from training.sequences import UserSequences

@@ -13,7 +13,11 @@ import pandas as pd
 from recsys.artifacts import UserHistories
 from recsys.bundles import EmbeddingBundle, RankerBundle
 from recsys.features import (
-    Context, FeatureScaler, ItemCatalog, UserAttributeEncoder, encode_history,
+    Context,
+    FeatureScaler,
+    ItemCatalog,
+    UserAttributeEncoder,
+    encode_history,
     user_ranker_inputs,
 )
 from recsys.index import recall_at_k
@@ -24,14 +28,23 @@ from training.config import EvalConfig, FallbackConfig, RankerConfig, TwoTowerCo
 from training.data import Dataset, leave_last_out
 from training.data.schema import TIMESTAMP, USER_ID
 from training.evaluate import (
-    CatalogueScorer, EvalSet, evaluate_scorer, make_eval_set, rerank_scorer,
+    CatalogueScorer,
+    EvalSet,
+    evaluate_scorer,
+    make_eval_set,
+    rerank_scorer,
 )
 from training.fallback import train_fallback
 from training.ranker import DCNRanker, build_queries, train_ranker
 from training.ranker import score as score_torch
 from training.sequences import UserSequences, build_sequences, concat_sequences
 from training.two_tower import (
-    build_model, encode_items, encode_users, load_model_state, model_state, next_item_examples,
+    build_model,
+    encode_items,
+    encode_users,
+    load_model_state,
+    model_state,
+    next_item_examples,
     train_two_tower,
 )
 
