@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import math
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,8 +20,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from recsys.breaker import CircuitBreaker, CircuitOpenError
-from recsys.errors import CacheError
 from recsys.codec import UndecodableValue, decode_value, encode_value
+from recsys.errors import CacheError
 
 if TYPE_CHECKING:
     from typing_extensions import Self

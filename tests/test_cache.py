@@ -12,14 +12,8 @@ import numpy as np
 import pytest
 import redis
 
-from recsys.cache import (
-    CacheConfig,
-    ResultCache,
-    UndecodableValue,
-    decode_value,
-    encode_value,
-    make_key,
-)
+from recsys.cache import CacheConfig, ResultCache, make_key
+from recsys.codec import UndecodableValue, decode_value, encode_value
 from recsys.errors import CacheError
 from recsys.local_redis import LocalRedis, ping
 

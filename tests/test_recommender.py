@@ -21,7 +21,7 @@ from recsys.features import Context
 from recsys.local_redis import LocalRedis
 from recsys.pipeline import InvalidRequestError, Recommender, RecommendRequest, Telemetry
 from recsys.settings import ServingSettings
-from recsys.shadow import read_shadow_log
+from recsys.shadow_sinks import read_shadow_log
 from tests.fixtures_models import TrainedModels
 
 T = TypeVar("T")

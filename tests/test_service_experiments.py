@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from recsys.local_redis import LocalRedis
-from recsys.shadow import ShadowRecord, read_shadow_log
+from recsys.shadow_records import ShadowRecord
+from recsys.shadow_sinks import read_shadow_log
 from tests.fixtures_models import TrainedModels
 from tests.serving_process import RELAXED_LATENCY, ServingProcess, wait_for
 

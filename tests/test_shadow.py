@@ -16,16 +16,9 @@ import pytest
 import redis
 
 from recsys.local_redis import LocalRedis
-from recsys.shadow import (
-    JsonlSink,
-    RedisStreamSink,
-    ScoredList,
-    ShadowConfig,
-    ShadowRecord,
-    ShadowScorer,
-    agreement,
-    read_shadow_log,
-)
+from recsys.shadow import ShadowConfig, ShadowScorer
+from recsys.shadow_records import ScoredList, ShadowRecord, agreement
+from recsys.shadow_sinks import JsonlSink, RedisStreamSink, read_shadow_log
 
 NOW = 1_790_000_000.25
 CHAMPION = ScoredList(

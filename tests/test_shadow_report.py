@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from recsys.assembly import build_runtime
 from recsys.pipeline import RecommendRequest, Telemetry
 from recsys.settings import ServingSettings
-from recsys.shadow import ScoredList, ShadowRecord, agreement, read_shadow_log
+from recsys.shadow_records import ScoredList, ShadowRecord, agreement
+from recsys.shadow_sinks import read_shadow_log
 from registry import Registry
 from tests.fixtures_models import TrainedModels
 from training import plots

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from recsys.bundles import EmbeddingBundle, RankerBundle, check_compatible
-from recsys.shadow import ShadowRecord
+from recsys.shadow_records import ShadowRecord
 from registry import Registry
 from training import plots
 from training.config import EvalConfig, PipelineConfig
