@@ -21,6 +21,7 @@ from registry import (
     ModelSet,
     Registry,
     bento_models_for_alias,
+    bento_tag,
     bentoml_home,
     export_to_bentoml,
     register_model_set,
@@ -62,7 +63,10 @@ def test_export_labels_metadata_and_verified_copy(store: Store, tmp_path: Path) 
 
     tags = export_to_bentoml(registry, CHAMPION, home=tmp_path)
 
-    assert tags == {kind: f"{name}:v{version}" for kind, name, version in model_set.items()}
+    assert tags == {kind: bento_tag(name, version, registry.version_metadata(name, version)["fingerprint"])
+                    for kind, name, version in model_set.items()}
+    assert all(tag.split(":")[1].startswith(f"v{version}-")
+               for tag, (_, _, version) in zip(tags.values(), model_set.items()))
     assert bento_models_for_alias(registry, CHAMPION) == tags
     with bentoml_home(tmp_path):
         for kind, name, version in model_set.items():
@@ -120,13 +124,12 @@ def test_corrupted_store_copy_is_detected_on_reexport(store: Store, tmp_path: Pa
 
 def test_existing_tag_with_other_content_is_refused(store: Store, tmp_path: Path) -> None:
     registry, model_set = _champion(store, "clash-")
+    ranker_tag = bento_models_for_alias(registry, CHAMPION)["ranker"]
     with bentoml_home(tmp_path), bentoml.models.create(
-            f"{model_set.names.ranker}:v{model_set.ranker}",
-            metadata={"fingerprint": "0123456789abcdef"}):
+            ranker_tag, metadata={"fingerprint": "0123456789abcdef"}):
         pass
 
     with pytest.raises(ArtifactError, match="already exists with fingerprint 0123456789abcdef"):
         export_to_bentoml(registry, home=tmp_path)
     with bentoml_home(tmp_path):
-        assert [str(m.tag) for m in bentoml.models.list()] == [
-            f"{model_set.names.ranker}:v{model_set.ranker}"]  # the clash stopped every write
+        assert [str(m.tag) for m in bentoml.models.list()] == [ranker_tag]  # nothing else written

@@ -122,8 +122,8 @@ def test_export_into_bentoml_home(store: Store, capsys: pytest.CaptureFixture[st
     code, out, _ = _run(store, capsys, "export", "--alias", "exported",
                         "--bentoml-home", str(tmp_path))
     assert code == 0
-    assert f"{RANKER_MODEL}:v{store.first.ranker}" in out
-    stored = tmp_path / "models" / RANKER_MODEL / f"v{store.first.ranker}"
+    assert f"{RANKER_MODEL}:v{store.first.ranker}-" in out
+    (stored,) = (tmp_path / "models" / RANKER_MODEL).glob(f"v{store.first.ranker}-*")
     artifacts.read_manifest(stored, expected_kind="ranker", verify=True)
 
 
@@ -137,6 +137,6 @@ def test_export_subprocess_honours_bentoml_home_env(store: Store, tmp_path: Path
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 0, result.stderr
-    assert f"{EMBEDDING_MODEL}:v{store.second.embedding}" in result.stdout
-    stored = tmp_path / "home" / "models" / EMBEDDING_MODEL / f"v{store.second.embedding}"
+    assert f"{EMBEDDING_MODEL}:v{store.second.embedding}-" in result.stdout
+    (stored,) = (tmp_path / "home" / "models" / EMBEDDING_MODEL).glob(f"v{store.second.embedding}-*")
     artifacts.read_manifest(stored, expected_kind="embedding", verify=True)
