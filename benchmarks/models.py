@@ -8,15 +8,12 @@ that already holds `bench-models.json` is reused as is.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +28,6 @@ SOURCE_DIRS = ("recsys", "training", "registry")
 KINDS = ("embedding", "ranker", "fallback_ranker")
 # training.ranker scores 1024 queries against the whole catalogue at once when sampling hard
 # negatives: [1024, n] float32 plus int64 argpartition output is ~12 GB at 1M items.
-NEGATIVE_BLOCK_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -104,31 +100,6 @@ def ensure_models(n_items: int, root: Path, n_users: int, epochs: int, log_path:
     return BenchModels.read(root)
 
 
-@contextmanager
-def bounded_negative_sampling(block_rows: int = NEGATIVE_BLOCK_ROWS) -> Iterator[None]:
-    """Run training.ranker's hard-negative sampling over `block_rows` queries at a time.
-
-    Same random stream and result (rows are drawn in the same order), bounded memory.
-    """
-    from training import ranker
-
-    original: Callable[..., np.ndarray] = ranker._sample_negatives
-
-    @functools.wraps(original)
-    def chunked(users: np.ndarray, history: np.ndarray, positives: np.ndarray,
-                item_vectors: np.ndarray, config: object, rng: np.random.Generator) -> np.ndarray:
-        parts = [original(users[s:s + block_rows], history[s:s + block_rows],
-                          positives[s:s + block_rows], item_vectors, config, rng)
-                 for s in range(0, len(users), block_rows)]
-        return np.concatenate(parts)
-
-    ranker._sample_negatives = chunked
-    try:
-        yield
-    finally:
-        ranker._sample_negatives = original
-
-
 def train_and_export(n_items: int, root: Path, n_users: int, epochs: int) -> BenchModels:
     """Synthetic data → two-tower → rankers → register (champion) → export to a BentoML home.
 
@@ -161,10 +132,9 @@ def train_and_export(n_items: int, root: Path, n_users: int, epochs: int) -> Ben
     data = load_prepared(settings, config)
     with mlflow.start_run(run_name=f"benchmark-{n_items}"):
         embedding, embedding_uri = embedding_step(data, config, settings.workdir)
-        with bounded_negative_sampling():
-            rankers = train_rankers(data, embedding, config.ranker, config.fallback,
-                                    settings.workdir / "ranker", settings.workdir / "fallback_ranker",
-                                    config.evaluation)
+        rankers = train_rankers(data, embedding, config.ranker, config.fallback,
+                                settings.workdir / "ranker", settings.workdir / "fallback_ranker",
+                                config.evaluation)
         n_features = len(rankers.ranker.scaler.mean) + 2 * embedding.item_vectors.shape[1]
         example = {"features": np.zeros((4, n_features), dtype=np.float32)}
         ranker_uri = log_bundle(rankers.ranker.path, "ranker", example)

@@ -98,7 +98,7 @@ class LocalRedis:
         executable: str | None = None,
         startup_timeout_s: float = 10.0,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()  # redis-server chdirs: relative paths would break
         self._port = port
         self._executable = executable
         self.startup_timeout_s = startup_timeout_s
