@@ -183,11 +183,11 @@ class Recommender:
         start = time.perf_counter()
         request_id = uuid.uuid4().hex
         variant, slot = self.slot_for(request.user_id)
-        self.telemetry.event("exposure", variant=variant)
         recent = self.rows(slot, request.recent_items, "recent_item_ids")
         excluded = self.rows(slot, request.exclude_items, "exclude_item_ids")
         include = self.genres(slot, request.include_categories, "filters.include_categories")
         exclude = self.genres(slot, request.exclude_categories, "filters.exclude_categories")
+        self.telemetry.event("exposure", variant=variant)  # only requests that will be served
 
         async def compute() -> dict[str, Any]:
             result = await self._compute(slot, request, recent, excluded, include, exclude, start)
