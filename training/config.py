@@ -32,7 +32,7 @@ class RankerConfig:
     random_negatives: int = 8
     cross_layers: int = 2
     hidden: int = 64  # chosen on MovieLens 100K validation HR@10 (128/6 epochs overfit)
-    epochs: int = 4
+    epochs: int = 8  # the best epoch by validation HR@10 is kept; 8 beat 4 on ML-100K validation
     batch_size: int = 256  # queries per batch; each query is 1 positive + negatives
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
