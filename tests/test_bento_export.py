@@ -123,7 +123,7 @@ def test_corrupted_store_copy_is_detected_on_reexport(store: Store, tmp_path: Pa
 
 
 def test_existing_tag_with_other_content_is_refused(store: Store, tmp_path: Path) -> None:
-    registry, model_set = _champion(store, "clash-")
+    registry, _ = _champion(store, "clash-")
     ranker_tag = bento_models_for_alias(registry, CHAMPION)["ranker"]
     with bentoml_home(tmp_path), bentoml.models.create(
             ranker_tag, metadata={"fingerprint": "0123456789abcdef"}):

@@ -16,6 +16,7 @@ from recsys.cache import CacheConfig, ResultCache, make_key
 from recsys.codec import UndecodableValue, decode_value, encode_value
 from recsys.errors import CacheError
 from recsys.local_redis import LocalRedis, ping
+from tests.events import Events
 
 CONFIG = CacheConfig(
     l1_ttl_s={"results": 5.0, "user_vector": 50.0},
@@ -36,17 +37,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, str]]] = []
-
-    def __call__(self, name: str, /, **labels: str) -> None:
-        self.seen.append((name, labels))
-
-    def count(self, name: str, **labels: str) -> int:
-        return sum(1 for n, lab in self.seen if n == name and labels.items() <= lab.items())
 
 
 class Compute:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +33,7 @@ RANKER = RankerConfig(retrieval_candidates=50, hard_negatives=7, random_negative
 BATCHES = (1, 257)  # a single row and more rows than any example used at export time
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small batches: on 2 shared cores a second intra-op thread mostly waits (measured 4x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass(frozen=True)

@@ -15,21 +15,11 @@ from recsys.errors import CacheError
 from recsys.faults import Faults
 from recsys.history import HistoryStore
 from recsys.local_redis import LocalRedis
+from tests.events import Events
 
 T = TypeVar("T")
 PREFIX = "test:history:"
 RESET_S = 0.3
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, str]]] = []
-
-    def __call__(self, name: str, **labels: str) -> None:
-        self.seen.append((name, labels))
-
-    def count(self, name: str) -> int:
-        return sum(1 for n, _ in self.seen if n == name)
 
 
 def with_store(url: str, scenario: Callable[[HistoryStore], Awaitable[T]], *, max_events: int = 5,

@@ -1,12 +1,10 @@
 """The headline result on MovieLens 100K, kept short: a few epochs, the steps without MLflow."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from training.baselines import popularity_scorer
 from training.config import PipelineConfig
@@ -14,7 +12,7 @@ from training.data import load_dataset
 from training.evaluate import evaluate_scorer
 from training.steps import evaluate_models, prepare_data, train_embedding, train_rankers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 # With 2 two-tower epochs the margins were 3-5 % (seed 0: pipeline HR@10 0.136 against the
 # thresholds 0.129 and 0.132), too thin to tell a regression from noise. With 4 they are
@@ -22,14 +20,6 @@ pytestmark = pytest.mark.slow
 TWO_TOWER_EPOCHS = 4
 RANKER_EPOCHS = 2
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small batches: on 2 shared cores a second intra-op thread mostly waits (measured 4x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

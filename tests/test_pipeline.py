@@ -8,7 +8,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import torch
 from mlflow.entities import Run
 from pydantic import ValidationError
 
@@ -41,13 +40,7 @@ CONFIG = PipelineConfig(
 MODELS = (EMBEDDING_MODEL, RANKER_MODEL, FALLBACK_MODEL)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small batches: on 2 shared cores a second intra-op thread mostly waits (measured 4x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _settings(store: Path, workdir: Path, epochs: int) -> TrainingSettings:

@@ -14,6 +14,7 @@ from recsys.bundles import RankerBundle
 from recsys.errors import RankingError
 from recsys.ranking import RankerChain, RankOutcome
 from tests.bundle_factory import RANKER_FEATURES, make_ranker_bundle
+from tests.events import Events
 
 FloatArray = np.ndarray
 
@@ -33,14 +34,6 @@ def features() -> FloatArray:
 
 
 RETRIEVAL = np.linspace(0.9, 0.1, 12, dtype=np.float32)
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, str]]] = []
-
-    def __call__(self, name: str, **labels: str) -> None:
-        self.seen.append((name, labels))
 
 
 class Primary:

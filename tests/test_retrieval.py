@@ -22,6 +22,7 @@ from recsys.retrieval import (
     Retriever,
 )
 from tests.bundle_factory import make_embedding_bundle
+from tests.events import Events
 
 N_ITEMS = 200
 
@@ -38,14 +39,6 @@ def query(bundle: EmbeddingBundle) -> RetrievalQuery:
     history = np.asarray([[0, 11, 42, 7, 99]], dtype=np.int64)
     user = bundle.encode_users(history, np.asarray([[1, 2]], dtype=np.int64))[0]
     return RetrievalQuery(user, history[0][history[0] != PAD])
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, str]]] = []
-
-    def __call__(self, name: str, **labels: str) -> None:
-        self.seen.append((name, labels))
 
 
 @dataclass

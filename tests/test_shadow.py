@@ -19,6 +19,7 @@ from recsys.local_redis import LocalRedis
 from recsys.shadow import ShadowConfig, ShadowScorer
 from recsys.shadow_records import ScoredList, ShadowRecord, agreement
 from recsys.shadow_sinks import JsonlSink, RedisStreamSink, read_shadow_log
+from tests.events import Events
 
 NOW = 1_790_000_000.25
 CHAMPION = ScoredList(
@@ -27,17 +28,6 @@ CHAMPION = ScoredList(
 CHALLENGER = ScoredList(
     {"retriever": "7", "ranker": "4"}, [11, 10, 14, 13], [0.5, 0.4, 0.3, 0.2], 6.0
 )
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, str]]] = []
-
-    def __call__(self, name: str, /, **labels: str) -> None:
-        self.seen.append((name, labels))
-
-    def count(self, name: str, **labels: str) -> int:
-        return sum(1 for n, lab in self.seen if n == name and labels.items() <= lab.items())
 
 
 class Challenger:

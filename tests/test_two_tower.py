@@ -1,7 +1,6 @@
 """The two-tower model (training/two_tower.py) trained for real on a small synthetic dataset."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,13 +25,7 @@ from training.two_tower import (
 CONFIG = TwoTowerConfig(dim=16, hidden=32, epochs=2, history_len=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small batches: on 2 shared cores a second intra-op thread mostly waits (measured 4x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass(frozen=True)
