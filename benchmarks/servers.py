@@ -109,16 +109,8 @@ class Server:
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL whatever is left after STOP_TIMEOUT_S."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            _signal_group(process.pid, signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _signal_group(process.pid, signal.SIGKILL)
-                process.wait(STOP_TIMEOUT_S)
-        _signal_group(process.pid, signal.SIGKILL)  # stray workers left in the group
+        if process is not None:
+            stop_process_group(process, STOP_TIMEOUT_S)
 
     def __enter__(self) -> Self:
         self.start()
@@ -126,6 +118,19 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM a process started with start_new_session=True and its group, SIGKILL after
+    timeout_s, then SIGKILL the group again for workers that outlived their parent."""
+    if process.poll() is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout_s)
+    _signal_group(process.pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

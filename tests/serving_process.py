@@ -7,7 +7,6 @@ and that tests can attach to an assertion message with `log_tail()`.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
+from benchmarks.servers import stop_process_group
 from recsys.local_redis import free_port
 
 if TYPE_CHECKING:
@@ -110,29 +110,14 @@ class ServingProcess:
     def stop(self) -> None:
         """SIGTERM to the whole process group, SIGKILL if it is still there after a while."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            _signal_group(process.pid, signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _signal_group(process.pid, signal.SIGKILL)
-                process.wait(STOP_TIMEOUT_S)
-        _signal_group(process.pid, signal.SIGKILL)  # workers that outlived the arbiter
+        if process is not None:
+            stop_process_group(process, STOP_TIMEOUT_S)
 
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def error_fields(response: httpx.Response) -> set[str]:
