@@ -23,6 +23,7 @@ class TwoTowerConfig:
     # ranker's training queries, so the ranker sees honest (not memorised) similarities.
     ranker_holdout_events: int = 5
     seed: int = 0
+    threads: int = 1  # torch threads: a fixed count keeps a seed's model identical across machines
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class RankerConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     seed: int = 0
+    threads: int = 1  # torch threads (see TwoTowerConfig.threads)
 
 
 @dataclass(frozen=True)
