@@ -165,7 +165,7 @@ def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: T
     options = PipelineOptions(settings.ranked_candidates, settings.diversity,
                               settings.max_per_category, settings.budget_ms / 1000,
                               champion.history_len, settings.topology == "services",
-                              settings.retrieval_timeout_ms / 1000)
+                              settings.retrieval_timeout_ms / 1000, settings.degraded_ttl_s)
     cache = history = None
     if settings.redis_url:
         cache = ResultCache(CacheConfig(

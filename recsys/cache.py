@@ -140,6 +140,7 @@ class _Entry:
     kind: str
     generation: int | None
     value: Any
+    ttl_cap_s: float | None = None  # this value's own TTL when shorter than its kind's
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +202,12 @@ class ResultCache:
         compute: Callable[[], Awaitable[T]],
         *,
         user_id: str | None = None,
+        ttl_s: Callable[[T], float | None] | None = None,
     ) -> tuple[T, Level]:
         """(value, level that served it). With ``user_id``, entries are valid only for the
         user's current generation (see ``bump_user_generation``); exceptions from ``compute``
-        reach every waiter and are not cached."""
+        reach every waiter and are not cached. ``ttl_s(value)`` may shorten one value's life in
+        both levels: None keeps the kind's TTLs, 0 keeps the value out of the cache."""
         if kind not in self.config.l1_ttl_s:
             known_kinds = sorted(self.config.l1_ttl_s)
             raise ValueError(f"unknown cache kind {kind!r}; configured: {known_kinds}")
@@ -215,7 +218,7 @@ class ResultCache:
             return cast(T, entry.value), "l1"
         task = self._inflight.get(slot)
         if task is None:
-            task = asyncio.ensure_future(self._fill(kind, slot, compute, user_id))
+            task = asyncio.ensure_future(self._fill(kind, slot, compute, user_id, ttl_s))
             self._inflight[slot] = task
             task.add_done_callback(partial(self._forget, slot))
         else:
@@ -275,20 +278,26 @@ class ResultCache:
         await self.aclose()
 
     async def _fill(
-        self, kind: str, slot: str, compute: Callable[[], Awaitable[Any]], user_id: str | None
+        self, kind: str, slot: str, compute: Callable[[], Awaitable[Any]], user_id: str | None,
+        ttl_s: Callable[[Any], float | None] | None,
     ) -> tuple[Any, Level]:
         found = await self._read_l2(kind, slot, user_id)
         if found.value is not _ABSENT:
-            self._l1[slot] = _Entry(kind, found.generation, found.value)
+            cap = ttl_s(found.value) if ttl_s is not None else None
+            self._l1[slot] = _Entry(kind, found.generation, found.value, cap)
             return found.value, "l2"
         value = await compute()
         # Encode even when the write is skipped, so an uncacheable value fails the same way
         # whether or not Redis is up (TypeError), and never lands in L1 first.
         redis = self._redis
         payload = b"" if redis is None else encode_value(value, found.generation)
-        self._l1[slot] = _Entry(kind, found.generation, value)
+        cap = ttl_s(value) if ttl_s is not None else None
+        if cap is not None and cap <= 0:
+            return value, "miss"
+        self._l1[slot] = _Entry(kind, found.generation, value, cap)
         if found.writable and redis is not None:
-            ttl_ms = int(self.config.l2_ttl_s[kind] * 1000)
+            ttl = self.config.l2_ttl_s[kind]
+            ttl_ms = max(1, int((ttl if cap is None else min(ttl, cap)) * 1000))
             await self._call_redis(
                 "write", lambda: redis.set(self._value_key(slot), payload, px=ttl_ms)
             )
@@ -343,7 +352,8 @@ class ResultCache:
         return known is None or entry.generation == known
 
     def _l1_expiry(self, _key: str, entry: _Entry, now: float) -> float:
-        return now + self.config.l1_ttl_s[entry.kind]
+        ttl = self.config.l1_ttl_s[entry.kind]
+        return now + (ttl if entry.ttl_cap_s is None else min(ttl, entry.ttl_cap_s))
 
     def _forget(self, slot: str, task: asyncio.Task[tuple[Any, Level]]) -> None:
         if self._inflight.get(slot) is task:

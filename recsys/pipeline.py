@@ -38,14 +38,6 @@ class InvalidRequestError(RecsysError):
         self.field, self.status = field, status
 
 
-class _Degraded(Exception):
-    """Carries a degraded result out of the cache's compute so that it is not cached."""
-
-    def __init__(self, result: dict[str, Any]) -> None:
-        super().__init__("degraded")
-        self.result = result
-
-
 @dataclass(frozen=True)
 class RecommendRequest:
     user_id: str
@@ -76,6 +68,10 @@ class PipelineOptions:
     # round trip only when the user tower is a process hop away (topology "services").
     cache_user_vectors: bool = False
     tower_timeout_s: float = 0.05
+    # A degraded result lives this long in the cache (0: never cached). Short, so a recovered
+    # model serves again soon; not 0, so an overloaded service answers repeats from the cache
+    # instead of recomputing, degrading further and never catching up.
+    degraded_ttl_s: float = 5.0
 
 
 @dataclass
@@ -190,24 +186,19 @@ class Recommender:
         self.telemetry.event("exposure", variant=variant)  # only requests that will be served
 
         async def compute() -> dict[str, Any]:
-            result = await self._compute(slot, request, recent, excluded, include, exclude, start)
-            if result["degraded"]:
-                raise _Degraded(result)
-            return result
+            return await self._compute(slot, request, recent, excluded, include, exclude, start)
 
         level = "none"
-        try:
-            if self.cache is None:
-                result = await compute()
-            else:
-                key = self.cache_key(slot, request)
-                t0 = time.perf_counter()
-                result, level = await self.cache.get_or_compute("results", key, compute,
-                                                                user_id=request.user_id)
-                if level != "miss":
-                    self.telemetry.observe("cache", time.perf_counter() - t0)
-        except _Degraded as degraded:
-            result, level = degraded.result, "miss"
+        if self.cache is None:
+            result = await compute()
+        else:
+            key = self.cache_key(slot, request)
+            t0 = time.perf_counter()
+            result, level = await self.cache.get_or_compute("results", key, compute,
+                                                            user_id=request.user_id,
+                                                            ttl_s=self._result_ttl)
+            if level != "miss":
+                self.telemetry.observe("cache", time.perf_counter() - t0)
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
         if self.shadow is not None and slot.alias == "champion" and \
                 self.shadow.should_shadow(request_id):
@@ -215,6 +206,9 @@ class Recommender:
                                       (recent, excluded, include, exclude))
         return {**result, "variant": variant, "cache": level, "request_id": request_id,
                 "latency_ms": latency_ms}
+
+    def _result_ttl(self, result: dict[str, Any]) -> float | None:
+        return self.options.degraded_ttl_s if result["degraded"] else None
 
     async def _submit_shadow(self, request_id: str, request: RecommendRequest,
                              served: dict[str, Any], latency_ms: float,

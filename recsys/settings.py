@@ -27,6 +27,7 @@ class ServingSettings(BaseSettings):
     redis_url: str | None = None
     redis_timeout_ms: float = Field(20.0, gt=0)
     result_ttl_s: float = Field(60.0, gt=0)
+    degraded_ttl_s: float = Field(5.0, ge=0, description="cache life of a degraded result (0: never)")
     user_vector_ttl_s: float = Field(300.0, gt=0)
     l1_max_items: int = Field(10_000, gt=0)
     history_max_events: int = Field(200, gt=0)

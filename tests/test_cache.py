@@ -128,6 +128,42 @@ def test_ttl_per_kind(redis_url: str) -> None:
         assert 599_000 < client.pttl(f"test:{key(kind='user_vector')}") <= 600_000
 
 
+def test_a_value_may_shorten_its_own_ttl_in_both_levels(redis_url: str) -> None:
+    def ttl(value: dict[str, Any]) -> float | None:
+        return 2.0 if value["degraded"] else None
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        async with ResultCache(CONFIG, redis_url, clock=clock) as cache:
+            degraded, healthy = Compute({"degraded": True}), Compute({"degraded": False})
+            for compute, request in ((degraded, "d"), (healthy, "h")):
+                await cache.get_or_compute("results", key(request), compute, ttl_s=ttl)
+            clock.now += 2.1  # past the degraded value's 2 s, within the kind's 5 s
+            assert (await cache.get_or_compute("results", key("h"), healthy, ttl_s=ttl))[1] == "l1"
+            assert (await cache.get_or_compute("results", key("d"), degraded, ttl_s=ttl))[1] == "l2"
+            clock.now += 2.1  # the value read back from L2 keeps its own cap in L1 too
+            assert (await cache.get_or_compute("results", key("d"), degraded, ttl_s=ttl))[1] == "l2"
+
+    run(scenario())
+    with redis.Redis.from_url(redis_url) as client:
+        assert 0 < client.pttl(f"test:{key('d')}") <= 2_000
+        assert 59_000 < client.pttl(f"test:{key('h')}") <= 60_000
+
+
+def test_a_ttl_of_zero_keeps_a_value_out_of_both_levels(redis_url: str) -> None:
+    async def scenario() -> None:
+        async with ResultCache(CONFIG, redis_url) as cache:
+            compute = Compute("do not keep")
+            for _ in range(2):
+                got = await cache.get_or_compute("results", key(), compute, ttl_s=lambda v: 0.0)
+                assert got == ("do not keep", "miss")
+            assert compute.calls == 2
+
+    run(scenario())
+    with redis.Redis.from_url(redis_url) as client:
+        assert not client.exists(f"test:{key()}")
+
+
 def test_key_is_canonical_and_changes_with_versions_and_generation() -> None:
     request = {"user_id": "u1", "exclude": {"i3", "i1", "i2"}, "filters": {"b": 1, "a": [2, 1]}}
     same = {"filters": {"a": [2, 1], "b": 1}, "exclude": {"i2", "i1", "i3"}, "user_id": "u1"}

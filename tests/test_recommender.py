@@ -253,10 +253,12 @@ def degraded_twice(redis_url: str, refs: list[ModelRefs], faults: str,
     async def scenario(runtime: Runtime) -> tuple[dict[str, Any], ...]:
         return await recommend(runtime), await recommend(runtime)
 
+    overrides.setdefault("degraded_ttl_s", 0.0)
     first, second = serve(settings(redis_url, faults=faults, **overrides), refs, scenario,
                           telemetry)
     assert first["degraded"] and len(first["items"]) == K
-    # Degraded results are never cached: the next identical request computes again.
+    # With RECSYS_DEGRADED_TTL_S=0 degraded results are never cached: the next identical
+    # request computes again, and shows the fault again.
     assert (first["cache"], second["cache"]) == ("miss", "miss")
     assert cached_results(redis_url) == []
     assert second["degraded_reasons"] == first["degraded_reasons"]
@@ -314,7 +316,26 @@ def test_injected_history_fault_degrades_to_training_history(redis_url: str,
     assert telemetry.named("history_error")
 
 
-def test_redis_down_degrades_history_and_computes_without_cache(
+def test_a_degraded_result_is_cached_only_for_the_degraded_ttl(redis_url: str,
+                                                               refs: list[ModelRefs]) -> None:
+    """Under a fault, repeats are answered from the cache (an overloaded service must not
+    recompute degraded answers) but only for RECSYS_DEGRADED_TTL_S, then computed afresh."""
+    async def scenario(runtime: Runtime) -> tuple[dict[str, Any], ...]:
+        first, second = await recommend(runtime), await recommend(runtime)
+        await asyncio.sleep(0.6)
+        return first, second, await recommend(runtime)
+
+    first, second, later = serve(settings(redis_url, faults="ranker:error", degraded_ttl_s=0.5),
+                                 refs, scenario)
+    assert first["degraded"] and "ranker_error" in first["degraded_reasons"]
+    assert (first["cache"], second["cache"], later["cache"]) == ("miss", "l1", "miss")
+    assert ids(second) == ids(first) and second["degraded"]
+    with redis.Redis.from_url(redis_url) as client:  # L2 holds it no longer than the cap
+        ttls_ms = [client.pttl(key) for key in client.scan_iter(RESULT_KEYS)]
+    assert ttls_ms and all(0 < ttl <= 500 for ttl in ttls_ms)
+
+
+def test_redis_down_degrades_history_and_serves_repeats_from_l1(
         redis_server: LocalRedis, redis_url: str, refs: list[ModelRefs]) -> None:
     async def scenario(runtime: Runtime) -> tuple[Any, ...]:
         await recommend(runtime, "warm-up-user")  # connections open, sessions warm
@@ -330,8 +351,9 @@ def test_redis_down_degrades_history_and_computes_without_cache(
     first, second = serve(settings(redis_url, breaker_failures=2), refs, scenario)
     for result in (first, second):
         assert result["degraded_reasons"] == ["history_unavailable"]
-        assert result["cache"] == "miss" and len(result["items"]) == K
-        assert result["ranker"] == "ranker"
+        assert len(result["items"]) == K and result["ranker"] == "ranker"
+    # computed without Redis, then kept in the in-process level for RECSYS_DEGRADED_TTL_S
+    assert (first["cache"], second["cache"]) == ("miss", "l1")
     assert ids(second) == ids(first)
 
 

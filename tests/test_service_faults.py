@@ -2,8 +2,9 @@
 
 Two servers keep the start-up cost down:
 - `resilient`: real Redis that a test stops and restarts, RECSYS_BREAKER_RESET_S=1 so breakers
-  close again quickly, and RECSYS_FAULTS=ranker:timeout (the ranker hangs past its timeout; the
-  breaker opens after a few timeouts and lets one trial through each second).
+  close again quickly, RECSYS_FAULTS=ranker:timeout (the ranker hangs past its timeout; the
+  breaker opens after a few timeouts and lets one trial through each second) and
+  RECSYS_DEGRADED_TTL_S=1 (degraded results expire from the cache after a second).
 - `faulty`: RECSYS_FAULTS=ranker:error,ann:error with a breaker that never opens
   (RECSYS_BREAKER_FAILURES=1000), so every response shows the injected faults themselves.
 """
@@ -38,7 +39,8 @@ def resilient(trained_models: TrainedModels, redis_server: LocalRedis,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     redis_server.start()
     with _serve(trained_models, redis_server, tmp_path_factory.mktemp("serve-resilient"),
-                breaker_reset_s="1", faults="ranker:timeout") as server, server.client() as client:
+                breaker_reset_s="1", faults="ranker:timeout", degraded_ttl_s="1") as server, \
+            server.client() as client:
         yield client
     redis_server.start()  # whatever a failed test left behind, later modules get a Redis
 
@@ -131,11 +133,15 @@ def test_ranker_timeout_falls_back_to_the_fallback_ranker(resilient: httpx.Clien
     assert fallbacks.get('recsys_fallbacks_total{reason="ranker_timeout"}', 0) > 0
 
 
-def test_degraded_results_are_not_cached(resilient: httpx.Client) -> None:
-    user = _user("nocache")
-    _recommend(resilient, user)
+def test_degraded_results_are_cached_only_for_the_degraded_ttl(resilient: httpx.Client) -> None:
+    user = _user("briefly")
+    first = _recommend(resilient, user)
+    repeat = _recommend(resilient, user)
+    time.sleep(1.2)  # RECSYS_DEGRADED_TTL_S=1
+    later = _recommend(resilient, user)
 
-    assert _recommend(resilient, user)["cache"] == "miss"
+    assert first["degraded"] and repeat["degraded"]
+    assert (first["cache"], repeat["cache"], later["cache"]) == ("miss", "l1", "miss")
 
 
 # ---- ranker error and ANN error -----------------------------------------------------------
