@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,9 +136,13 @@ class Retriever:
 
     def _merge(self, query: RetrievalQuery, found: list[tuple[str, IntArray]],
                failed: tuple[str, ...]) -> Candidates:
-        items = np.unique(np.concatenate([ids for _, ids in found]))
+        # One sort for the union and for which sources proposed each item (no isin per source).
+        ids = np.concatenate([ids for _, ids in found])
+        source = np.repeat(np.arange(len(found)), [len(ids) for _, ids in found])
+        items, inverse = np.unique(ids, return_inverse=True)
+        mask = np.zeros((len(items), len(found)), dtype=bool)
+        mask[inverse, source] = True
         similarity = (self.vectors[items] @ query.user_vector).astype(np.float32)
         order = np.argsort(-similarity, kind="stable")
-        items, similarity = items[order].astype(np.int64), similarity[order]
-        mask = np.stack([np.isin(items, ids) for _, ids in found], axis=1)
-        return Candidates(items, similarity, tuple(n for n, _ in found), mask, failed)
+        return Candidates(items[order].astype(np.int64), similarity[order],
+                          tuple(n for n, _ in found), mask[order], failed)
