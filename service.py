@@ -197,5 +197,5 @@ class _client_errors:
 
 
 Recommender = bentoml.service(
-    name="recommender", traffic={"timeout": 10, "max_concurrency": 256}, workers=1,
+    name="recommender", traffic={"timeout": 10, "max_concurrency": 256}, workers=SETTINGS.workers,
 )(_declare_models(RecommenderApi, ("embedding", "ranker", "fallback_ranker")))

@@ -60,7 +60,7 @@ class LoadResult:
     socket_errors: dict[str, int]
     server_latency_ms: dict[str, float]  # from latency_ms in each 200 body
     cache_levels: dict[str, int]
-    degraded: int  # 200 responses marked degraded (fallbacks; never cached)
+    degraded: int  # 200 responses marked degraded (fallbacks)
     client_cpu_s: float
     cpu: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)

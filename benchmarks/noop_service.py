@@ -11,12 +11,14 @@ import bentoml
 from pydantic import Field
 
 from recsys.schemas import Filters, ItemId, RequestContext
+from recsys.settings import ServingSettings
 
 _ITEMS = [{"item_id": f"i{n}", "title": f"Galaxy Robot i{n}", "score": 0.5, "rank": n + 1,
            "sources": ["ann"]} for n in range(100)]
 
 
-@bentoml.service(name="noop", traffic={"timeout": 10, "max_concurrency": 256}, workers=1)
+@bentoml.service(name="noop", traffic={"timeout": 10, "max_concurrency": 256},
+                 workers=ServingSettings().workers)  # RECSYS_WORKERS, as the service reads it
 class Noop:
     @bentoml.api
     async def recommend(

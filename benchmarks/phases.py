@@ -168,22 +168,30 @@ def peers(session: Session, models: BenchModels) -> dict[str, Any]:
     s = session.settings
     users = session.users_file(models)
     redis = servers.redis(session.logs / "redis-peers").start()
-    service = servers.recommender(models, redis, session.logs / "service-inline.log")
-    floor = servers.noop(session.logs / "noop.log")
+    service = servers.recommender(models, redis, session.logs / "service-inline.log",
+                                  workers=s.workers)
+    floor = servers.noop(session.logs / "noop.log", workers=s.workers)
     naive = servers.naive(models, session.logs / "naive.log")
+    targets = [("service-miss", service, "distinct", 10), ("service-hit", service, "hot", 9),
+               ("noop", floor, "distinct", 10), ("naive", naive, "distinct", 10)]
+    started = [service, floor, naive]
+    single_redis = None
+    if s.workers > 1:  # its own Redis: the same request numbers must not hit the other's L2
+        single_redis = servers.redis(session.logs / "redis-peers-1w").start()
+        single = servers.recommender(models, single_redis, session.logs / "service-inline-1w.log",
+                                     workers=1, suffix="-1w")
+        targets.insert(1, ("service-miss-1w", single, "distinct", 10))
+        started.append(single)
     runs: list[dict[str, Any]] = []
     try:
-        with running(service, floor, naive) as sampler:
-            startup = {x.name: x.startup_s for x in (service, floor, naive)}
+        with running(*started) as sampler:
+            startup = {x.name: x.startup_s for x in started}
             session.log(f"peers on {models.n_items:,} items; start-up s (started together): "
                         f"{startup}")
             for repeat in range(s.repeats):
                 session.log(f" repeat {repeat + 1}/{s.repeats}")
                 for c in s.concurrencies:
-                    for target, server, mode, k in (("service-miss", service, "distinct", 10),
-                                                    ("service-hit", service, "hot", 9),
-                                                    ("noop", floor, "distinct", 10),
-                                                    ("naive", naive, "distinct", 10)):
+                    for target, server, mode, k in targets:
                         spec = _spec(session, target, server, users, c, mode, k=k)
                         result = measured_run(session, target, server, spec, {"repeat": repeat})
                         runs.append(result.as_dict())
@@ -197,10 +205,12 @@ def peers(session: Session, models: BenchModels) -> dict[str, Any]:
             rss = sampler.stop()
     finally:
         redis.stop()
+        if single_redis is not None:
+            single_redis.stop()
     session.log(" in-process engine")
     inprocess = run_inprocess(models, s, session.logs / "inprocess.log")
     return {"n_items": models.n_items, "runs": runs, "inprocess": inprocess,
-            "startup_s": startup, "peak_rss_mb": rss}
+            "startup_s": startup, "peak_rss_mb": rss, "workers": s.workers}
 
 
 def batching(session: Session, models: BenchModels, gpu: int = 0) -> dict[str, Any]:
@@ -281,7 +291,8 @@ def scale(session: Session, all_models: dict[int, BenchModels], gpu: int = 0,
             extra = {"RECSYS_GPU": str(gpu)} if gpu and topology == "services" else {}
             service = servers.recommender(models, redis,
                                           session.logs / f"service-{topology}-{size}.log",
-                                          topology=topology, extra=extra)
+                                          topology=topology, extra=extra,
+                                          workers=s.workers if topology == "inline" else 1)
             try:
                 with running(service) as sampler:
                     target = f"scale-{size}-{topology}"

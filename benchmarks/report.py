@@ -7,7 +7,7 @@ from typing import Any
 
 from benchmarks import aggregate, plots
 
-PEER_TARGETS = ("service-miss", "service-hit", "noop", "naive")
+PEER_TARGETS = ("service-miss", "service-miss-1w", "service-hit", "noop", "naive")
 
 
 def derive(results: dict[str, Any]) -> dict[str, Any]:
@@ -69,8 +69,8 @@ def bottleneck_notes(derived: dict[str, Any], results: dict[str, Any]) -> list[s
                 notes.append(
                     f"{target} c={c}: {100 * p['degraded_share']:.0f}% of responses degraded "
                     f"(server p50 {p['server_p50_ms']} ms vs the {results['meta'].get('budget_ms', 150)} "
-                    "ms budget). Degraded results are never cached, so under overload the cache "
-                    "stops absorbing load exactly when it is needed"
+                    "ms budget): the service is past its capacity and sheds work (degraded "
+                    "results are cached for RECSYS_DEGRADED_TTL_S only)"
                     + (f" (Zipf hit rate {p['hit_rate']})." if target == "service-zipf" else "."))
     naive_one = curves.get("naive", {}).get(1) or {}
     if miss_one and (naive_one.get("server_p50_ms") or 0) > 2 * (miss_one.get("server_p50_ms") or 1e9):
@@ -161,8 +161,8 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
         else "full"
     lines = [f"# Serving benchmark: {kind}", "",
              (f"Started {meta['started']}, took {meta['duration_s']:.0f} s. Code fingerprint "
-             f"`{meta['code_fingerprint']}`. Client: {meta['wrk']}, one thread, traffic to "
-             "127.0.0.1 only."), "",
+             f"`{meta['code_fingerprint']}`. Client: {meta['wrk']}, one thread per connection, "
+             "traffic to 127.0.0.1 only."), "",
              "## Machine", "",
              (f"- {machine['cpu_model']}: {machine['logical_cores']} logical cores, "
              f"{machine['memory_gb']} GB RAM; {machine['os']}; Python {machine['python']}"),
@@ -180,9 +180,11 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
     if derived["curves"]:
         peers = results["peers"]
         lines += ["", f"## Service vs peers ({peers['n_items']:,} items)", "",
-                  ("Medians over repeats. Latency is wrk's (client side) unless marked server "
-                  "(`latency_ms` of each response). Cores: CPU used by wrk / the server tree / "
-                  "everything else on the machine during the run."), ""]
+                  ("Medians over repeats. Latency is client side (timed per request in "
+                  "recommend.lua) unless marked server (`latency_ms` of each response). Cores: "
+                  "CPU used by wrk / the server tree / everything else on the machine during the "
+                  f"run. The service and the no-op floor run {peers.get('workers', 1)} API "
+                  "worker(s); service-miss-1w is the service with one."), ""]
         lines += _curve_rows({t: derived["curves"][t] for t in PEER_TARGETS if t in derived["curves"]})
         lines += ["", f"Start-up to ready (s; the three started together): {peers['startup_s']}", ""]
         if derived["zipf"]:
@@ -196,7 +198,8 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
         by_c = ratios.get("by_concurrency", {})
         for key, label in (("miss_over_noop", "service miss / no-op"),
                            ("hit_over_noop", "service hit / no-op"),
-                           ("miss_over_naive", "service miss / naive")):
+                           ("miss_over_naive", "service miss / naive"),
+                           ("miss_over_one_worker", "service miss / the same with 1 worker")):
             per = ", ".join(f"c={c}: {_fmt(v.get(key))}" for c, v in by_c.items())
             lines.append(f"| {label} (req/s) | {per} | {_fmt(ratios['at_slo'].get(key))} | "
                          f"{_fmt(ratios['at_peak'].get(key))} |")

@@ -9,6 +9,10 @@ class BenchSettings:
     sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     main_size: int = 100_000  # catalogue of the peer, cache and batching comparisons
     users: int = 1000  # synthetic users (known users the load generator asks for)
+    # RECSYS_WORKERS of the service and of the no-op floor: one API process per core, as the
+    # naive server's thread pool and ONNX Runtime's default threads use every core too. The
+    # peers phase also runs a one-worker service ("service-miss-1w") to show what a worker adds.
+    workers: int = 2
     epochs: int = 1
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
     duration_s: float = 5.0  # per measured wrk run

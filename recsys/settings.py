@@ -22,6 +22,9 @@ class ServingSettings(BaseSettings):
     max_batch_size: int = Field(8192, gt=0, description="rows per adaptive batch")
     max_latency_ms: int = Field(200, gt=0, description="BentoML batching latency target")
     onnx_threads: int = Field(1, gt=0)
+    # API worker processes. Each holds its own models and L1 cache (L2 is shared through Redis);
+    # one worker runs the pipeline on one core, so a second core needs a second worker.
+    workers: int = Field(1, gt=0)
 
     # Redis (L2 cache, event history, shadow stream). None: start a local redis-server.
     redis_url: str | None = None
