@@ -46,7 +46,7 @@ def test_stage_timeouts_above_the_budget_are_rejected() -> None:
 
 @pytest.mark.parametrize("field, value", [
     ("budget_ms", 0), ("max_k", 0), ("diversity", 1.5), ("shadow_fraction", -0.1),
-    ("topology", "cluster"), ("redis_timeout_ms", -1),
+    ("topology", "cluster"), ("redis_timeout_ms", -1), ("workers", 0), ("degraded_ttl_s", -1),
 ])
 def test_out_of_range_values_name_the_setting(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as caught:
