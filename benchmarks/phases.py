@@ -270,7 +270,8 @@ def scale(session: Session, all_models: dict[int, BenchModels], gpu: int = 0,
           peers_result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per catalogue size: index build, retrieval latency and recall, end-to-end, RSS per process.
 
-    The main size's inline numbers come from the peers phase when it ran (`peers_result`).
+    One API worker throughout (memory per catalogue size; RECSYS_WORKERS=N holds N copies). The
+    main size's inline numbers come from the peers phase when it ran one worker too.
     """
     s = session.settings
     out: dict[str, Any] = {}
@@ -284,15 +285,14 @@ def scale(session: Session, all_models: dict[int, BenchModels], gpu: int = 0,
         users = session.users_file(models)
         for topology in s.scale_topologies:
             if topology == "inline" and peers_result and peers_result["n_items"] == size \
-                    and not gpu:
+                    and peers_result.get("workers", 1) == 1 and not gpu:
                 entry[topology] = _from_peers(peers_result)
                 continue
             redis = servers.redis(session.logs / f"redis-scale-{size}-{topology}").start()
             extra = {"RECSYS_GPU": str(gpu)} if gpu and topology == "services" else {}
             service = servers.recommender(models, redis,
                                           session.logs / f"service-{topology}-{size}.log",
-                                          topology=topology, extra=extra,
-                                          workers=s.workers if topology == "inline" else 1)
+                                          topology=topology, extra=extra)
             try:
                 with running(service) as sampler:
                     target = f"scale-{size}-{topology}"

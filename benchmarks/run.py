@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--phases", default="peers,batching,scale",
                         help="comma-separated subset of peers,batching,scale")
     parser.add_argument("--repeats", type=int, help="override measured repeats per point")
+    parser.add_argument("--workers", type=int,
+                        help="API workers of the service and the no-op floor (default: one per core)")
     parser.add_argument("--duration", type=float, help="override seconds per measured wrk run")
     parser.add_argument("--force", action="store_true",
                         help="run a full suite even when the load average is above --max-load")
@@ -59,6 +61,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         settings = replace(settings, duration_s=args.duration, scale_duration_s=args.duration)
     if args.max_load is not None:
         settings = replace(settings, max_load=args.max_load)
+    if args.workers:
+        settings = replace(settings, workers=args.workers)
     return settings
 
 

@@ -1,6 +1,7 @@
 """How much to run: the full suite's defaults and the --quick profile, as one frozen dataclass."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 
@@ -12,9 +13,10 @@ class BenchSettings:
     # RECSYS_WORKERS of the service and of the no-op floor: one API process per core, as the
     # naive server's thread pool and ONNX Runtime's default threads use every core too. The
     # peers phase also runs a one-worker service ("service-miss-1w") to show what a worker adds.
-    workers: int = 2
+    # The scale phase runs one worker: each worker holds its own copy of the models.
+    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     epochs: int = 1
-    concurrencies: tuple[int, ...] = (1, 4, 16, 64)
+    concurrencies: tuple[int, ...] = (1, 4, 8, 16, 64)
     duration_s: float = 5.0  # per measured wrk run
     warmup_s: float = 1.5  # a discarded wrk run before each measured one
     repeats: int = 3  # measured runs per (target, concurrency); medians are reported
