@@ -14,7 +14,7 @@ with bentoml.importing():
     import numpy as np
 
     from recsys.assembly import ModelRefs, build_runtime, read_models_file
-    from recsys.bundles import EmbeddingBundle, RankerBundle
+    from recsys.bundles import RankerBundle, UserTowerBundle
     from recsys.errors import CacheError, RankingError, RecsysError
     from recsys.pipeline import InvalidRequestError, RecommendRequest
     from recsys.schemas import EventType, Filters, ItemId, LimitError, RequestContext, check_limits
@@ -66,7 +66,8 @@ class UserTowerModel:
     """Batched user tower ([B, H + A] int64: history then attributes -> [B, D])."""
 
     def __init__(self) -> None:
-        self.towers = {a: EmbeddingBundle.load(_path(self, a, "embedding"), prefer_gpu=bool(SETTINGS.gpu))
+        self.towers = {a: UserTowerBundle.load(_path(self, a, "embedding"),
+                                               prefer_gpu=bool(SETTINGS.gpu))
                        for a in MODEL_TAGS}
 
     def _encode(self, alias: str, packed: np.ndarray) -> np.ndarray:

@@ -72,6 +72,37 @@ class EmbeddingBundle:
 
 
 @dataclass(frozen=True)
+class UserTowerBundle:
+    """Only the user tower of an embedding bundle: what a user-tower model service needs.
+
+    Loading the whole EmbeddingBundle there would also hold the item vectors, the index and the
+    catalogue (measured at 1M items: 1,278 MiB for that process, most of it never used).
+    """
+
+    path: Path
+    config: dict[str, Any]
+    user_tower: ort.InferenceSession
+
+    @property
+    def history_len(self) -> int:
+        return int(self.config["history_len"])
+
+    def encode_users(self, history: npt.NDArray[np.int64],
+                     attributes: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """[B, D] user vectors from padded histories [B, H] and attribute ids [B, A]."""
+        out = self.user_tower.run(["user_vector"], user_tower_feeds(history, attributes))[0]
+        return np.asarray(out, dtype=np.float32)
+
+    @classmethod
+    def load(cls, path: Path, *, threads: int = 1, prefer_gpu: bool | None = None,
+             verify: bool = True) -> UserTowerBundle:
+        artifacts.read_manifest(path, "embedding", verify=verify)
+        return cls(path, artifacts.load_json(path / artifacts.CONFIG),
+                   create_session(path / artifacts.USER_TOWER, intra_op_threads=threads,
+                                  prefer_gpu=prefer_gpu))
+
+
+@dataclass(frozen=True)
 class RankerBundle:
     """A ranker (main or fallback) as served: features [N, F] → scores [N], higher first."""
 

@@ -14,6 +14,7 @@ from recsys.index import (
     ItemIndex,
     build_index,
     choose_index_spec,
+    ensure_recall,
     ivf_spec,
     load_index,
     recall_at_k,
@@ -91,6 +92,30 @@ def test_tune_nprobe_finds_smallest_power_of_two_reaching_target(
     if nprobe > 1:
         index.nprobe = nprobe // 2
         assert recall_at_k(index, vectors, queries[:50], 100) < 0.9
+
+
+def test_ensure_recall_raises_nprobe_until_the_target_and_the_saved_index_keeps_it(
+        ivf_data: tuple[np.ndarray, np.ndarray, faiss.Index], tmp_path: Path) -> None:
+    vectors, queries, raw = ivf_data
+    index = ItemIndex(faiss.clone_index(raw), vectors)
+    index.nprobe = 1
+    assert recall_at_k(index, vectors, queries[:50], 100) < 0.95
+    nprobe, recall = ensure_recall(index, queries[:50], k=100, target_recall=0.95)
+    assert nprobe is not None and nprobe > 1 and recall >= 0.95 and index.nprobe == nprobe
+    save_index(index.index, tmp_path / "index.faiss")
+    assert ItemIndex(load_index(tmp_path / "index.faiss", use_gpu=False), vectors).nprobe == nprobe
+
+
+def test_ensure_recall_never_lowers_nprobe_and_leaves_flat_indexes_alone(
+        ivf_data: tuple[np.ndarray, np.ndarray, faiss.Index],
+        small: tuple[np.ndarray, np.ndarray]) -> None:
+    vectors, queries, raw = ivf_data
+    index = ItemIndex(faiss.clone_index(raw), vectors)
+    index.nprobe = index.nlist // 2
+    assert ensure_recall(index, queries[:20], k=100)[0] == index.nlist // 2
+    flat_vectors, flat_queries = small
+    flat = ItemIndex(build_index(flat_vectors, use_gpu=False), flat_vectors)
+    assert ensure_recall(flat, flat_queries, k=10) == (None, 1.0)
 
 
 @pytest.mark.parametrize("spec", [IndexSpec(kind="flat"), IndexSpec(kind="ivf", nlist=16, nprobe=16),

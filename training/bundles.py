@@ -17,7 +17,7 @@ from recsys.features import (
     UserAttributeEncoder,
     item_tower_feeds,
 )
-from recsys.index import build_index, save_index
+from recsys.index import ItemIndex, build_index, ensure_recall, save_index
 from training import export
 from training.fallback import fallback_scores
 from training.ranker import DCNRanker, score
@@ -48,7 +48,10 @@ def write_embedding_bundle(
     parity["item_tower"] = export.check_parity(
         expected, export.onnx_outputs(directory / artifacts.ITEM_TOWER, feeds), "item tower")
     np.save(directory / artifacts.ITEM_VECTORS, item_vectors)
-    save_index(build_index(item_vectors, use_gpu=False), directory / artifacts.ITEM_INDEX)
+    index = ItemIndex(build_index(item_vectors, use_gpu=False), item_vectors)
+    queries = _recall_queries(model, sample_history, sample_attributes, user_histories)
+    nprobe, recall = ensure_recall(index, queries, k=min(100, catalog.size))
+    save_index(index.index, directory / artifacts.ITEM_INDEX)
     artifacts.save_catalog(directory, catalog)
     artifacts.save_user_attributes(directory, encoder)
     if user_histories is not None:
@@ -56,8 +59,22 @@ def write_embedding_bundle(
     artifacts.save_json(directory / artifacts.CONFIG, asdict(model.config))
     return artifacts.write_manifest(directory, "embedding",
                                     {**metadata, "onnx_parity_max_abs_diff": parity,
+                                     "index_kind": index.kind,
+                                     **({"index_nprobe": nprobe} if nprobe is not None else {}),
+                                     "index_recall_at_100_on_users": round(recall, 4),
                                      "dim": int(item_vectors.shape[1]),
                                      "n_items": int(catalog.size)})
+
+
+def _recall_queries(model: TwoTowerModel, sample_history: np.ndarray,
+                    sample_attributes: np.ndarray,
+                    users: artifacts.UserHistories | None, limit: int = 1000) -> np.ndarray:
+    """User vectors to check the index's recall on: up to `limit` served users (spread over
+    the snapshot), else the training samples."""
+    if users is not None and len(users.user_ids):
+        rows = np.linspace(0, len(users.user_ids) - 1, min(limit, len(users.user_ids))).astype(int)
+        return encode_users(model, users.histories[rows], users.attributes[rows])
+    return encode_users(model, sample_history[:limit], sample_attributes[:limit])
 
 
 def write_ranker_bundle(

@@ -1,0 +1,26 @@
+"""Bundles as served: the user-tower-only load answers like the full embedding bundle."""
+from __future__ import annotations
+
+import numpy as np
+
+from recsys import artifacts
+from recsys.bundles import EmbeddingBundle, UserTowerBundle
+from tests.fixtures_models import TrainedModels
+
+
+def test_the_user_tower_bundle_encodes_like_the_embedding_bundle(
+        trained_models: TrainedModels) -> None:
+    path = trained_models.refs().paths["embedding"]
+    full, tower = EmbeddingBundle.load(path), UserTowerBundle.load(path)
+    assert full.users is not None and tower.history_len == full.history_len
+    history, attributes = full.users.histories[:16], full.users.attributes[:16]
+    np.testing.assert_array_equal(tower.encode_users(history, attributes),
+                                  full.encode_users(history, attributes))
+
+
+def test_the_embedding_manifest_records_the_index_recall_on_its_users(
+        trained_models: TrainedModels) -> None:
+    path = trained_models.refs().paths["embedding"]
+    manifest = artifacts.read_manifest(path, "embedding")
+    assert manifest.metadata["index_kind"] in ("flat", "ivf", "hnsw")
+    assert manifest.metadata["index_recall_at_100_on_users"] >= 0.95
