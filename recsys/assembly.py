@@ -17,6 +17,7 @@ from recsys.errors import ArtifactError
 from recsys.experiments import Router, active_experiment
 from recsys.faults import Faults
 from recsys.history import HistoryStore
+from recsys.index import item_query_nprobe
 from recsys.pipeline import ModelSlot, PipelineOptions, Recommender, Telemetry
 from recsys.ranking import AsyncScorer, RankerChain
 from recsys.retrieval import AnnSource, ItemToItemSource, PopularSource, RetrievalQuery, Retriever
@@ -75,7 +76,7 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
         AnnSource(embedding.index, settings.ann_candidates),
         PopularSource(embedding.catalog.popularity, settings.popular_candidates),
         ItemToItemSource(embedding.index, embedding.item_vectors, settings.item_to_item_seeds,
-                         settings.item_to_item_per_seed),
+                         settings.item_to_item_per_seed, item_query_nprobe(embedding.index)),
     ]
     retriever = Retriever([_with_fault(s, s.name, faults) for s in sources], embedding.item_vectors,
                           settings.retrieval_timeout_ms / 1000, telemetry.event)

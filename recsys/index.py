@@ -239,8 +239,13 @@ class ItemIndex:
     def dim(self) -> int:
         return int(self.index.d)
 
-    def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IntArray]:
+    def search(self, queries: FloatArray, k: int,
+               nprobe: int | None = None) -> tuple[FloatArray, IntArray]:
         """Top-k items by inner product for each query row.
+
+        `nprobe` overrides the IVF index's own for this call (CPU indexes; ignored by flat and
+        HNSW indexes and on the GPU): item-to-item queries are item vectors, which sit in the
+        lists they were clustered into and need far fewer probes than user vectors.
 
         queries: [B, D] float32. Returns (scores [B, k'] float32, ids [B, k'] int64) best first,
         with k' = min(k, n_items). ids are catalogue rows (1..n, never the padding row 0).
@@ -252,7 +257,12 @@ class ItemIndex:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive int, got {k!r}")
         k = min(int(k), self.n_items)
-        scores, ids = self._index_for(k).search(np.ascontiguousarray(queries), k)
+        index = self._index_for(k)
+        if nprobe is not None and self.kind == "ivf" and not is_on_gpu(index):
+            params = faiss.SearchParametersIVF(nprobe=max(1, min(int(nprobe), self.nlist)))
+            scores, ids = index.search(np.ascontiguousarray(queries), k, params=params)
+        else:
+            scores, ids = index.search(np.ascontiguousarray(queries), k)
         missing = ids < 0
         if missing.any():
             scores[missing] = -np.inf
@@ -334,6 +344,16 @@ def tune_nprobe(index: ItemIndex, queries: FloatArray, *, k: int = 100,
         if recall >= target_recall or index.nprobe == index.nlist:
             return index.nprobe, recall
         nprobe *= 2
+
+
+def item_query_nprobe(index: ItemIndex) -> int | None:
+    """IVF probes for queries that are item vectors (item-to-item): the nprobe rule of
+    choose_index_spec for this nlist, measured with queries drawn from the indexed
+    distribution (as item vectors are), capped at the index's
+    own nprobe (raised for user vectors by ensure_recall). None for flat and HNSW indexes."""
+    if index.kind != "ivf":
+        return None
+    return min(index.nprobe, ivf_spec(index.n_items, nlist=index.nlist).nprobe)
 
 
 def ensure_recall(index: ItemIndex, queries: FloatArray, *, k: int = 100,

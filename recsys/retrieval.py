@@ -75,15 +75,17 @@ class ItemToItemSource:
 
     name = "item2item"
 
-    def __init__(self, index: ItemIndex, item_vectors: FloatArray, seeds: int, per_seed: int) -> None:
+    def __init__(self, index: ItemIndex, item_vectors: FloatArray, seeds: int, per_seed: int,
+                 nprobe: int | None = None) -> None:
         self.index, self.vectors = index, item_vectors
         self.seeds, self.per_seed = seeds, per_seed
+        self.nprobe = nprobe  # IVF probes for item queries (None: the index's own)
 
     def __call__(self, query: RetrievalQuery) -> IntArray:
         seeds = query.recent[-self.seeds:] if self.seeds else query.recent[:0]
         if seeds.size == 0:
             return np.zeros(0, dtype=np.int64)
-        _, ids = self.index.search(self.vectors[seeds], self.per_seed + 1)
+        _, ids = self.index.search(self.vectors[seeds], self.per_seed + 1, nprobe=self.nprobe)
         # Interleave neighbour lists (most recent seed first) so every seed is represented.
         flat = ids[::-1].T.reshape(-1)
         return flat[(flat > PAD) & ~np.isin(flat, seeds)]

@@ -15,6 +15,7 @@ from recsys.index import (
     build_index,
     choose_index_spec,
     ensure_recall,
+    item_query_nprobe,
     ivf_spec,
     load_index,
     recall_at_k,
@@ -104,6 +105,36 @@ def test_ensure_recall_raises_nprobe_until_the_target_and_the_saved_index_keeps_
     assert nprobe is not None and nprobe > 1 and recall >= 0.95 and index.nprobe == nprobe
     save_index(index.index, tmp_path / "index.faiss")
     assert ItemIndex(load_index(tmp_path / "index.faiss", use_gpu=False), vectors).nprobe == nprobe
+
+
+def test_a_per_call_nprobe_overrides_the_index_for_that_call_only(
+        ivf_data: tuple[np.ndarray, np.ndarray, faiss.Index]) -> None:
+    vectors, queries, raw = ivf_data
+    index = ItemIndex(faiss.clone_index(raw), vectors)
+    index.nprobe = index.nlist  # exhaustive: the exact answer
+    exact = index.search(queries[:20], 100)[1]
+    one_list = index.search(queries[:20], 100, nprobe=1)[1]
+    assert (one_list != exact).any() and index.nprobe == index.nlist
+    np.testing.assert_array_equal(index.search(queries[:20], 100)[1], exact)
+
+
+def test_item_queries_probe_the_default_lists_and_keep_their_neighbours(
+        ivf_data: tuple[np.ndarray, np.ndarray, faiss.Index],
+        small: tuple[np.ndarray, np.ndarray]) -> None:
+    vectors, _, raw = ivf_data
+    index = ItemIndex(faiss.clone_index(raw), vectors)
+    index.nprobe = index.nlist
+    probes = item_query_nprobe(index)
+    assert probes is not None and probes < index.nlist
+    items = vectors[1:201]
+    assert recall_at_k(index, vectors, items, 50) == 1.0  # nprobe = nlist: exact
+    _, found = index.search(items, 50, nprobe=probes)
+    _, exact = index.search(items, 50)
+    overlap = np.mean([len(np.intersect1d(a, b)) / 50 for a, b in zip(found, exact)])
+    assert overlap >= 0.95
+    flat_vectors, _ = small
+    assert item_query_nprobe(ItemIndex(build_index(flat_vectors, use_gpu=False),
+                                       flat_vectors)) is None
 
 
 def test_ensure_recall_never_lowers_nprobe_and_leaves_flat_indexes_alone(
