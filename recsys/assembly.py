@@ -67,7 +67,8 @@ def _with_fault(source: Callable[[RetrievalQuery], np.ndarray], name: str,
 def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry, faults: Faults,
                remote_ranker: AsyncScorer | None = None,
                remote_tower: AsyncTower | None = None) -> ModelSlot:
-    embedding = EmbeddingBundle.load(refs.paths["embedding"], threads=settings.onnx_threads)
+    embedding = EmbeddingBundle.load(refs.paths["embedding"], threads=settings.onnx_threads,
+                                     load_user_tower=remote_tower is None)
     ranker = RankerBundle.load(refs.paths["ranker"], "ranker", threads=settings.onnx_threads)
     fallback = RankerBundle.load(refs.paths["fallback_ranker"], "fallback_ranker", threads=1)
     check_compatible(embedding, ranker)

@@ -31,7 +31,7 @@ class EmbeddingBundle:
     config: dict[str, Any]
     catalog: ItemCatalog
     attributes: UserAttributeEncoder
-    user_tower: ort.InferenceSession
+    user_tower: ort.InferenceSession | None  # None: loaded without it (a model service runs it)
     item_vectors: npt.NDArray[np.float32]  # [n+1, D], row 0 zeros
     index: ItemIndex
     users: artifacts.UserHistories | None
@@ -47,12 +47,17 @@ class EmbeddingBundle:
     def encode_users(self, history: npt.NDArray[np.int64],
                      attributes: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """[B, D] user vectors from padded histories [B, H] and attribute ids [B, A]."""
+        if self.user_tower is None:
+            raise ArtifactError(f"{self.path} was loaded without its user tower "
+                                "(load_user_tower=False); the user tower service encodes users")
         out = self.user_tower.run(["user_vector"], user_tower_feeds(history, attributes))[0]
         return np.asarray(out, dtype=np.float32)
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1, prefer_gpu: bool | None = None,
-             verify: bool = True) -> EmbeddingBundle:
+             verify: bool = True, load_user_tower: bool = True) -> EmbeddingBundle:
+        """`load_user_tower=False` skips the user tower's session (its history embedding is
+        catalogue-sized: about 260 MiB at 1M items) where another process runs it."""
         manifest = artifacts.read_manifest(path, "embedding", verify=verify)
         vectors = np.load(path / artifacts.ITEM_VECTORS, allow_pickle=False)
         index = ItemIndex(load_index(path / artifacts.ITEM_INDEX, use_gpu=prefer_gpu), vectors,
@@ -64,7 +69,7 @@ class EmbeddingBundle:
             catalog=artifacts.load_catalog(path),
             attributes=artifacts.load_user_attributes(path),
             user_tower=create_session(path / artifacts.USER_TOWER, intra_op_threads=threads,
-                                      prefer_gpu=prefer_gpu),
+                                      prefer_gpu=prefer_gpu) if load_user_tower else None,
             item_vectors=vectors,
             index=index,
             users=artifacts.load_user_histories(path),

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recsys import artifacts
 from recsys.bundles import EmbeddingBundle, UserTowerBundle
+from recsys.errors import ArtifactError
 from tests.fixtures_models import TrainedModels
 
 
@@ -24,3 +26,13 @@ def test_the_embedding_manifest_records_the_index_recall_on_its_users(
     manifest = artifacts.read_manifest(path, "embedding")
     assert manifest.metadata["index_kind"] in ("flat", "ivf", "hnsw")
     assert manifest.metadata["index_recall_at_100_on_users"] >= 0.95
+
+
+def test_an_embedding_bundle_loaded_without_its_user_tower_says_so(
+        trained_models: TrainedModels) -> None:
+    path = trained_models.refs().paths["embedding"]
+    bundle = EmbeddingBundle.load(path, load_user_tower=False)
+    assert bundle.user_tower is None and bundle.index.n_items == bundle.catalog.size
+    assert bundle.users is not None
+    with pytest.raises(ArtifactError, match="without its user tower"):
+        bundle.encode_users(bundle.users.histories[:1], bundle.users.attributes[:1])
