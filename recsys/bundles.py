@@ -22,6 +22,12 @@ from recsys.index import ItemIndex, load_index
 from recsys.onnx_runtime import create_session
 
 
+def _run_user_tower(session: ort.InferenceSession, history: npt.NDArray[np.int64],
+                    attributes: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    out = session.run(["user_vector"], user_tower_feeds(history, attributes))[0]
+    return np.asarray(out, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class EmbeddingBundle:
     """The two-tower model as served: user tower session, item vectors, ANN index, catalogue."""
@@ -50,8 +56,7 @@ class EmbeddingBundle:
         if self.user_tower is None:
             raise ArtifactError(f"{self.path} was loaded without its user tower "
                                 "(load_user_tower=False); the user tower service encodes users")
-        out = self.user_tower.run(["user_vector"], user_tower_feeds(history, attributes))[0]
-        return np.asarray(out, dtype=np.float32)
+        return _run_user_tower(self.user_tower, history, attributes)
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1, prefer_gpu: bool | None = None,
@@ -95,8 +100,7 @@ class UserTowerBundle:
     def encode_users(self, history: npt.NDArray[np.int64],
                      attributes: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """[B, D] user vectors from padded histories [B, H] and attribute ids [B, A]."""
-        out = self.user_tower.run(["user_vector"], user_tower_feeds(history, attributes))[0]
-        return np.asarray(out, dtype=np.float32)
+        return _run_user_tower(self.user_tower, history, attributes)
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1, prefer_gpu: bool | None = None,

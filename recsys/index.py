@@ -5,7 +5,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import faiss
 import numpy as np
@@ -336,14 +336,9 @@ def tune_nprobe(index: ItemIndex, queries: FloatArray, *, k: int = 100,
     For catalogues whose vectors are harder to partition than the data choose_index_spec was
     measured on. Returns (nprobe, recall); nprobe is nlist (exact) if the target is never met.
     """
-    truth = _exact_top_k(index.vectors, queries, k)
-    nprobe = 1
-    while True:
-        index.nprobe = min(nprobe, index.nlist)
-        recall = _recall(index, truth, queries)
-        if recall >= target_recall or index.nprobe == index.nlist:
-            return index.nprobe, recall
-        nprobe *= 2
+    index.nprobe = 1
+    nprobe, recall = ensure_recall(index, queries, k=k, target_recall=target_recall)
+    return cast(int, nprobe), recall
 
 
 def item_query_nprobe(index: ItemIndex) -> int | None:

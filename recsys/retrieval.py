@@ -139,9 +139,9 @@ class Retriever:
     def _merge(self, query: RetrievalQuery, found: list[tuple[str, IntArray]],
                failed: tuple[str, ...]) -> Candidates:
         # One sort for the union and for which sources proposed each item (no isin per source).
-        ids = np.concatenate([ids for _, ids in found])
+        proposed = np.concatenate([ids for _, ids in found])
         source = np.repeat(np.arange(len(found)), [len(ids) for _, ids in found])
-        items, inverse = np.unique(ids, return_inverse=True)
+        items, inverse = np.unique(proposed, return_inverse=True)
         mask = np.zeros((len(items), len(found)), dtype=bool)
         mask[inverse, source] = True
         similarity = (self.vectors[items] @ query.user_vector).astype(np.float32)

@@ -5,6 +5,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -48,7 +49,9 @@ def write_embedding_bundle(
     parity["item_tower"] = export.check_parity(
         expected, export.onnx_outputs(directory / artifacts.ITEM_TOWER, feeds), "item tower")
     np.save(directory / artifacts.ITEM_VECTORS, item_vectors)
-    index = ItemIndex(build_index(item_vectors, use_gpu=False), item_vectors)
+    # ItemIndex sets faiss's process-wide thread count: keep training's, not serving's 1.
+    index = ItemIndex(build_index(item_vectors, use_gpu=False), item_vectors,
+                      threads=faiss.omp_get_max_threads())
     queries = _recall_queries(model, sample_history, sample_attributes, user_histories)
     nprobe, recall = ensure_recall(index, queries, k=min(100, catalog.size))
     save_index(index.index, directory / artifacts.ITEM_INDEX)
