@@ -60,6 +60,8 @@ def _with_fault(source: Callable[[RetrievalQuery], np.ndarray], name: str,
     def faulty(query: RetrievalQuery) -> np.ndarray:
         faults.check(name)
         return source(query)
+    # Not inline: an injected hang must run where the retrieval timeout can cut it off, as a
+    # blocking source's would.
     faulty.name = name  # type: ignore[attr-defined]
     return faulty
 

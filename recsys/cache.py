@@ -181,6 +181,7 @@ class ResultCache:
         )
         self._local_epochs = itertools.count(-1, -1)  # Redis counters are >= 0: never equal
         self._inflight: dict[str, asyncio.Task[tuple[Any, Level]]] = {}
+        self._writes: set[asyncio.Future[Any]] = set()  # L2 writes still in flight
         self._redis = None if redis_url is None else aioredis.Redis.from_url(
             redis_url,
             socket_timeout=config.redis_timeout_s,
@@ -267,7 +268,13 @@ class ResultCache:
         self._generations[user_id] = generation
         return cast(int, generation)
 
+    async def flush(self) -> None:
+        """Wait for the L2 writes in flight (each is bounded by the Redis timeout)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes))
+
     async def aclose(self) -> None:
+        await self.flush()
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -298,9 +305,14 @@ class ResultCache:
         if found.writable and redis is not None:
             ttl = self.config.l2_ttl_s[kind]
             ttl_ms = max(1, int((ttl if cap is None else min(ttl, cap)) * 1000))
-            await self._call_redis(
+            # Written in the background: the caller has its value (and this worker its L1
+            # entry) a Redis round trip sooner. The payload carries its generation, so a write
+            # that lands after a bump is never served.
+            write = asyncio.ensure_future(self._call_redis(
                 "write", lambda: redis.set(self._value_key(slot), payload, px=ttl_ms)
-            )
+            ))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
         return value, "miss"
 
     async def _read_l2(self, kind: str, slot: str, user_id: str | None) -> _L2Read:

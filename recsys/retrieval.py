@@ -1,4 +1,9 @@
-"""Candidate retrieval: ANN, popularity and item-to-item sources run concurrently, then merged."""
+"""Candidate retrieval: ANN, popularity and item-to-item sources, then one merge.
+
+Sources that answer from memory in well under a millisecond (the FAISS index, a precomputed
+list) run on the event loop; a source that may block (a remote store, an injected hang) runs
+in a worker thread under a timeout, concurrently with the others.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -47,6 +52,7 @@ class AnnSource:
     """Nearest items to the user vector in the FAISS index."""
 
     name = "ann"
+    inline = True  # an in-memory FAISS search: a thread hop cost more than the search itself
 
     def __init__(self, index: ItemIndex, k: int) -> None:
         self.index, self.k = index, k
@@ -74,6 +80,7 @@ class ItemToItemSource:
     """Nearest neighbours (by item vector) of the user's most recent items."""
 
     name = "item2item"
+    inline = True
 
     def __init__(self, index: ItemIndex, item_vectors: FloatArray, seeds: int, per_seed: int,
                  nprobe: int | None = None) -> None:
@@ -95,8 +102,15 @@ Source = Callable[[RetrievalQuery], IntArray]
 
 
 class Retriever:
-    """Runs the sources concurrently, each in a worker thread under its own timeout (sources
-    marked `inline` are O(1) and run on the loop), and merges what came back."""
+    """Runs the sources and merges what came back. Sources marked `inline` run on the loop (a
+    failure is caught like any other); the rest run in worker threads, each under the timeout,
+    started first so they overlap the inline ones.
+
+    Inline on the loop against one thread per source, 100K items, 600 requests' queries: CPU
+    1.36 against 1.92 ms per retrieval, wall 1.36 against 1.53 ms. At 1M items the threads'
+    overlap wins on wall time (4.0 against 4.5 ms) but still costs more CPU (5.4 against 4.5 ms):
+    under load the CPU is what runs out.
+    """
 
     def __init__(self, sources: Sequence[Source], item_vectors: FloatArray, timeout_s: float,
                  on_event: EventSink | None = None) -> None:
@@ -104,22 +118,29 @@ class Retriever:
         self.vectors = item_vectors
         self.timeout_s = timeout_s
         self.on_event = on_event or (lambda *a, **k: None)
-        # Own threads, not the loop's default executor: measured 2.25 → 1.94 ms per retrieval on
-        # 2 cores (no context copy, no queueing behind other to_thread users).
-        self.executor = ThreadPoolExecutor(max_workers=max(1, len(self.sources)),
-                                           thread_name_prefix="retrieval")
-
-    async def _run(self, source: Source, query: RetrievalQuery) -> IntArray:
-        if getattr(source, "inline", False):
-            return source(query)
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self.executor, source, query),
-                                      self.timeout_s)
+        threaded = sum(not getattr(s, "inline", False) for s in self.sources)
+        # Own threads, not the loop's default executor: no context copy, no queueing behind
+        # other to_thread users.
+        self.executor = None if threaded == 0 else ThreadPoolExecutor(
+            max_workers=threaded, thread_name_prefix="retrieval")
 
     async def retrieve(self, query: RetrievalQuery) -> Candidates:
+        loop = asyncio.get_running_loop()
         names = [getattr(s, "name", type(s).__name__) for s in self.sources]
-        results = await asyncio.gather(*(self._run(source, query) for source in self.sources),
-                                       return_exceptions=True)
+        results: list[IntArray | BaseException | None] = [None] * len(self.sources)
+        pending = {i: asyncio.wait_for(loop.run_in_executor(self.executor, source, query),
+                                       self.timeout_s)
+                   for i, source in enumerate(self.sources) if not getattr(source, "inline", False)}
+        gathered = asyncio.gather(*pending.values(), return_exceptions=True) if pending else None
+        for i, source in enumerate(self.sources):
+            if i not in pending:
+                try:
+                    results[i] = source(query)
+                except Exception as error:  # noqa: BLE001 - reported below, like a thread's
+                    results[i] = error
+        if gathered is not None:
+            for i, result in zip(pending, await gathered):
+                results[i] = result
         found: list[tuple[str, IntArray]] = []
         failed = []
         for name, result in zip(names, results):
@@ -131,6 +152,7 @@ class Retriever:
                               error="timeout" if isinstance(result, asyncio.TimeoutError) else
                               type(result).__name__)
             else:
+                assert result is not None
                 found.append((name, result))
         if not found:
             raise RetrievalError(f"every candidate source failed: {', '.join(failed)}")

@@ -101,11 +101,27 @@ def test_another_worker_reads_l2(redis_url: str) -> None:
     async def scenario() -> None:
         async with ResultCache(CONFIG, redis_url) as a, ResultCache(CONFIG, redis_url) as b:
             await a.get_or_compute("results", key(), Compute([1, 2, 3]))
+            await a.flush()
             compute_b = Compute("must not run")
             assert await b.get_or_compute("results", key(), compute_b) == ([1, 2, 3], "l2")
             assert compute_b.calls == 0
             other = key("another request")
             assert await b.get_or_compute("results", other, Compute("fresh")) == ("fresh", "miss")
+
+    run(scenario())
+
+
+def test_a_miss_returns_before_its_l2_write_lands(redis_url: str) -> None:
+    async def scenario() -> None:
+        async with ResultCache(CONFIG, redis_url) as a, ResultCache(CONFIG, redis_url) as b:
+            with redis.Redis.from_url(redis_url) as admin:
+                admin.execute_command("CLIENT", "PAUSE", "300", "WRITE")  # reads still answer
+            started = time.monotonic()
+            assert await a.get_or_compute("results", key(), Compute("v")) == ("v", "miss")
+            assert time.monotonic() - started < 0.2  # not held by the paused write
+            assert await a.get_or_compute("results", key(), Compute()) == ("v", "l1")
+            await a.flush()  # the write lands once Redis takes writes again
+            assert await b.get_or_compute("results", key(), Compute()) == ("v", "l2")
 
     run(scenario())
 
@@ -329,6 +345,7 @@ def test_redis_outage_serves_computed_values_and_recovers(
         events = Events()
         async with ResultCache(CONFIG, redis_url, on_event=events) as cache:
             await cache.get_or_compute("results", key("cached"), Compute("cached"))
+            await cache.flush()  # its L2 write lands before the outage
             redis_server.stop()
             for i in range(5):
                 got = await cache.get_or_compute("results", key(f"down {i}"), Compute(i))

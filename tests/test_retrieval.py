@@ -50,7 +50,7 @@ class Broken:
 
 
 class Stuck:
-    """A source that blocks its worker thread until released (like a hung FAISS call)."""
+    """A blocking source (not inline) that holds its worker thread until released."""
 
     name = "stuck"
 
@@ -205,6 +205,44 @@ def test_a_source_past_its_timeout_is_failed_without_waiting_for_it(
     assert candidates.failed == ("stuck",)
     assert set(candidates.items.tolist()) == set(ann(query).tolist())
     assert events.seen == [("source_failed", {"source": "stuck", "error": "timeout"})]
+
+
+class InlineBroken(Broken):
+    inline = True
+
+
+class WhereRun:
+    """Records the thread it ran on."""
+
+    def __init__(self, name: str, inline: bool) -> None:
+        self.name, self.inline = name, inline
+        self.thread: str | None = None
+
+    def __call__(self, query: RetrievalQuery) -> np.ndarray:
+        self.thread = threading.current_thread().name
+        return np.asarray([1, 2], dtype=np.int64)
+
+
+def test_inline_sources_run_on_the_loop_and_blocking_ones_in_worker_threads(
+        bundle: EmbeddingBundle, query: RetrievalQuery) -> None:
+    on_loop, in_thread = WhereRun("local", inline=True), WhereRun("remote", inline=False)
+    retrieve(Retriever([on_loop, in_thread], bundle.item_vectors, 5.0), query)
+    assert on_loop.thread == threading.main_thread().name
+    assert in_thread.thread is not None and in_thread.thread.startswith("retrieval")
+    # The shipped local sources are inline: no thread hop for an in-memory search.
+    assert AnnSource.inline and PopularSource.inline and ItemToItemSource.inline
+    assert Retriever([on_loop], bundle.item_vectors, 5.0).executor is None
+
+
+def test_an_inline_source_that_raises_is_failed_like_a_threaded_one(
+        bundle: EmbeddingBundle, query: RetrievalQuery) -> None:
+    events = Events()
+    ann = AnnSource(bundle.index, 30)
+    retriever = Retriever([InlineBroken("local"), ann], bundle.item_vectors, 5.0, events)
+    candidates = retrieve(retriever, query)
+    assert candidates.failed == ("local",)
+    assert set(candidates.items.tolist()) == set(ann(query).tolist())
+    assert events.seen == [("source_failed", {"source": "local", "error": "RetrievalError"})]
 
 
 def test_every_source_failing_raises_retrieval_error(bundle: EmbeddingBundle,
