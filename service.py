@@ -16,6 +16,7 @@ with bentoml.importing():
     from recsys.assembly import ModelRefs, build_runtime, read_models_file
     from recsys.bundles import RankerBundle, UserTowerBundle
     from recsys.errors import CacheError, RankingError, RecsysError
+    from recsys.heap import freeze_startup_heap
     from recsys.pipeline import InvalidRequestError, RecommendRequest
     from recsys.schemas import EventType, Filters, ItemId, LimitError, RequestContext, check_limits
     from recsys.settings import ServingSettings
@@ -25,7 +26,7 @@ SETTINGS = ServingSettings()
 MODEL_TAGS = read_models_file(SETTINGS.models_file)  # alias -> kind -> BentoML tag
 RESOURCES = {"gpu": SETTINGS.gpu} if SETTINGS.gpu else {"cpu": "1"}
 BATCHING = {"batchable": True, "batch_dim": 0, "max_batch_size": SETTINGS.max_batch_size,
-            "max_latency_ms": SETTINGS.max_latency_ms}
+            "max_latency_ms": SETTINGS.max_latency_ms} if SETTINGS.batching else {}
 # A model service call fails with a BentoMLException (503 overload, 5xx) or, on the transport
 # (a keep-alive connection the server closed), with an aiohttp error.
 REMOTE_ERRORS = (bentoml.exceptions.BentoMLException, aiohttp.ClientError)
@@ -53,6 +54,10 @@ class RankerModel:
         self.rankers = {a: RankerBundle.load(_path(self, a, "ranker"), threads=SETTINGS.onnx_threads,
                                              prefer_gpu=bool(SETTINGS.gpu)) for a in MODEL_TAGS}
 
+    @bentoml.on_startup
+    def settle(self) -> None:
+        freeze_startup_heap()
+
     @bentoml.api(**BATCHING)
     def score_champion(self, features: np.ndarray) -> np.ndarray:
         return self.rankers["champion"].score(features)
@@ -69,6 +74,10 @@ class UserTowerModel:
         self.towers = {a: UserTowerBundle.load(_path(self, a, "embedding"),
                                                prefer_gpu=bool(SETTINGS.gpu))
                        for a in MODEL_TAGS}
+
+    @bentoml.on_startup
+    def settle(self) -> None:
+        freeze_startup_heap()
 
     def _encode(self, alias: str, packed: np.ndarray) -> np.ndarray:
         bundle = self.towers.get(alias, self.towers["champion"])
@@ -124,6 +133,7 @@ class RecommenderApi:
     @bentoml.on_startup
     async def warm_up(self) -> None:
         await self.runtime.start()
+        freeze_startup_heap()  # models and imports: out of every later full GC's walk
         self.ready = True
 
     @bentoml.on_shutdown

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-PACKAGES = ("bentoml", "onnxruntime", "faiss-cpu", "faiss-gpu", "numpy", "fastapi", "uvicorn",
+PACKAGES = ("bentoml", "onnxruntime", "faiss-cpu", "faiss-gpu", "numpy", "fastapi", "uvicorn", "uvloop", "httptools", "hiredis",
             "redis", "torch", "mlflow")
 
 

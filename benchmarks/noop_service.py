@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import bentoml
 from pydantic import Field
 
+from recsys.heap import freeze_startup_heap
 from recsys.schemas import Filters, ItemId, RequestContext
 from recsys.settings import ServingSettings
 
@@ -20,6 +21,10 @@ _ITEMS = [{"item_id": f"i{n}", "title": f"Galaxy Robot i{n}", "score": 0.5, "ran
 @bentoml.service(name="noop", traffic={"timeout": 10, "max_concurrency": 256},
                  workers=ServingSettings().workers)  # RECSYS_WORKERS, as the service reads it
 class Noop:
+    @bentoml.on_startup
+    def settle(self) -> None:
+        freeze_startup_heap()  # as the service does: the floor gets the same process tuning
+
     @bentoml.api
     async def recommend(
         self, user_id: Annotated[str, Field(min_length=1, max_length=200)],

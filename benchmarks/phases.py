@@ -214,7 +214,7 @@ def peers(session: Session, models: BenchModels) -> dict[str, Any]:
 
 
 def batching(session: Session, models: BenchModels, gpu: int = 0) -> dict[str, Any]:
-    """topology=services with adaptive batching per variant (RECSYS_MAX_BATCH_SIZE)."""
+    """topology=services per batching variant: RECSYS_MAX_BATCH_SIZE, or batching off."""
     s = session.settings
     users = session.users_file(models)
     out: dict[str, Any] = {"n_items": models.n_items, "gpu": gpu, "variants": {}}
@@ -229,18 +229,19 @@ def batching(session: Session, models: BenchModels, gpu: int = 0) -> dict[str, A
 
 
 def _batching_variant(session: Session, models: BenchModels, users: Path, name: str,
-                      max_batch: int, gpu: int) -> dict[str, Any]:
+                      max_batch: int | None, gpu: int) -> dict[str, Any]:
     s = session.settings
     suffix = "-gpu" if gpu else ""
     redis = servers.redis(session.logs / f"redis-batching-{name}{suffix}").start()
     extra = {**s.services_env(), **({"RECSYS_GPU": str(gpu)} if gpu else {})}
     service = servers.recommender(models, redis,
                                   session.logs / f"service-services-{name}{suffix}.log",
-                                  topology="services", max_batch_size=max_batch, extra=extra)
+                                  topology="services", max_batch_size=max_batch,
+                                  batching=max_batch is not None, extra=extra)
     runs = []
     try:
         with running(service) as sampler:
-            session.log(f"batching {name} (max_batch_size={max_batch}); "
+            session.log(f"batching {name} ({_variant_setting(max_batch)}); "
                         f"start-up {service.startup_s} s")
             for repeat in range(s.batching_repeats):
                 for c in s.batching_concurrencies:
@@ -251,8 +252,12 @@ def _batching_variant(session: Session, models: BenchModels, users: Path, name: 
             rss = sampler.stop()
     finally:
         redis.stop()
-    return {"max_batch_size": max_batch, "runs": runs, "startup_s": service.startup_s,
-            "peak_rss_mb": rss}
+    return {"max_batch_size": max_batch, "setting": _variant_setting(max_batch), "runs": runs,
+            "startup_s": service.startup_s, "peak_rss_mb": rss}
+
+
+def _variant_setting(max_batch: int | None) -> str:
+    return "RECSYS_BATCHING=false" if max_batch is None else f"RECSYS_MAX_BATCH_SIZE={max_batch}"
 
 
 def _from_peers(peers_result: dict[str, Any]) -> dict[str, Any]:

@@ -92,13 +92,6 @@ def bottleneck_notes(derived: dict[str, Any], results: dict[str, Any]) -> list[s
                 notes.append(f"batching {name} c={c}: model-service 503s {p['model_503']}, "
                              f"ranker fallbacks {degraded or 'none'} (responses were still 200 "
                              "but degraded to the fallback ranker).")
-    if derived["batching"]:
-        notes.append("Batching cannot be switched off by settings: BentoML rejects "
-                     "RECSYS_MAX_BATCH_SIZE=1 (max_batch_size must be > 1) and splits requests "
-                     "larger than max_batch_size, and one value serves both the ranker (about "
-                     "1000 rows a request) and the user tower (1 row). 'per-request' (1000) "
-                     "keeps the ranker at one request per batch; a per-API switch "
-                     "(batchable on/off, or separate sizes) would be needed for a true 'off'.")
     cost = ratios.get("cpu_per_request", {})
     if cost.get("miss_over_noop"):
         notes.append(f"server CPU per request at c={cost['connections']}: {cost['server_cpu_ms']} ms "
@@ -256,8 +249,9 @@ def _batching_section(batching: dict[str, Any] | None, curves: dict[str, Any],
     b = batching
     lines = ["", (f"## Adaptive batching (topology=services, {b['n_items']:,} items"
              f"{', GPU' if b.get('gpu') else ''})"), "",
-             "Variants set RECSYS_MAX_BATCH_SIZE: " + ", ".join(
-                 f"{n} = {v['max_batch_size']}" for n, v in b["variants"].items())
+             "Variants: " + ", ".join(
+                 f"{n}: {v.get('setting', v['max_batch_size'])}" for n, v in b["variants"].items())
+             + " (off: the model services' APIs are not batchable, one request per call)"
              + ". Requests/batch from `bentoml_service_adaptive_batch_size` (requests, not "
              "rows); 503s are the model services' own (the entry service turns a ranker 503 "
              "into a fallback-ranked 200, counted under ranker fallbacks).", ""]

@@ -146,15 +146,17 @@ def _bentoml(target: str) -> list[str]:
 
 
 def recommender(models: BenchModels, redis: LocalRedis, log_path: Path, *, topology: str = "inline",
-                max_batch_size: int | None = None, workers: int = 1,
+                max_batch_size: int | None = None, batching: bool = True, workers: int = 1,
                 extra: Mapping[str, str] | None = None, suffix: str = "") -> Server:
-    """service:Recommender over `models` with the Redis cache; batching via RECSYS_MAX_BATCH_SIZE,
-    API worker processes via RECSYS_WORKERS."""
+    """service:Recommender over `models` with the Redis cache; model-service batching via
+    RECSYS_BATCHING and RECSYS_MAX_BATCH_SIZE, API worker processes via RECSYS_WORKERS."""
     env = {**models.env(), "RECSYS_REDIS_URL": redis.url, "RECSYS_TOPOLOGY": topology,
-           "RECSYS_SHADOW_FRACTION": "0", "RECSYS_WORKERS": str(workers), **(extra or {})}
+           "RECSYS_SHADOW_FRACTION": "0", "RECSYS_WORKERS": str(workers),
+           "RECSYS_BATCHING": str(batching).lower(), **(extra or {})}
     if max_batch_size is not None:
         env["RECSYS_MAX_BATCH_SIZE"] = str(max_batch_size)
-    name = f"recommender-{topology}" + (f"-mbs{max_batch_size}" if max_batch_size else "") + suffix
+    tag = "-unbatched" if not batching else f"-mbs{max_batch_size}" if max_batch_size else ""
+    name = f"recommender-{topology}{tag}{suffix}"
     return Server(name, _bentoml("service:Recommender"), env, log_path)
 
 

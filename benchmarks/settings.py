@@ -32,13 +32,9 @@ class BenchSettings:
     zipf_duration_s: float = 10.0
     hot_users: int = 64  # distinct users of the cache-hit run (all cached after warm-up)
     batching_concurrencies: tuple[int, ...] = (1, 8, 32)
-    # RECSYS_MAX_BATCH_SIZE per variant. BentoML rejects 1 (max_batch_size must be > 1) and
-    # splits any request larger than max_batch_size, so no value turns batching off for both
-    # model services: "per-request" (= ranked candidates) gives the ranker one request per
-    # batch; "min" gives the tower at most 2 users per batch but cuts ranker requests into
-    # 2-row pieces. See README.
-    batching_variants: tuple[tuple[str, int], ...] = (("on", 8192), ("per-request", 1000),
-                                                      ("min", 2))
+    # (name, RECSYS_MAX_BATCH_SIZE) per variant; None runs the model services with
+    # RECSYS_BATCHING=false (APIs not batchable: one request per call).
+    batching_variants: tuple[tuple[str, int | None], ...] = (("on", 8192), ("off", None))
     batching_repeats: int = 2
     # Budget, retrieval (and user tower) and ranking timeouts (ms) of the services topology. The
     # defaults (150/30/60) suit the inline path; on 2 CPU cores a batched ranker call took
@@ -63,7 +59,7 @@ class BenchSettings:
         return cls(sizes=(10_000,), main_size=10_000, users=500, epochs=1, concurrencies=(1, 16),
                    duration_s=3.0, warmup_s=1.0, repeats=1, max_requests=5000,
                    zipf_concurrency=16, zipf_duration_s=4.0, batching_concurrencies=(1, 16),
-                   batching_variants=(("on", 8192), ("per-request", 1000)), batching_repeats=1,
+                   batching_variants=(("on", 8192), ("off", None)), batching_repeats=1,
                    inprocess_requests=150, inprocess_concurrency=(1, 8), index_queries=100,
                    probe_requests=150, scale_topologies=("inline",), scale_duration_s=3.0,
                    max_load=float("inf"), quick=True)

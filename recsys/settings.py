@@ -19,6 +19,10 @@ class ServingSettings(BaseSettings):
     # (separate BentoML services with adaptive batching).
     topology: Literal["inline", "services"] = "inline"
     gpu: int = Field(0, ge=0, description="GPUs per model service (0: CPU)")
+    # Adaptive batching of the model services' APIs; false serves one request per call (BentoML
+    # has no per-call switch and rejects max_batch_size=1, so "off" is an API that is not
+    # batchable). Takes effect only with topology "services".
+    batching: bool = True
     max_batch_size: int = Field(8192, gt=0, description="rows per adaptive batch")
     max_latency_ms: int = Field(200, gt=0, description="BentoML batching latency target")
     onnx_threads: int = Field(1, gt=0)

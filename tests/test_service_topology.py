@@ -1,6 +1,6 @@
 """End to end: RECSYS_TOPOLOGY=services, the user tower and the ranker in their own BentoML
-services with adaptive batching, called by the API service over BentoML's service-to-service
-transport.
+services with adaptive batching (and without, RECSYS_BATCHING=false), called by the API service
+over BentoML's service-to-service transport.
 
 Stage timeouts and the batching latency target are widened for this server: on a 2-core
 machine three processes compete for the CPU under a burst, and the default 60 ms ranking timeout
@@ -121,6 +121,54 @@ def test_adaptive_batching_metrics_after_the_burst(http: httpx.Client,
     errors = {k: v for k, v in metric_samples(text, "bentoml_service_request_total{").items()
               if 'http_response_code="5' in k and v > 0}
     assert not errors
+
+
+@pytest.fixture(scope="module")
+def unbatched(trained_models: TrainedModels, redis_server: LocalRedis,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingProcess]:
+    """The same topology with RECSYS_BATCHING=false: the baseline the benchmark compares with."""
+    redis_server.start()
+    env = {**trained_models.env(), "RECSYS_REDIS_URL": redis_server.url,
+           "RECSYS_TOPOLOGY": "services", "RECSYS_BATCHING": "false", "RECSYS_BUDGET_MS": "3000",
+           "RECSYS_RETRIEVAL_TIMEOUT_MS": "1000", "RECSYS_RANKING_TIMEOUT_MS": "2000",
+           "RECSYS_REDIS_TIMEOUT_MS": "1000"}  # three busy processes on 2 cores: widen them all
+    with ServingProcess("service:Recommender", env,
+                        tmp_path_factory.mktemp("serve-unbatched") / "serve.log") as process:
+        yield process
+
+
+def test_batching_off_serves_through_the_model_services_one_request_per_call(
+        unbatched: ServingProcess) -> None:
+    with unbatched.client(timeout_s=30.0) as client:
+        first = client.post("/recommend", json={"user_id": "unbatched-catalogue", "k": 30})
+    items = [item["item_id"] for item in first.json()["items"]]
+
+    def call(n: int) -> httpx.Response:  # its own recent item: its own user vector
+        body = {"user_id": f"unbatched-{n}", "k": 10, "recent_item_ids": [items[n]]}
+        with httpx.Client(base_url=unbatched.url, timeout=30.0) as client:
+            return client.post("/recommend", json=body)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(call, range(24)))
+
+    assert Counter(r.status_code for r in responses) == {200: 24}
+    assert all(r.json()["ranker"] == "ranker" and not r.json()["degraded"] for r in responses), \
+        [r.json()["degraded_reasons"] for r in responses]
+    with unbatched.client(timeout_s=30.0) as client:
+        text = client.get("/metrics").text
+    requests = _per_endpoint(metric_samples(text, "bentoml_service_request_total{"))
+    assert requests.get("/score_champion", 0) >= 24, sorted(requests)  # the ranker service ran
+    assert requests.get("/encode_champion", 0) >= 24, sorted(requests)
+    assert not metric_samples(text, f"{BATCH_METRIC}_count{{")  # and no dispatcher batched
+
+
+def _per_endpoint(samples: dict[str, float]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for key, value in samples.items():
+        endpoint = _label(key, "endpoint")
+        if endpoint:
+            totals[endpoint] = totals.get(endpoint, 0.0) + value
+    return totals
 
 
 def _per_method(samples: dict[str, float]) -> dict[str, float]:
