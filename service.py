@@ -146,9 +146,9 @@ class RecommenderApi:
     @bentoml.api
     async def recommend(
         self, user_id: Annotated[str, Field(min_length=1, max_length=200)],
-        k: Annotated[int, Field(gt=0)] = 10, recent_item_ids: list[ItemId] = [],
-        context: RequestContext = RequestContext(), filters: Filters = Filters(),
-        exclude_item_ids: list[ItemId] = [],
+        k: Annotated[int, Field(gt=0)] = 10, recent_item_ids: list[ItemId] = [],  # noqa: B006
+        context: RequestContext = RequestContext(), filters: Filters = Filters(),  # noqa: B008
+        exclude_item_ids: list[ItemId] = [],  # noqa: B006  (BentoML reads defaults as schema)
     ) -> dict[str, Any]:
         with _client_errors():
             check_limits(SETTINGS.max_k, SETTINGS.max_list_items, k, recent_item_ids=recent_item_ids,
@@ -167,7 +167,7 @@ class RecommenderApi:
     @bentoml.api
     async def rank(self, user_id: Annotated[str, Field(min_length=1, max_length=200)],
                    item_ids: Annotated[list[ItemId], Field(min_length=1)],
-                   context: RequestContext = RequestContext()) -> dict[str, Any]:
+                   context: RequestContext = RequestContext()) -> dict[str, Any]:  # noqa: B008
         with _client_errors():
             check_limits(SETTINGS.max_k, SETTINGS.max_list_items, item_ids=item_ids)
             return await self.runtime.endpoints.rank(user_id, tuple(item_ids), context.to_context())
@@ -196,7 +196,8 @@ class _client_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: object) -> bool:
         if isinstance(error, InvalidRequestError):
             raise (bentoml.exceptions.NotFound if error.status == 404 else
                    bentoml.exceptions.InvalidArgument)(str(error)) from error

@@ -233,7 +233,7 @@ def _batching_variant(session: Session, models: BenchModels, users: Path, name: 
     s = session.settings
     suffix = "-gpu" if gpu else ""
     redis = servers.redis(session.logs / f"redis-batching-{name}{suffix}").start()
-    extra = {**s.services_env(), **({"RECSYS_GPU": str(gpu)} if gpu else {})}
+    extra = s.services_env(gpu)
     service = servers.recommender(models, redis,
                                   session.logs / f"service-services-{name}{suffix}.log",
                                   topology="services", max_batch_size=max_batch,
@@ -294,8 +294,7 @@ def scale(session: Session, all_models: dict[int, BenchModels], gpu: int = 0,
                 entry[topology] = _from_peers(peers_result)
                 continue
             redis = servers.redis(session.logs / f"redis-scale-{size}-{topology}").start()
-            extra = {**s.services_env(), **({"RECSYS_GPU": str(gpu)} if gpu else {})} \
-                if topology == "services" else {}
+            extra = s.services_env(gpu) if topology == "services" else {}
             service = servers.recommender(models, redis,
                                           session.logs / f"service-{topology}-{size}.log",
                                           topology=topology, extra=extra)

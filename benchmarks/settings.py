@@ -64,10 +64,12 @@ class BenchSettings:
                    probe_requests=150, scale_topologies=("inline",), scale_duration_s=3.0,
                    max_load=float("inf"), quick=True)
 
-    def services_env(self) -> dict[str, str]:
+    def services_env(self, gpu: int = 0) -> dict[str, str]:
+        """Settings of a topology=services server: its timeouts, and RECSYS_GPU with a GPU."""
         budget, retrieval, ranking = self.services_timeouts_ms
-        return {"RECSYS_BUDGET_MS": f"{budget:g}", "RECSYS_RETRIEVAL_TIMEOUT_MS": f"{retrieval:g}",
-                "RECSYS_RANKING_TIMEOUT_MS": f"{ranking:g}"}
+        env = {"RECSYS_BUDGET_MS": f"{budget:g}", "RECSYS_RETRIEVAL_TIMEOUT_MS": f"{retrieval:g}",
+               "RECSYS_RANKING_TIMEOUT_MS": f"{ranking:g}"}
+        return env | {"RECSYS_GPU": str(gpu)} if gpu else env
 
     def with_sizes(self, sizes: tuple[int, ...]) -> BenchSettings:
         """Use these catalogue sizes; the main size is 100K when listed, else the largest below it."""

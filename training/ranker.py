@@ -1,7 +1,6 @@
 """Ranker training: DCN-v2 over the shared ranking features, trained on retrieved candidates."""
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from recsys.features import (
     user_profile,
 )
 from training.config import RankerConfig
+from training.loop import run_epoch
 from training.sequences import UserSequences
 from training.two_tower import EpochCallback
 
@@ -167,24 +167,17 @@ def train_ranker(
     best = (validate(model.eval(), scaler), -1, _state(model)) if validate else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    steps = math.ceil(q / config.batch_size)
     labels = torch.zeros(config.batch_size, dtype=torch.long)
+
+    def batch_loss(positions: np.ndarray) -> torch.Tensor:
+        batch = inputs[torch.from_numpy(positions)]
+        logits = model(batch.reshape(-1, batch.shape[-1])).reshape(len(positions), g)
+        return F.cross_entropy(logits, labels[:len(positions)])
+
     for epoch in range(config.epochs):
         model.train()
-        order = rng.permutation(q)
-        total = 0.0
-        bar = tqdm(range(steps), desc=f"ranker epoch {epoch + 1}/{config.epochs}", leave=False)
-        for step in bar:
-            idx = torch.from_numpy(order[step * config.batch_size:(step + 1) * config.batch_size])
-            batch = inputs[idx]
-            logits = model(batch.reshape(-1, batch.shape[-1])).reshape(len(idx), g)
-            loss = F.cross_entropy(logits, labels[:len(idx)])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / (step + 1):.4f}")
-        stats = {"loss": total / steps}
+        stats = {"loss": run_epoch(batch_loss, optimizer, q, config.batch_size, rng,
+                                   f"ranker epoch {epoch + 1}/{config.epochs}")}
         if validate is not None and best is not None:
             stats["val_hr_at_10"] = validate(model.eval(), scaler)
             if stats["val_hr_at_10"] > best[0]:

@@ -130,37 +130,42 @@ def train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path
                     log: MetricLogger | None = None) -> EmbeddingBundle:
     """Train the two-tower model (validation HR@10 after each epoch), write and load its bundle."""
     with torch_threads(config.threads):
-        model = build_model(data.catalog, data.attributes.cardinalities(), config)
-        examples = next_item_examples(data.train, data.train_attributes, config.history_len,
-                                      config.ranker_holdout_events)
-        history = padded_histories(data.validation, config.history_len)
-        attrs = data.eval_attributes(data.validation)
+        return _train_embedding(data, config, bundle_dir, log)
 
-        best: dict[str, Any] = {"ndcg": -1.0}
 
-        def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
-            users = encode_users(model, history, attrs)
-            items = encode_items(model, data.catalog)
-            metrics = evaluate_scorer(lambda p: users[p] @ items.T, data.validation, (10,))
-            stats["val_hr_at_10"] = metrics["hr@10"]
-            stats["val_ndcg_at_10"] = metrics["ndcg@10"]
-            if metrics["ndcg@10"] > best["ndcg"]:  # keep the best epoch by validation NDCG@10
-                best.update(ndcg=metrics["ndcg@10"], epoch=epoch, state=model_state(model))
-            if log is not None:
-                log({f"two_tower_{k}": v for k, v in stats.items()}, epoch)
+def _train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path,
+                     log: MetricLogger | None) -> EmbeddingBundle:
+    model = build_model(data.catalog, data.attributes.cardinalities(), config)
+    examples = next_item_examples(data.train, data.train_attributes, config.history_len,
+                                  config.ranker_holdout_events)
+    history = padded_histories(data.validation, config.history_len)
+    attrs = data.eval_attributes(data.validation)
 
-        train_two_tower(model, data.catalog, examples, on_epoch_end)
-        load_model_state(model, best["state"])
+    best: dict[str, Any] = {"ndcg": -1.0}
+
+    def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
+        users = encode_users(model, history, attrs)
+        items = encode_items(model, data.catalog)
+        metrics = evaluate_scorer(lambda p: users[p] @ items.T, data.validation, (10,))
+        stats["val_hr_at_10"] = metrics["hr@10"]
+        stats["val_ndcg_at_10"] = metrics["ndcg@10"]
+        if metrics["ndcg@10"] > best["ndcg"]:  # keep the best epoch by validation NDCG@10
+            best.update(ndcg=metrics["ndcg@10"], epoch=epoch, state=model_state(model))
         if log is not None:
-            log({"two_tower_best_epoch": float(best["epoch"] + 1)}, 0)
-        sample = slice(0, min(256, len(examples.target)))
-        write_embedding_bundle(
-            bundle_dir, model, data.catalog, data.attributes, encode_items(model, data.catalog),
-            examples.history[sample], examples.attributes[sample],
-            {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name},
-            user_histories=served_histories(data, config.history_len),
-        )
-        return EmbeddingBundle.load(bundle_dir)
+            log({f"two_tower_{k}": v for k, v in stats.items()}, epoch)
+
+    train_two_tower(model, data.catalog, examples, on_epoch_end)
+    load_model_state(model, best["state"])
+    if log is not None:
+        log({"two_tower_best_epoch": float(best["epoch"] + 1)}, 0)
+    sample = slice(0, min(256, len(examples.target)))
+    write_embedding_bundle(
+        bundle_dir, model, data.catalog, data.attributes, encode_items(model, data.catalog),
+        examples.history[sample], examples.attributes[sample],
+        {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name},
+        user_histories=served_histories(data, config.history_len),
+    )
+    return EmbeddingBundle.load(bundle_dir)
 
 
 @dataclass(frozen=True)
@@ -174,39 +179,46 @@ def train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config:
                   eval_config: EvalConfig, log: MetricLogger | None = None) -> Rankers:
     """Train the DCN ranker and the fallback on candidates retrieved by the exported user tower."""
     with torch_threads(ranker_config.threads):
-        queries = build_queries(data.train, data.train_attributes, data.catalog,
-                                embedding.item_vectors, embedding.encode_users,
-                                embedding.history_len,
-                                int(embedding.config["ranker_holdout_events"]), ranker_config)
+        return _train_rankers(data, embedding, ranker_config, fallback_config, ranker_dir,
+                              fallback_dir, eval_config, log)
 
-        def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
-            if log is not None:
-                log({f"ranker_{k}": v for k, v in stats.items()}, epoch)
 
-        validation = _EvalUsers(data, embedding, data.validation)
-        size = min(eval_config.candidates, data.catalog.size)
+def _train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config: RankerConfig,
+                   fallback_config: FallbackConfig, ranker_dir: Path, fallback_dir: Path,
+                   eval_config: EvalConfig, log: MetricLogger | None) -> Rankers:
+    queries = build_queries(data.train, data.train_attributes, data.catalog,
+                            embedding.item_vectors, embedding.encode_users,
+                            embedding.history_len,
+                            int(embedding.config["ranker_holdout_events"]), ranker_config)
 
-        def validate(model: DCNRanker, scaler: FeatureScaler) -> float:
-            scorer = validation.reranked(TorchScorer(model, scaler), size)
-            return evaluate_scorer(scorer, data.validation, (10,))["hr@10"]
-
-        model, scaler = train_ranker(queries, embedding.item_vectors, ranker_config, on_epoch_end,
-                                     validate, float(embedding.config["temperature"]))
-        inputs = queries.inputs(embedding.item_vectors, scaler)
-        fallback = train_fallback(inputs, fallback_config)
-        sample = inputs[: min(64, len(inputs))].reshape(-1, inputs.shape[-1])
-        meta = {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name}
-        write_ranker_bundle(ranker_dir, model, scaler, ranker_config, sample,
-                            embedding.fingerprint, meta)
-        write_fallback_bundle(fallback_dir, fallback, scaler, fallback_config, sample,
-                              embedding.fingerprint, meta)
-        rankers = Rankers(RankerBundle.load(ranker_dir),
-                          RankerBundle.load(fallback_dir, "fallback_ranker"))
+    def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
         if log is not None:
-            val = evaluate_models(data, embedding, rankers, eval_config, data.validation,
-                                  baselines=False)
-            log({f"val_{name}_hr_at_10": m["hr@10"] for name, m in val.items()}, 0)
-        return rankers
+            log({f"ranker_{k}": v for k, v in stats.items()}, epoch)
+
+    validation = _EvalUsers(data, embedding, data.validation)
+    size = min(eval_config.candidates, data.catalog.size)
+
+    def validate(model: DCNRanker, scaler: FeatureScaler) -> float:
+        scorer = validation.reranked(TorchScorer(model, scaler), size)
+        return evaluate_scorer(scorer, data.validation, (10,))["hr@10"]
+
+    model, scaler = train_ranker(queries, embedding.item_vectors, ranker_config, on_epoch_end,
+                                 validate, float(embedding.config["temperature"]))
+    inputs = queries.inputs(embedding.item_vectors, scaler)
+    fallback = train_fallback(inputs, fallback_config)
+    sample = inputs[: min(64, len(inputs))].reshape(-1, inputs.shape[-1])
+    meta = {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name}
+    write_ranker_bundle(ranker_dir, model, scaler, ranker_config, sample,
+                        embedding.fingerprint, meta)
+    write_fallback_bundle(fallback_dir, fallback, scaler, fallback_config, sample,
+                          embedding.fingerprint, meta)
+    rankers = Rankers(RankerBundle.load(ranker_dir),
+                      RankerBundle.load(fallback_dir, "fallback_ranker"))
+    if log is not None:
+        val = evaluate_models(data, embedding, rankers, eval_config, data.validation,
+                              baselines=False)
+        log({f"val_{name}_hr_at_10": m["hr@10"] for name, m in val.items()}, 0)
+    return rankers
 
 
 class Scorer(Protocol):

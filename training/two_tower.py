@@ -1,7 +1,6 @@
 """Two-tower embedding model: an item tower over id + content, a user tower over recent history."""
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,10 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from recsys.features import PAD, ItemCatalog, encode_history
 from training.config import TwoTowerConfig
+from training.loop import run_epoch
 from training.sequences import UserSequences
 
 _MASKED = -1e4  # large negative instead of -inf: keeps softmax finite when a row is all padding
@@ -139,25 +138,16 @@ def train_two_tower(
         model.item_tower.item.weight[torch.from_numpy(counts == 0)] = 0.0  # make them unknown (PAD)
     genres = torch.from_numpy(catalog.genres)
     titles = torch.from_numpy(catalog.title_tokens)
-    n = len(examples.target)
-    steps = math.ceil(n / config.batch_size)
+    def batch_loss(idx: np.ndarray) -> torch.Tensor:
+        target = torch.from_numpy(examples.target[idx])
+        return _batch_loss(model, examples, idx, target, genres, titles, log_q, rng)
+
     history = []
     for epoch in range(config.epochs):
         model.user_tower.train()
         model.item_tower.train()
-        order = rng.permutation(n)
-        total = 0.0
-        bar = tqdm(range(steps), desc=f"two-tower epoch {epoch + 1}/{config.epochs}", leave=False)
-        for step in bar:
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            target = torch.from_numpy(examples.target[idx])
-            loss = _batch_loss(model, examples, idx, target, genres, titles, log_q, rng)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / (step + 1):.4f}")
-        stats = {"loss": total / steps}
+        stats = {"loss": run_epoch(batch_loss, optimizer, len(examples.target), config.batch_size,
+                                   rng, f"two-tower epoch {epoch + 1}/{config.epochs}")}
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
         history.append(stats)
