@@ -64,9 +64,15 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def fingerprint(self) -> str:
-        """Stable id of the bundle's content: hash of the sorted file checksums."""
-        joined = "\n".join(f"{name}:{digest}" for name, digest in sorted(self.files.items()))
-        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+        """Stable id of the bundle: hash of the sorted file checksums and, for a ranker, of the
+        embedding it was trained against. Byte-identical ranker files bound to two embeddings
+        are two models to serve (the compatibility check reads the binding), so they must never
+        share a BentoML tag."""
+        lines = [f"{name}:{digest}" for name, digest in sorted(self.files.items())]
+        bound = self.metadata.get("embedding_fingerprint")
+        if bound:
+            lines.append(f"embedding:{bound}")
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def write_manifest(directory: Path, kind: str, metadata: Mapping[str, Any] | None = None) -> Manifest:

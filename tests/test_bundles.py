@@ -1,6 +1,8 @@
 """Bundles as served: the user-tower-only load answers like the full embedding bundle."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -36,3 +38,17 @@ def test_an_embedding_bundle_loaded_without_its_user_tower_says_so(
     assert bundle.users is not None
     with pytest.raises(ArtifactError, match="without its user tower"):
         bundle.encode_users(bundle.users.histories[:1], bundle.users.attributes[:1])
+
+
+def test_identical_ranker_files_bound_to_two_embeddings_are_two_models(tmp_path: Path) -> None:
+    """Two checkouts sharing one BentoML store once exported a fallback ranker whose files matched
+    an earlier one's but whose embedding did not; the shared fingerprint (and so tag) served the
+    stale binding and start-up failed. The binding is part of the fingerprint now."""
+    from tests.bundle_factory import make_ranker_bundle
+
+    one = make_ranker_bundle(tmp_path / "one", "embedding-one", kind="fallback_ranker")
+    two = make_ranker_bundle(tmp_path / "two", "embedding-two", kind="fallback_ranker")
+
+    assert one.files == two.files  # byte-identical bundle files
+    assert one.fingerprint() != two.fingerprint()
+    assert artifacts.read_manifest(tmp_path / "one").fingerprint() == one.fingerprint()

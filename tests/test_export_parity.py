@@ -194,3 +194,22 @@ def test_parity_check_rejects_a_shape_mismatch_and_tolerates_tiny_differences() 
     assert export.check_parity(expected, expected + export.PARITY_TOLERANCE / 2, "x") > 0
     with pytest.raises(AssertionError, match="tolerance"):
         export.check_parity(expected, expected + export.PARITY_TOLERANCE * 2, "x")
+
+
+def test_exports_carry_no_source_locations(exported: Exported) -> None:
+    """The exporter's stack traces name this checkout's paths and line numbers: without them the
+    same weights give the same bytes (and bundle fingerprint) from any checkout."""
+    import onnx
+
+    for path in (exported.user_tower, exported.item_tower, exported.ranker_path):
+        model = onnx.load(str(path))
+        keys = {p.key for node in model.graph.node for p in node.metadata_props}
+        assert not any(key.endswith("stack_trace") for key in keys), (path.name, keys)
+        assert b"training/two_tower.py" not in path.read_bytes()
+        assert b"training/ranker.py" not in path.read_bytes()
+
+
+def test_reexport_is_byte_identical(exported: Exported, tmp_path: Path) -> None:
+    again = export.export_ranker(exported.ranker, exported.inputs.shape[1],
+                                 tmp_path / "ranker.onnx")
+    assert again.read_bytes() == exported.ranker_path.read_bytes()

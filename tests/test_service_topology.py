@@ -105,8 +105,8 @@ def test_burst_has_no_server_errors(burst: list[httpx.Response]) -> None:
 def test_adaptive_batching_metrics_after_the_burst(http: httpx.Client,
                                                    burst: list[httpx.Response]) -> None:
     text = http.get("/metrics").text
-    counts = _per_method(metric_samples(text, f"{BATCH_METRIC}_count{{"))
-    sums = _per_method(metric_samples(text, f"{BATCH_METRIC}_sum{{"))
+    counts = _totals_by("method_name", metric_samples(text, f"{BATCH_METRIC}_count{{"))
+    sums = _totals_by("method_name", metric_samples(text, f"{BATCH_METRIC}_sum{{"))
     batches = ", ".join(f"{m}: {int(counts[m])} batches, {int(sums[m])} rows"
                         for m in sorted(counts))
     print(f"\nadaptive batches after {BURST_REQUESTS} requests, {BURST_CONCURRENCY} at a time: "
@@ -156,27 +156,19 @@ def test_batching_off_serves_through_the_model_services_one_request_per_call(
         [r.json()["degraded_reasons"] for r in responses]
     with unbatched.client(timeout_s=30.0) as client:
         text = client.get("/metrics").text
-    requests = _per_endpoint(metric_samples(text, "bentoml_service_request_total{"))
+    requests = _totals_by("endpoint", metric_samples(text, "bentoml_service_request_total{"))
     assert requests.get("/score_champion", 0) >= 24, sorted(requests)  # the ranker service ran
     assert requests.get("/encode_champion", 0) >= 24, sorted(requests)
     assert not metric_samples(text, f"{BATCH_METRIC}_count{{")  # and no dispatcher batched
 
 
-def _per_endpoint(samples: dict[str, float]) -> dict[str, float]:
+def _totals_by(label: str, samples: dict[str, float]) -> dict[str, float]:
+    """Sample values summed per value of one label (samples without it are left out)."""
     totals: dict[str, float] = {}
     for key, value in samples.items():
-        endpoint = _label(key, "endpoint")
-        if endpoint:
-            totals[endpoint] = totals.get(endpoint, 0.0) + value
-    return totals
-
-
-def _per_method(samples: dict[str, float]) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for key, value in samples.items():
-        method = _label(key, "method_name")
-        if method:
-            totals[method] = totals.get(method, 0.0) + value
+        group = _label(key, label)
+        if group:
+            totals[group] = totals.get(group, 0.0) + value
     return totals
 
 

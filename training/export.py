@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from skl2onnx import to_onnx
@@ -31,7 +32,30 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
         torch.onnx.export(module.eval(), args, str(path), input_names=input_names,
                           output_names=[output_name], dynamic_shapes=shapes, dynamo=True,
                           external_data=False, verbose=False)
+    _drop_stack_traces(path)
     return path
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """Remove the exporter's per-node Python stack traces, which name the training code's file
+    path and line numbers: with them the same weights exported from two checkouts gave two
+    different files, so two bundle fingerprints for one model. The other node metadata (module
+    hierarchy, FX node) stays for debugging."""
+    model = onnx.load(str(path))
+    _strip_graph(model.graph)
+    onnx.save(model, str(path))
+
+
+def _strip_graph(graph: onnx.GraphProto) -> None:
+    for node in graph.node:
+        keep = [p for p in node.metadata_props if not p.key.endswith("stack_trace")]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                _strip_graph(attribute.g)
+            for subgraph in attribute.graphs:
+                _strip_graph(subgraph)
 
 
 def export_user_tower(model: TwoTowerModel, path: Path) -> Path:
