@@ -118,12 +118,18 @@ class Recommender:
         self.shadow = shadow if "challenger" in slots else None
 
     async def warmup(self, rounds: int = 3) -> None:
-        """Run the full path (no cache) for a new user on every slot: loads lazy state (thread
-        pool, ONNX arenas, FAISS) before /readyz says yes."""
-        for slot in self.slots.values():
-            for _ in range(rounds):
-                await self._compute(slot, RecommendRequest("__warmup__", 10), np.zeros(0, np.int64),
-                                    np.zeros(0, np.int64), None, None, time.perf_counter())
+        """Run the full path (no cache) for a new user on every slot: loads lazy state (ONNX
+        arenas, FAISS) before /readyz says yes. Its stage timings and events are not reported:
+        the metrics describe served requests only."""
+        telemetry, self.telemetry = self.telemetry, Telemetry()
+        try:
+            for slot in self.slots.values():
+                for _ in range(rounds):
+                    await self._compute(slot, RecommendRequest("__warmup__", 10),
+                                        np.zeros(0, np.int64), np.zeros(0, np.int64), None, None,
+                                        time.perf_counter())
+        finally:
+            self.telemetry = telemetry
 
     # ---- lookups shared by every endpoint -------------------------------------------------
     def slot_for(self, user_id: str) -> tuple[str, ModelSlot]:

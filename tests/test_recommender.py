@@ -465,3 +465,27 @@ def test_recommender_requires_a_champion(refs: list[ModelRefs]) -> None:
 
     with pytest.raises(ValueError, match="a champion model slot is required, got \\[\\]"):
         Recommender({}, Router(), PipelineOptions(10, 0.0, 0, 1.0, 20), None, None)
+
+
+class StageRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages: list[str] = []
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self.stages.append(stage)
+
+
+def test_warm_up_leaves_no_trace_in_the_metrics(redis_url: str, refs: list[ModelRefs]) -> None:
+    telemetry = StageRecorder()
+
+    async def scenario(runtime: Runtime) -> tuple[list[str], list[str], list[str]]:
+        await runtime.start()  # warm-up: three full requests per slot
+        after_warmup = list(telemetry.stages)
+        events = [name for name, _ in telemetry.events]
+        await recommend(runtime)
+        return after_warmup, events, telemetry.stages
+
+    after_warmup, events, after_request = serve(settings(redis_url), refs, scenario, telemetry)
+    assert after_warmup == [] and "candidates" not in events
+    assert {"retrieval", "ranking", "features"} <= set(after_request)  # served requests count
