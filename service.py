@@ -52,6 +52,7 @@ class RankerModel:
 
     def __init__(self) -> None:
         self.rankers = {a: RankerBundle.load(_path(self, a, "ranker"), threads=SETTINGS.onnx_threads,
+                                             int8=SETTINGS.ranker_int8,
                                              prefer_gpu=bool(SETTINGS.gpu)) for a in MODEL_TAGS}
 
     @bentoml.on_startup

@@ -37,6 +37,7 @@ ITEM_INDEX = "item_index.faiss"
 CATALOG = "catalog.npz"
 USER_ATTRIBUTES = "user_attributes.json"
 RANKER = "ranker.onnx"
+RANKER_INT8 = "ranker_int8.onnx"  # optional: the ranker with int8 weights (CPU serving)
 SCALER = "scaler.json"
 CONFIG = "config.json"
 USER_HISTORIES = "user_histories.npz"  # optional: known users' recent items at training time

@@ -71,7 +71,8 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
                remote_tower: AsyncTower | None = None) -> ModelSlot:
     embedding = EmbeddingBundle.load(refs.paths["embedding"], threads=settings.onnx_threads,
                                      load_user_tower=remote_tower is None)
-    ranker = RankerBundle.load(refs.paths["ranker"], "ranker", threads=settings.onnx_threads)
+    ranker = RankerBundle.load(refs.paths["ranker"], "ranker", threads=settings.onnx_threads,
+                               int8=settings.ranker_int8)
     fallback = RankerBundle.load(refs.paths["fallback_ranker"], "fallback_ranker", threads=1)
     check_compatible(embedding, ranker)
     check_compatible(embedding, fallback)

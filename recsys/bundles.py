@@ -19,7 +19,7 @@ from recsys.features import (
     user_tower_feeds,
 )
 from recsys.index import ItemIndex, load_index
-from recsys.onnx_runtime import create_session
+from recsys.onnx_runtime import CPU, create_session, providers
 
 
 def _run_user_tower(session: ort.InferenceSession, history: npt.NDArray[np.int64],
@@ -122,6 +122,7 @@ class RankerBundle:
     session: ort.InferenceSession
     output: str
     column: int | None  # for classifiers: the probability column of the positive class
+    precision: str = "fp32"  # "int8" when the bundle's int8 ranker was loaded
 
     @property
     def embedding_fingerprint(self) -> str:
@@ -140,10 +141,17 @@ class RankerBundle:
 
     @classmethod
     def load(cls, path: Path, kind: str = "ranker", *, threads: int = 1,
-             prefer_gpu: bool | None = None, verify: bool = True) -> RankerBundle:
+             prefer_gpu: bool | None = None, verify: bool = True,
+             int8: bool = False) -> RankerBundle:
+        """`int8`: serve the bundle's int8 ranker when it has one and the session runs on the
+        CPU (its quantised ops are CPU kernels). Otherwise the fp32 model: bundles written
+        before int8 existed and fallback rankers have none, and a GPU runs fp32."""
         manifest = artifacts.read_manifest(path, kind, verify=verify)
-        session = create_session(path / artifacts.RANKER, intra_op_threads=threads,
-                                 prefer_gpu=prefer_gpu)
+        on_cpu = providers(prefer_gpu)[0] == CPU
+        precision = "int8" if int8 and on_cpu and (path / artifacts.RANKER_INT8).is_file() \
+            else "fp32"
+        model = path / (artifacts.RANKER_INT8 if precision == "int8" else artifacts.RANKER)
+        session = create_session(model, intra_op_threads=threads, prefer_gpu=prefer_gpu)
         outputs = [o.name for o in session.get_outputs()]
         if "score" in outputs:
             output, column = "score", None
@@ -159,7 +167,7 @@ class RankerBundle:
             raise ArtifactError(f"{path}: ranker was trained on dense features {trained}, this "
                                 f"code builds {expected}; retrain or serve it with matching code")
         return cls(path, manifest, artifacts.load_json(path / artifacts.CONFIG), scaler, session,
-                   output, column)
+                   output, column, precision)
 
 
 def check_compatible(embedding: EmbeddingBundle, ranker: RankerBundle) -> None:

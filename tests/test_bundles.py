@@ -52,3 +52,22 @@ def test_identical_ranker_files_bound_to_two_embeddings_are_two_models(tmp_path:
     assert one.files == two.files  # byte-identical bundle files
     assert one.fingerprint() != two.fingerprint()
     assert artifacts.read_manifest(tmp_path / "one").fingerprint() == one.fingerprint()
+
+
+def test_cpu_serving_loads_the_int8_ranker_and_older_bundles_stay_fp32(
+        trained_models: TrainedModels, tmp_path: Path) -> None:
+    from recsys.bundles import RankerBundle
+    from tests.bundle_factory import make_ranker_bundle
+
+    path = trained_models.refs().paths["ranker"]
+    fp32 = RankerBundle.load(path)
+    int8 = RankerBundle.load(path, int8=True, prefer_gpu=False)
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    assert "int8_max_abs_diff" in int8.manifest.metadata
+    features = np.random.default_rng(0).normal(
+        size=(200, fp32.session.get_inputs()[0].shape[1])).astype(np.float32)
+    a, b = fp32.score(features), int8.score(features)
+    assert np.corrcoef(a, b)[0, 1] > 0.98  # the same ordering, give or take
+    older = make_ranker_bundle(tmp_path / "older", "embedding")  # no int8 file
+    assert RankerBundle.load(tmp_path / "older", int8=True).precision == "fp32"
+    assert older.kind == "ranker"

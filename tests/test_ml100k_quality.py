@@ -45,3 +45,9 @@ def test_pipeline_beats_popularity_by_half_again(results: dict[str, dict[str, fl
 
 def test_ranking_keeps_most_of_the_retrieval_quality(results: dict[str, dict[str, float]]) -> None:
     assert results["pipeline"]["hr@10"] > 0.9 * results["retrieval"]["hr@10"], results
+
+
+def test_the_int8_ranker_that_cpu_serving_uses_keeps_the_quality(
+        results: dict[str, dict[str, float]]) -> None:
+    assert "pipeline_int8" in results, sorted(results)  # training wrote and evaluated it
+    assert results["pipeline_int8"]["hr@10"] >= 0.95 * results["pipeline"]["hr@10"], results

@@ -86,10 +86,15 @@ def write_ranker_bundle(
 ) -> artifacts.Manifest:
     directory.mkdir(parents=True, exist_ok=True)
     path = export.export_ranker(model, sample_inputs.shape[1], directory / artifacts.RANKER)
-    diff = export.check_parity(score(model, sample_inputs),
-                               export.onnx_outputs(path, {"features": sample_inputs}), "ranker")
+    expected = score(model, sample_inputs)
+    diff = export.check_parity(expected, export.onnx_outputs(path, {"features": sample_inputs}),
+                               "ranker")
+    int8 = export.quantize_ranker(path, directory / artifacts.RANKER_INT8)
+    int8_scores = export.onnx_outputs(int8, {"features": sample_inputs})
+    int8_diff = float(np.max(np.abs(expected - int8_scores))) if expected.size else 0.0
     return _finish(directory, "ranker", scaler, config, embedding_fingerprint,
-                   {**metadata, "onnx_parity_max_abs_diff": diff})
+                   {**metadata, "onnx_parity_max_abs_diff": diff,
+                    "int8_max_abs_diff": round(int8_diff, 6)})
 
 
 def write_fallback_bundle(

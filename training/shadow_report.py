@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from recsys.bundles import EmbeddingBundle, RankerBundle, check_compatible
+from recsys.bundles import EmbeddingBundle, check_compatible
 from recsys.shadow_records import ShadowRecord
 from registry import Registry
 from training import plots
@@ -124,8 +124,7 @@ def load_registered(registry: Registry, alias: str, dest: Path) -> Models:
     paths = {kind: registry.download(name, alias, Path(dest) / alias / kind)
              for kind, name in registry.names.by_kind().items()}
     embedding = EmbeddingBundle.load(paths["embedding"])
-    rankers = Rankers(RankerBundle.load(paths["ranker"]),
-                      RankerBundle.load(paths["fallback_ranker"], "fallback_ranker"))
+    rankers = Rankers.load(paths["ranker"], paths["fallback_ranker"])
     check_compatible(embedding, rankers.ranker)
     check_compatible(embedding, rankers.fallback)
     return embedding, rankers

@@ -172,6 +172,13 @@ def _train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Pat
 class Rankers:
     ranker: RankerBundle
     fallback: RankerBundle
+    ranker_int8: RankerBundle | None = None  # what CPU serving scores with, when there is one
+
+    @classmethod
+    def load(cls, ranker_dir: Path, fallback_dir: Path) -> Rankers:
+        int8 = RankerBundle.load(ranker_dir, int8=True)
+        return cls(RankerBundle.load(ranker_dir), RankerBundle.load(fallback_dir, "fallback_ranker"),
+                   int8 if int8.precision == "int8" else None)
 
 
 def train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config: RankerConfig,
@@ -212,8 +219,7 @@ def _train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config
                         embedding.fingerprint, meta)
     write_fallback_bundle(fallback_dir, fallback, scaler, fallback_config, sample,
                           embedding.fingerprint, meta)
-    rankers = Rankers(RankerBundle.load(ranker_dir),
-                      RankerBundle.load(fallback_dir, "fallback_ranker"))
+    rankers = Rankers.load(ranker_dir, fallback_dir)
     if log is not None:
         val = evaluate_models(data, embedding, rankers, eval_config, data.validation,
                               baselines=False)
@@ -269,7 +275,10 @@ def evaluate_models(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
     cutoffs = config.cutoffs
     size = min(config.candidates, data.catalog.size)
     results = {"retrieval": evaluate_scorer(users.retrieval, eval_set, cutoffs)}
-    for name, ranker in (("pipeline", rankers.ranker), ("fallback", rankers.fallback)):
+    scored = [("pipeline", rankers.ranker), ("fallback", rankers.fallback)]
+    if rankers.ranker_int8 is not None:  # the int8 ranker that CPU serving uses
+        scored.insert(1, ("pipeline_int8", rankers.ranker_int8))
+    for name, ranker in scored:
         results[name] = evaluate_scorer(users.reranked(ranker, size), eval_set, cutoffs)
     if baselines:
         results["popularity"] = evaluate_scorer(popularity_scorer(data.catalog.popularity),

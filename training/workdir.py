@@ -10,7 +10,7 @@ import mlflow
 import pandas as pd
 
 from recsys import artifacts
-from recsys.bundles import EmbeddingBundle, RankerBundle, check_compatible
+from recsys.bundles import EmbeddingBundle, check_compatible
 from recsys.errors import ArtifactError
 from registry import Registry
 from training.settings import TrainingSettings
@@ -118,8 +118,7 @@ def load_bundles(workdir: Path | str,
     """The embedding bundle and both rankers from `workdir`, checked to belong together."""
     workdir = Path(workdir)
     embedding = load_embedding(workdir, data)
-    rankers = Rankers(RankerBundle.load(_bundle_dir(workdir, "ranker")),
-                      RankerBundle.load(_bundle_dir(workdir, "fallback_ranker"), "fallback_ranker"))
+    rankers = Rankers.load(_bundle_dir(workdir, "ranker"), _bundle_dir(workdir, "fallback_ranker"))
     check_compatible(embedding, rankers.ranker)  # IncompatibleModelsError after a lone rerun of 01
     check_compatible(embedding, rankers.fallback)
     return embedding, rankers
