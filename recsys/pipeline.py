@@ -119,8 +119,9 @@ class Recommender:
 
     async def warmup(self, rounds: int = 3) -> None:
         """Run the full path (no cache) for a new user on every slot: loads lazy state (ONNX
-        arenas, FAISS) before /readyz says yes. Its stage timings and events are not reported:
-        the metrics describe served requests only."""
+        arenas, FAISS) before /readyz says yes. Its stage timings and the pipeline's own events
+        (exposures, candidates, fallbacks) are not reported: those metrics describe served
+        requests. Components report their own failures (a source or ranker error) as always."""
         telemetry, self.telemetry = self.telemetry, Telemetry()
         try:
             for slot in self.slots.values():

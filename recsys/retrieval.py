@@ -118,19 +118,19 @@ class Retriever:
         self.vectors = item_vectors
         self.timeout_s = timeout_s
         self.on_event = on_event or (lambda *a, **k: None)
-        threaded = sum(not getattr(s, "inline", False) for s in self.sources)
+        self.names = [getattr(s, "name", type(s).__name__) for s in self.sources]
+        self.threaded = [i for i, s in enumerate(self.sources) if not getattr(s, "inline", False)]
         # Own threads, not the loop's default executor: no context copy, no queueing behind
         # other to_thread users.
-        self.executor = None if threaded == 0 else ThreadPoolExecutor(
-            max_workers=threaded, thread_name_prefix="retrieval")
+        self.executor = None if not self.threaded else ThreadPoolExecutor(
+            max_workers=len(self.threaded), thread_name_prefix="retrieval")
 
     async def retrieve(self, query: RetrievalQuery) -> Candidates:
         loop = asyncio.get_running_loop()
-        names = [getattr(s, "name", type(s).__name__) for s in self.sources]
         results: list[IntArray | BaseException | None] = [None] * len(self.sources)
-        pending = {i: asyncio.wait_for(loop.run_in_executor(self.executor, source, query),
+        pending = {i: asyncio.wait_for(loop.run_in_executor(self.executor, self.sources[i], query),
                                        self.timeout_s)
-                   for i, source in enumerate(self.sources) if not getattr(source, "inline", False)}
+                   for i in self.threaded}
         gathered = asyncio.gather(*pending.values(), return_exceptions=True) if pending else None
         for i, source in enumerate(self.sources):
             if i not in pending:
@@ -143,7 +143,7 @@ class Retriever:
                 results[i] = result
         found: list[tuple[str, IntArray]] = []
         failed = []
-        for name, result in zip(names, results):
+        for name, result in zip(self.names, results):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
                     raise result

@@ -1,6 +1,7 @@
 """Writes model bundles: ONNX exports (checked for parity), FAISS index, catalogue, manifest."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,9 @@ def write_ranker_bundle(
     diff = export.check_parity(expected, export.onnx_outputs(path, {"features": sample_inputs}),
                                "ranker")
     int8 = export.quantize_ranker(path, directory / artifacts.RANKER_INT8)
-    int8_scores = export.onnx_outputs(int8, {"features": sample_inputs})
-    int8_diff = float(np.max(np.abs(expected - int8_scores))) if expected.size else 0.0
+    # Recorded, not enforced: quantisation moves scores by design (quality is evaluated instead).
+    int8_diff = export.check_parity(expected, export.onnx_outputs(int8, {"features": sample_inputs}),
+                                    "int8 ranker", tolerance=math.inf)
     return _finish(directory, "ranker", scaler, config, embedding_fingerprint,
                    {**metadata, "onnx_parity_max_abs_diff": diff,
                     "int8_max_abs_diff": round(int8_diff, 6)})

@@ -176,8 +176,9 @@ class Rankers:
 
     @classmethod
     def load(cls, ranker_dir: Path, fallback_dir: Path) -> Rankers:
-        int8 = RankerBundle.load(ranker_dir, int8=True)
-        return cls(RankerBundle.load(ranker_dir), RankerBundle.load(fallback_dir, "fallback_ranker"),
+        ranker = RankerBundle.load(ranker_dir)  # verifies every file, the int8 one included
+        int8 = RankerBundle.load(ranker_dir, int8=True, verify=False)
+        return cls(ranker, RankerBundle.load(fallback_dir, "fallback_ranker"),
                    int8 if int8.precision == "int8" else None)
 
 
