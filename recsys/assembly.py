@@ -80,7 +80,9 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
         AnnSource(embedding.index, settings.ann_candidates),
         PopularSource(embedding.catalog.popularity, settings.popular_candidates),
         ItemToItemSource(embedding.index, embedding.item_vectors, settings.item_to_item_seeds,
-                         settings.item_to_item_per_seed, item_query_nprobe(embedding.index)),
+                         settings.item_to_item_per_seed,
+                         item_query_nprobe(embedding.index,
+                                           embedding.manifest.metadata.get("index_item_nprobe"))),
     ]
     retriever = Retriever([_with_fault(s, s.name, faults) for s in sources], embedding.item_vectors,
                           settings.retrieval_timeout_ms / 1000, telemetry.event)

@@ -341,14 +341,47 @@ def tune_nprobe(index: ItemIndex, queries: FloatArray, *, k: int = 100,
     return cast(int, nprobe), recall
 
 
-def item_query_nprobe(index: ItemIndex) -> int | None:
-    """IVF probes for queries that are item vectors (item-to-item): the nprobe rule of
-    choose_index_spec for this nlist, measured with queries drawn from the indexed
-    distribution (as item vectors are), capped at the index's
-    own nprobe (raised for user vectors by ensure_recall). None for flat and HNSW indexes."""
+def item_query_nprobe(index: ItemIndex, tuned: int | None = None) -> int | None:
+    """IVF probes for queries that are item vectors (item-to-item): `tuned` when training
+    measured it (tune_item_nprobe, the manifest's `index_item_nprobe`), else the nprobe rule of
+    choose_index_spec for this nlist (measured with queries drawn from the indexed
+    distribution, as item vectors are); capped at the index's own nprobe (raised for user
+    vectors by ensure_recall). None for flat and HNSW indexes."""
     if index.kind != "ivf":
         return None
-    return min(index.nprobe, ivf_spec(index.n_items, nlist=index.nlist).nprobe)
+    probes = tuned if tuned is not None else ivf_spec(index.n_items, nlist=index.nlist).nprobe
+    return max(1, min(index.nprobe, int(probes)))
+
+
+ITEM_QUERY_K = 51  # item-to-item: the serving default of 50 neighbours per seed, plus the seed
+
+
+def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K,
+                     target_recall: float = 0.95) -> tuple[int, float] | None:
+    """The smallest power-of-two nprobe, at most the index's own, whose recall@k for item-vector
+    queries (the catalogue rows `seeds`, e.g. users' recent items, repeats kept so popular
+    seeds weigh as they do in serving) reaches the target; (nprobe, recall). The index's own
+    nprobe is left as it is. None for flat and HNSW indexes.
+
+    Item vectors sit in the lists they were clustered into, so they need far fewer probes than
+    user vectors: on the 8-epoch 100K benchmark model (nprobe 84 of 1,024 for users), seeds
+    drawn from the 300 most popular items reached recall@51 0.943 at 16 probes and 0.984 at 32,
+    and five seeds took 0.31 against 0.66 ms at 32 against 84 probes.
+    """
+    if index.kind != "ivf":
+        return None
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if seeds.ndim != 1 or seeds.size == 0 or seeds.min() < 1 or seeds.max() >= len(index.vectors):
+        raise ValueError(f"seeds must be a non-empty 1-D array of catalogue rows in "
+                         f"[1, {len(index.vectors) - 1}], got shape {seeds.shape}")
+    queries = np.ascontiguousarray(index.vectors[seeds])
+    truth = _exact_top_k(index.vectors, queries, k)
+    nprobe = 1
+    while True:
+        recall = _recall(index, truth, queries, nprobe=nprobe)
+        if recall >= target_recall or nprobe >= index.nprobe:
+            return nprobe, recall
+        nprobe = min(2 * nprobe, index.nprobe)
 
 
 def ensure_recall(index: ItemIndex, queries: FloatArray, *, k: int = 100,
@@ -385,8 +418,9 @@ def _exact_top_k(vectors: FloatArray, queries: FloatArray, k: int) -> IntArray:
     return rows + 1
 
 
-def _recall(index: ItemIndex, truth: IntArray, queries: FloatArray) -> float:
-    _, found = index.search(queries, truth.shape[1])
+def _recall(index: ItemIndex, truth: IntArray, queries: FloatArray,
+            nprobe: int | None = None) -> float:
+    _, found = index.search(queries, truth.shape[1], nprobe=nprobe)
     hits = sum(len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found))
     return hits / truth.size
 

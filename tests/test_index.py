@@ -20,6 +20,7 @@ from recsys.index import (
     load_index,
     recall_at_k,
     save_index,
+    tune_item_nprobe,
     tune_nprobe,
 )
 
@@ -135,6 +136,42 @@ def test_item_queries_probe_the_default_lists_and_keep_their_neighbours(
     flat_vectors, _ = small
     assert item_query_nprobe(ItemIndex(build_index(flat_vectors, use_gpu=False),
                                        flat_vectors)) is None
+
+
+def test_tune_item_nprobe_finds_the_fewest_probes_that_keep_item_neighbours(
+        ivf_data: tuple[np.ndarray, np.ndarray, faiss.Index],
+        small: tuple[np.ndarray, np.ndarray]) -> None:
+    vectors, _, raw = ivf_data
+    index = ItemIndex(faiss.clone_index(raw), vectors)
+    index.nprobe = 64
+    seeds = np.r_[np.arange(1, 301), np.arange(1, 51)]  # repeats kept: 1..50 weigh twice
+    tuned = tune_item_nprobe(index, seeds, k=51, target_recall=0.95)
+    assert tuned is not None
+    nprobe, recall = tuned
+    assert index.nprobe == 64  # measured per call, the index's own setting untouched
+    queries = vectors[seeds]
+    assert recall >= 0.95 and nprobe < 64 and nprobe & (nprobe - 1) == 0  # a power of two
+    truth = index.search(queries, 51, nprobe=index.nlist)[1]
+
+    def measured(probes: int) -> float:
+        found = index.search(queries, 51, nprobe=probes)[1]
+        return float(np.mean([len(np.intersect1d(t, f)) / 51 for t, f in zip(truth, found)]))
+
+    assert measured(nprobe) == pytest.approx(recall)
+    if nprobe > 1:
+        assert measured(nprobe // 2) < 0.95  # the smallest power of two that reaches it
+    # never above the index's own probes, even when the target is out of reach
+    assert tune_item_nprobe(index, seeds, k=51, target_recall=1.01) == (64, pytest.approx(
+        measured(64)))
+    # serving takes the tuned value, capped at the index's nprobe; None keeps the rule
+    assert item_query_nprobe(index, nprobe) == nprobe
+    assert item_query_nprobe(index, 10_000) == 64
+    assert item_query_nprobe(index, None) == min(64, ivf_spec(index.n_items, index.nlist).nprobe)
+    flat_vectors, _ = small
+    assert tune_item_nprobe(ItemIndex(build_index(flat_vectors, use_gpu=False), flat_vectors),
+                            np.arange(1, 10)) is None
+    with pytest.raises(ValueError, match="seeds must be"):
+        tune_item_nprobe(index, np.asarray([0, 5]))
 
 
 def test_ensure_recall_never_lowers_nprobe_and_leaves_flat_indexes_alone(

@@ -14,12 +14,20 @@ from sklearn.linear_model import LogisticRegression
 from recsys import artifacts
 from recsys.features import (
     DENSE_FEATURES,
+    PAD,
     FeatureScaler,
     ItemCatalog,
     UserAttributeEncoder,
     item_tower_feeds,
 )
-from recsys.index import ItemIndex, build_index, ensure_recall, save_index
+from recsys.index import (
+    ITEM_QUERY_K,
+    ItemIndex,
+    build_index,
+    ensure_recall,
+    save_index,
+    tune_item_nprobe,
+)
 from training import export
 from training.fallback import fallback_scores
 from training.ranker import DCNRanker, score
@@ -55,6 +63,9 @@ def write_embedding_bundle(
                       threads=faiss.omp_get_max_threads())
     queries = _recall_queries(model, sample_history, sample_attributes, user_histories)
     nprobe, recall = ensure_recall(index, queries, k=min(100, catalog.size))
+    seeds = _seed_rows(sample_history, user_histories)
+    item_probes = tune_item_nprobe(index, seeds, k=min(ITEM_QUERY_K, catalog.size)) \
+        if seeds.size else None
     save_index(index.index, directory / artifacts.ITEM_INDEX)
     artifacts.save_catalog(directory, catalog)
     artifacts.save_user_attributes(directory, encoder)
@@ -66,6 +77,9 @@ def write_embedding_bundle(
                                      "index_kind": index.kind,
                                      **({"index_nprobe": nprobe} if nprobe is not None else {}),
                                      "index_recall_at_100_on_users": round(recall, 4),
+                                     **({"index_item_nprobe": item_probes[0],
+                                         "index_item_recall": round(item_probes[1], 4)}
+                                        if item_probes is not None else {}),
                                      "dim": int(item_vectors.shape[1]),
                                      "n_items": int(catalog.size)})
 
@@ -79,6 +93,17 @@ def _recall_queries(model: TwoTowerModel, sample_history: np.ndarray,
         rows = np.linspace(0, len(users.user_ids) - 1, min(limit, len(users.user_ids))).astype(int)
         return encode_users(model, users.histories[rows], users.attributes[rows])
     return encode_users(model, sample_history[:limit], sample_attributes[:limit])
+
+
+def _seed_rows(sample_history: np.ndarray, users: artifacts.UserHistories | None,
+               per_user: int = 5, limit: int = 2000) -> np.ndarray:
+    """Item-to-item seeds as serving draws them: the last `per_user` items of each history
+    (served users', else the training samples'), up to `limit` spread over the pool, repeats
+    kept so that popular items weigh as they do in traffic."""
+    histories = users.histories if users is not None and len(users.user_ids) else sample_history
+    recent = np.asarray(histories)[:, -per_user:].reshape(-1)
+    pool = recent[recent != PAD]
+    return pool[np.linspace(0, pool.size - 1, min(limit, pool.size)).astype(int)].astype(np.int64)
 
 
 def write_ranker_bundle(
