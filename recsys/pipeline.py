@@ -21,7 +21,7 @@ from recsys.experiments import Router
 from recsys.features import PAD, Context, FeatureScaler, encode_history, user_ranker_inputs
 from recsys.history import HistoryStore
 from recsys.ranking import RankerChain
-from recsys.reranking import diversify, filter_candidates, primary_genre
+from recsys.reranking import filter_candidates, rerank
 from recsys.retrieval import Candidates, RetrievalQuery, Retriever
 from recsys.shadow import ScoredList, ShadowScorer
 
@@ -292,9 +292,9 @@ class Recommender:
             reasons.append(outcome.reason)
         self.telemetry.observe("ranking", time.perf_counter() - t)
         t = time.perf_counter()
-        order = diversify(outcome.scores, slot.embedding.item_vectors[ranked.items],
-                          primary_genre(slot.embedding.catalog, ranked.items), request.k,
-                          self.options.diversity, self.options.max_per_category)
+        order = rerank(outcome.scores, ranked.items, slot.embedding.item_vectors,
+                       slot.embedding.catalog, request.k, self.options.diversity,
+                       self.options.max_per_category)
         self.telemetry.observe("reranking", time.perf_counter() - t)
         for reason in reasons:
             self.telemetry.event("fallback", reason=reason.split(":")[0])

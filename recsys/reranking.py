@@ -18,11 +18,10 @@ def filter_candidates(candidates: Candidates, exclude: IntArray, catalog: ItemCa
     Genre arguments are column indices into catalog.genres; None means no filter.
     """
     keep = ~np.isin(candidates.items, exclude)
-    genres = catalog.genres[candidates.items]
     if include_genres is not None and include_genres.size:
-        keep &= genres[:, include_genres].any(axis=1)
+        keep &= catalog.genres[candidates.items][:, include_genres].any(axis=1)
     if exclude_genres is not None and exclude_genres.size:
-        keep &= ~genres[:, exclude_genres].any(axis=1)
+        keep &= ~catalog.genres[candidates.items][:, exclude_genres].any(axis=1)
     return candidates.select(keep)
 
 
@@ -30,6 +29,16 @@ def primary_genre(catalog: ItemCatalog, items: IntArray) -> IntArray:
     """Index of each item's first genre, -1 when it has none."""
     genres = catalog.genres[items] > 0
     return np.where(genres.any(axis=1), genres.argmax(axis=1), -1).astype(np.int64)
+
+
+def rerank(scores: FloatArray, items: IntArray, item_vectors: FloatArray, catalog: ItemCatalog,
+           k: int, diversity: float, max_per_category: int) -> IntArray:
+    """diversify for catalogue rows `items`: their vectors and categories are gathered only when
+    diversity or the category cap is on (by default both are off: a top-k by score)."""
+    if diversity == 0.0 and max_per_category == 0:
+        return diversify(scores, item_vectors[:0], np.zeros(0, dtype=np.int64), k, 0.0, 0)
+    return diversify(scores, item_vectors[items], primary_genre(catalog, items), k, diversity,
+                     max_per_category)
 
 
 def diversify(scores: FloatArray, vectors: FloatArray, categories: IntArray, k: int,

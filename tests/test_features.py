@@ -178,7 +178,7 @@ def test_dense_features_values_for_one_user(catalog: ItemCatalog) -> None:
     user = items[1:2]
     profile = user_profile(encode_history([1, 2], 4), catalog)  # action, then comedy
     candidates = np.array([1, 3, 4])
-    dense = dense_features(user, [profile], candidates, items, catalog,
+    dense = dense_features(user, profile, candidates, items, catalog,
                            context_features([Context(hour=6, device="mobile")]))
     assert dense.shape == (3, len(DENSE_FEATURES))
     column = {name: j for j, name in enumerate(DENSE_FEATURES)}
@@ -198,18 +198,33 @@ def test_dense_features_values_for_one_user(catalog: ItemCatalog) -> None:
     np.testing.assert_allclose(dense[:, column["hour_sin"]], 1.0, atol=1e-6)
 
 
-def test_dense_features_broadcast_one_user_like_repeated_rows(catalog: ItemCatalog) -> None:
+def test_dense_features_of_many_candidates_equal_those_of_each_alone(catalog: ItemCatalog) -> None:
     items = _vectors(5, 4)
-    user = _vectors(2, 4, seed=1)[1:]
+    user = _vectors(2, 4, seed=1)[1]
     profile = user_profile(encode_history([4, 3, 1], 5), catalog)
     context = context_features([Context(hour=21, device="tv")])
     candidates = np.array([1, 2, 3, 4, 2])
-    n = len(candidates)
-    one_user = dense_features(user, [profile], candidates, items, catalog, context)
-    repeated = dense_features(np.repeat(user, n, axis=0), [profile] * n, candidates, items,
-                              catalog, np.repeat(context, n, axis=0))
-    # one matrix product against a row-by-row loop: equal up to float32 rounding
-    np.testing.assert_allclose(one_user, repeated, rtol=1e-6, atol=1e-7)
+    together = dense_features(user, profile, candidates, items, catalog, context)
+    alone = np.vstack([dense_features(user, profile, candidates[i:i + 1], items, catalog, context)
+                       for i in range(len(candidates))])
+    # one matrix product against one per candidate: equal up to float32 rounding
+    np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-7)
+    # the caller's gathered candidate vectors give the same features
+    np.testing.assert_array_equal(
+        dense_features(user, profile, candidates, items, catalog, context, items[candidates]),
+        together)
+
+
+def test_dense_features_without_history_have_zero_recent_similarity(catalog: ItemCatalog) -> None:
+    items = _vectors(5, 4)
+    dense = dense_features(items[2], user_profile(encode_history([], 4), catalog),
+                           np.array([1, 2, 3]), items, catalog, context_features([Context()]))
+    column = {name: j for j, name in enumerate(DENSE_FEATURES)}
+    for name in ("recent_max_similarity", "recent_mean_similarity", "category_affinity",
+                 "category_recency", "history_length"):
+        np.testing.assert_array_equal(dense[:, column[name]], 0.0)
+    np.testing.assert_allclose(dense[:, column["similarity"]], items[[1, 2, 3]] @ items[2],
+                               rtol=1e-6)
 
 
 def test_feature_scaler_round_trips_through_json_and_never_divides_by_zero() -> None:
@@ -233,7 +248,7 @@ def test_user_ranker_inputs_equal_dense_features_plus_ranker_inputs(catalog: Ite
     history = encode_history([2, 4], 6)
     candidates = np.array([3, 1, 4])
     context = Context(hour=13, device="web")
-    dense = dense_features(user[None], [user_profile(history, catalog)], candidates, items, catalog,
+    dense = dense_features(user[None], user_profile(history, catalog), candidates, items, catalog,
                            context_features([context]))
     scaler = FeatureScaler(dense.mean(axis=0), np.full(len(DENSE_FEATURES), 2.0, np.float32))
     by_hand = np.concatenate([(dense - scaler.mean) / scaler.std, user[None] * items[candidates],

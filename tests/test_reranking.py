@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from recsys.features import ItemCatalog
-from recsys.reranking import diversify, filter_candidates, primary_genre
+from recsys.reranking import diversify, filter_candidates, primary_genre, rerank
 from recsys.retrieval import Candidates
 from tests.bundle_factory import GENRES, make_catalog
 
@@ -155,6 +155,18 @@ def test_k_larger_than_candidates_returns_each_candidate_once(diversity: float, 
     order = diversify(scores, vectors, np.arange(4, dtype=np.int64), 50, diversity, cap)
     assert sorted(order.tolist()) == [0, 1, 2, 3]
     assert order[0] == 1
+
+
+@pytest.mark.parametrize("diversity, cap", [(0.0, 0), (0.4, 0), (0.0, 1), (0.4, 2)])
+def test_rerank_of_catalogue_rows_equals_diversify_on_their_vectors_and_genres(
+        catalog: ItemCatalog, diversity: float, cap: int) -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.permutation(np.arange(1, N_ITEMS + 1))[:12].astype(np.int64)
+    vectors = rng.standard_normal((N_ITEMS + 1, 4)).astype(np.float32)
+    scores = rng.random(len(rows)).astype(np.float32)
+    expected = diversify(scores, vectors[rows], primary_genre(catalog, rows), 6, diversity, cap)
+    np.testing.assert_array_equal(rerank(scores, rows, vectors, catalog, 6, diversity, cap),
+                                  expected)
 
 
 def test_no_candidates_gives_an_empty_order() -> None:

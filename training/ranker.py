@@ -119,7 +119,7 @@ def build_queries(
     for q in tqdm(range(len(candidates)), desc="ranking features", leave=False):
         profile = user_profile(history[q], catalog)
         context = context_features([Context(hour=hours[q])])
-        dense[q] = dense_features(users[q:q + 1], [profile], candidates[q], item_vectors, catalog, context)
+        dense[q] = dense_features(users[q], profile, candidates[q], item_vectors, catalog, context)
     return RankingQueries(dense, candidates, users)
 
 
