@@ -18,7 +18,15 @@ with bentoml.importing():
     from recsys.errors import CacheError, RankingError, RecsysError
     from recsys.heap import freeze_startup_heap
     from recsys.pipeline import InvalidRequestError, RecommendRequest
-    from recsys.schemas import EventType, Filters, ItemId, LimitError, RequestContext, check_limits
+    from recsys.schemas import (
+        EventType,
+        Filters,
+        ItemId,
+        LimitError,
+        RecommendResponse,
+        RequestContext,
+        check_limits,
+    )
     from recsys.settings import ServingSettings
     from recsys.telemetry import PrometheusTelemetry
 
@@ -144,20 +152,23 @@ class RecommenderApi:
     def __is_ready__(self) -> bool:
         return self.ready
 
-    @bentoml.api
+    # The answer is encoded here, not by BentoML: its path for a dict (validate, dump, dump to
+    # JSON, and a JSON schema built per response for the media type) took 171 µs a response
+    # against 18 µs for JSONResponse, side by side in one process. RecommendResponse documents it.
+    @bentoml.api(output_spec=RecommendResponse)
     async def recommend(
         self, user_id: Annotated[str, Field(min_length=1, max_length=200)],
         k: Annotated[int, Field(gt=0)] = 10, recent_item_ids: list[ItemId] = [],  # noqa: B006
         context: RequestContext = RequestContext(), filters: Filters = Filters(),  # noqa: B008
         exclude_item_ids: list[ItemId] = [],  # noqa: B006  (BentoML reads defaults as schema)
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         with _client_errors():
             check_limits(SETTINGS.max_k, SETTINGS.max_list_items, k, recent_item_ids=recent_item_ids,
                          exclude_item_ids=exclude_item_ids)
-            return await self.runtime.recommender.recommend(RecommendRequest(
+            return JSONResponse(await self.runtime.recommender.recommend(RecommendRequest(
                 user_id, k, tuple(recent_item_ids), context.to_context(),
                 tuple(filters.include_categories), tuple(filters.exclude_categories),
-                tuple(exclude_item_ids)))
+                tuple(exclude_item_ids))))
 
     @bentoml.api
     async def similar_items(self, item_id: ItemId, k: Annotated[int, Field(gt=0)] = 10) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""HTTP request models (the only pydantic models in the runtime package) and their limits."""
+"""HTTP request and response models (the only pydantic models in the runtime package) and
+the request limits."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -29,6 +30,36 @@ class Filters(BaseModel):
 
 
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+
+
+class RecommendedItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    title: str
+    score: float = Field(description="the ranker's score (the fallback ranker's when degraded)")
+    rank: int = Field(ge=1)
+    sources: list[str] = Field(description="retrieval sources that proposed the item")
+
+
+class RecommendResponse(BaseModel):
+    """What POST /recommend answers. The service encodes the pipeline's dict itself (see
+    service.py); this model documents it in the OpenAPI schema and the tests hold every
+    response to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str
+    items: list[RecommendedItem]
+    model_versions: dict[str, str] = Field(description="model kind -> BentoML tag that served")
+    ranker: Literal["ranker", "fallback", "retrieval"] = Field(
+        description="what ordered the items: the ranker, the fallback ranker or retrieval")
+    degraded: bool
+    degraded_reasons: list[str]
+    variant: str = Field(description="experiment variant the user is routed to")
+    cache: Literal["none", "l1", "l2", "miss"]
+    request_id: str
+    latency_ms: float = Field(description="server-side time in the pipeline")
 
 
 class LimitError(ValueError):

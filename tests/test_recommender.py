@@ -20,6 +20,7 @@ from recsys.errors import CacheError
 from recsys.features import Context
 from recsys.local_redis import LocalRedis
 from recsys.pipeline import InvalidRequestError, Recommender, RecommendRequest, Telemetry
+from recsys.schemas import RecommendResponse
 from recsys.settings import ServingSettings
 from recsys.shadow_sinks import read_shadow_log
 from tests.fixtures_models import TrainedModels
@@ -66,7 +67,10 @@ def serve(config: ServingSettings, refs: list[ModelRefs],
 
 async def recommend(runtime: Runtime, user: str = USER, k: int = K,
                     **fields: Any) -> dict[str, Any]:
-    return await runtime.recommender.recommend(RecommendRequest(user, k, **fields))
+    result = await runtime.recommender.recommend(RecommendRequest(user, k, **fields))
+    # every answer, degraded ones included, holds to the documented HTTP contract
+    RecommendResponse.model_validate(result)
+    return result
 
 
 def ids(result: dict[str, Any]) -> list[str]:

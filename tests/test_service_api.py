@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from recsys.schemas import RecommendResponse
 from tests.fixtures_models import TrainedModels
 from tests.serving_process import (
     RELAXED_LATENCY,
@@ -72,6 +73,8 @@ def _user(tag: str) -> str:
 def _recommend(http: httpx.Client, **body: Any) -> dict[str, Any]:
     response = http.post("/recommend", json=body)
     assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    RecommendResponse.model_validate(response.json())  # every answer, to the documented contract
     return response.json()
 
 
@@ -123,6 +126,16 @@ def test_recommend_response_fields(http: httpx.Client, champion_tags: dict[str, 
     assert body["cache"] == "miss"
     assert isinstance(body["latency_ms"], float) and 0 < body["latency_ms"] < 10_000
     assert len(body["request_id"]) == 32
+
+
+def test_the_openapi_schema_documents_the_recommend_response(http: httpx.Client) -> None:
+    """The service encodes /recommend's JSON itself; the schema still says what it holds."""
+    spec = http.get("/docs.json").json()
+    ok = spec["paths"]["/recommend"]["post"]["responses"]["200"]["content"]["application/json"]
+    schema = ok["schema"]
+    assert set(schema["required"]) == set(RecommendResponse.model_fields)
+    assert schema["properties"]["cache"]["enum"] == ["none", "l1", "l2", "miss"]
+    assert "RecommendedItem" in spec["components"]["schemas"]
 
 
 def test_unknown_user_is_a_cold_start_not_an_error(http: httpx.Client) -> None:
