@@ -201,7 +201,8 @@ def dense_features(
 
     Written for one request's 1,000 candidates: one matrix product gives the user and
     recent-item similarities, and reductions run along contiguous rows (a max over a
-    [1000, 5] array's short axis cost more than the product). 316 → 160 µs a call.
+    [1000, 5] array's short axis cost more than the product): 316 → 134 µs a call for 1,000
+    candidates of the 100K benchmark model, side by side.
     """
     cand_vecs = item_vectors[candidates] if cand_vecs is None else cand_vecs
     cand_genres = catalog.genres[candidates]

@@ -143,6 +143,8 @@ class Recommender:
 
     @staticmethod
     def rows(slot: ModelSlot, item_ids: tuple[str, ...], field_name: str) -> IntArray:
+        if not item_ids:  # most requests: no recent or excluded items
+            return np.zeros(0, dtype=np.int64)
         unknown = [i for i in item_ids if i not in slot.item_rows]
         if unknown:
             shown = ", ".join(repr(i) for i in unknown[:5])
