@@ -66,6 +66,20 @@ def _with_fault(source: Callable[[RetrievalQuery], np.ndarray], name: str,
     return faulty
 
 
+def candidate_sources(embedding: EmbeddingBundle, settings: ServingSettings,
+                      ) -> list[AnnSource | PopularSource | ItemToItemSource]:
+    """The retrieval sources of one embedding bundle: ANN, popular, item-to-item (with the IVF
+    probes training measured for item queries, when the manifest has them)."""
+    return [
+        AnnSource(embedding.index, settings.ann_candidates),
+        PopularSource(embedding.catalog.popularity, settings.popular_candidates),
+        ItemToItemSource(embedding.index, embedding.item_vectors, settings.item_to_item_seeds,
+                         settings.item_to_item_per_seed,
+                         item_query_nprobe(embedding.index,
+                                           embedding.manifest.metadata.get("index_item_nprobe"))),
+    ]
+
+
 def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry, faults: Faults,
                remote_ranker: AsyncScorer | None = None,
                remote_tower: AsyncTower | None = None) -> ModelSlot:
@@ -76,15 +90,8 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
     fallback = RankerBundle.load(refs.paths["fallback_ranker"], "fallback_ranker", threads=1)
     check_compatible(embedding, ranker)
     check_compatible(embedding, fallback)
-    sources = [
-        AnnSource(embedding.index, settings.ann_candidates),
-        PopularSource(embedding.catalog.popularity, settings.popular_candidates),
-        ItemToItemSource(embedding.index, embedding.item_vectors, settings.item_to_item_seeds,
-                         settings.item_to_item_per_seed,
-                         item_query_nprobe(embedding.index,
-                                           embedding.manifest.metadata.get("index_item_nprobe"))),
-    ]
-    retriever = Retriever([_with_fault(s, s.name, faults) for s in sources], embedding.item_vectors,
+    retriever = Retriever([_with_fault(s, s.name, faults) for s in candidate_sources(
+                              embedding, settings)], embedding.item_vectors,
                           settings.retrieval_timeout_ms / 1000, telemetry.event)
 
     async def local_ranker(features: np.ndarray) -> np.ndarray:

@@ -71,3 +71,40 @@ def test_cpu_serving_loads_the_int8_ranker_and_older_bundles_stay_fp32(
     older = make_ranker_bundle(tmp_path / "older", "embedding")  # no int8 file
     assert RankerBundle.load(tmp_path / "older", int8=True).precision == "fp32"
     assert older.kind == "ranker"
+
+
+def test_an_ivf_embedding_records_its_item_query_probes_and_serving_searches_with_them(
+        tmp_path: Path) -> None:
+    """Training measures how few IVF probes item-to-item queries need (tune_item_nprobe on the
+    users' recent items) and the served item-to-item source uses that number."""
+    from recsys.assembly import candidate_sources
+    from recsys.index import ivf_spec
+    from recsys.retrieval import ItemToItemSource
+    from recsys.settings import ServingSettings
+    from training.bundles import write_embedding_bundle
+    from training.config import TwoTowerConfig
+    from training.data import SyntheticConfig, generate_synthetic
+    from training.steps import prepare_data
+    from training.two_tower import build_model, encode_items
+
+    config = TwoTowerConfig(dim=16, hidden=32, epochs=1, history_len=8)
+    data = prepare_data(generate_synthetic(SyntheticConfig(n_users=200, n_items=2000)), config)
+    model = build_model(data.catalog, data.attributes.cardinalities(), config)
+    rng = np.random.default_rng(0)
+    history = rng.integers(1, data.catalog.size + 1, (64, config.history_len))
+    attributes = np.zeros((64, len(data.attributes.cardinalities())), dtype=np.int64)
+    manifest = write_embedding_bundle(
+        tmp_path / "embedding", model, data.catalog, data.attributes,
+        encode_items(model, data.catalog), history, attributes, {},
+        index_spec=ivf_spec(data.catalog.size, nlist=32))
+
+    meta = manifest.metadata
+    assert meta["index_kind"] == "ivf"
+    assert 1 <= meta["index_item_nprobe"] <= meta["index_nprobe"]
+    assert meta["index_item_recall"] >= 0.95 or meta["index_item_nprobe"] == meta["index_nprobe"]
+    settings = ServingSettings(models_file=tmp_path / "unused.json", redis_url=None)
+    sources = candidate_sources(EmbeddingBundle.load(tmp_path / "embedding"), settings)
+    (item_to_item,) = [s for s in sources if isinstance(s, ItemToItemSource)]
+    assert item_to_item.nprobe == meta["index_item_nprobe"]
+    # the tuned number, not the default rule's (which scans every list of this small index)
+    assert item_to_item.nprobe < ivf_spec(data.catalog.size, nlist=32).nprobe

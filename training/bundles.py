@@ -22,6 +22,7 @@ from recsys.features import (
 )
 from recsys.index import (
     ITEM_QUERY_K,
+    IndexSpec,
     ItemIndex,
     build_index,
     ensure_recall,
@@ -38,8 +39,10 @@ def write_embedding_bundle(
     directory: Path, model: TwoTowerModel, catalog: ItemCatalog, encoder: UserAttributeEncoder,
     item_vectors: np.ndarray, sample_history: np.ndarray, sample_attributes: np.ndarray,
     metadata: dict[str, Any], user_histories: artifacts.UserHistories | None = None,
+    index_spec: IndexSpec | None = None,
 ) -> artifacts.Manifest:
-    """Export both towers, check ONNX parity on real samples, build the index, write the manifest."""
+    """Export both towers, check ONNX parity on real samples, build the index (`index_spec`, by
+    default choose_index_spec for the catalogue), write the manifest."""
     directory.mkdir(parents=True, exist_ok=True)
     export.export_user_tower(model, directory / artifacts.USER_TOWER)
     export.export_item_tower(model, catalog.genres.shape[1], directory / artifacts.ITEM_TOWER)
@@ -59,7 +62,7 @@ def write_embedding_bundle(
         expected, export.onnx_outputs(directory / artifacts.ITEM_TOWER, feeds), "item tower")
     np.save(directory / artifacts.ITEM_VECTORS, item_vectors)
     # ItemIndex sets faiss's process-wide thread count: keep training's, not serving's 1.
-    index = ItemIndex(build_index(item_vectors, use_gpu=False), item_vectors,
+    index = ItemIndex(build_index(item_vectors, index_spec, use_gpu=False), item_vectors,
                       threads=faiss.omp_get_max_threads())
     queries = _recall_queries(model, sample_history, sample_attributes, user_histories)
     nprobe, recall = ensure_recall(index, queries, k=min(100, catalog.size))
