@@ -80,7 +80,8 @@ def peak(curve: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b else None
+    """a / b to 4 places: with 3, a ratio of 0.89991 read as 0.9 and passed a >= 0.9 target."""
+    return round(a / b, 4) if a is not None and b else None
 
 
 def peer_ratios(curves: dict[str, dict[int, dict[str, Any]]], inprocess: dict[str, Any],

@@ -165,7 +165,8 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
     lines += ["## Targets", "", "| target | measured | limit | pass |", "|---|---|---|---|"]
     for c in derived["checks"]:
         passed = {True: "yes", False: "**no**", None: "not measured"}[c["passed"]]
-        lines.append(f"| {c['target']} | {_fmt(c['value'], 3)} {c['unit']} | {c['op']} "
+        digits = 4 if c["unit"] == "x" else 3  # ratios at the precision they are checked at
+        lines.append(f"| {c['target']} | {_fmt(c['value'], digits)} {c['unit']} | {c['op']} "
                      f"{c['limit']:g} {c['unit']} | {passed} |")
     lines += ["", "## Bottlenecks and caveats seen in this run", ""]
     lines += [f"- {n}" for n in derived["notes"]] or ["- none flagged"]

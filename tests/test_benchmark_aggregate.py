@@ -37,7 +37,17 @@ def test_ratios_compare_each_target_at_its_own_best_point_within_the_slo() -> No
     assert ratios["at_slo"]["miss_over_naive"] == 0.8  # 260 at c=8 against 325 at c=1
     assert ratios["at_slo"]["miss_over_one_worker"] == 2.0
     assert ratios["at_slo"]["hit_over_noop"] == 0.9
-    assert ratios["by_concurrency"][8]["miss_over_naive"] == round(260 / 230, 3)
+    assert ratios["by_concurrency"][8]["miss_over_naive"] == round(260 / 230, 4)
+
+
+def test_a_ratio_just_under_a_target_fails_it() -> None:
+    """2182.4 / 2425.2 = 0.89991: rounded to 3 places it read 0.9 and passed the 0.9 target."""
+    runs = [run("service-hit", 8, 2182.4, 20.0), run("noop", 8, 2425.2, 15.0)]
+    ratios = peer_ratios(points(runs), {"runs": []}, 100.0)
+    assert ratios["at_slo"]["hit_over_noop"] == 0.8999
+    checks = {c["target"]: c for c in target_checks({}, ratios, {}, 100_000, 100.0, 1000)}
+    hit = next(c for name, c in checks.items() if name.startswith("cache-hit"))
+    assert hit["passed"] is False
 
 
 def test_the_1m_memory_check_sums_every_service_process_of_a_topology() -> None:
