@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from cachetools import LRUCache
 
 from recsys.bundles import EmbeddingBundle
 from recsys.cache import ResultCache, make_key
@@ -27,6 +28,7 @@ from recsys.shadow import ScoredList, ShadowScorer
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
+RESULT_KEYS_KEPT = 10_000
 UserTower = Callable[[IntArray, IntArray], Awaitable[FloatArray]]  # [1,H],[1,A] -> [1,D]
 
 
@@ -88,6 +90,9 @@ class ModelSlot:
     item_rows: dict[str, int] = field(default_factory=dict)
     genre_index: dict[str, int] = field(default_factory=dict)
     user_rows: dict[str, int] = field(default_factory=dict)
+    # request -> its result cache key: a repeat (every cache hit) skips hashing the request.
+    result_keys: LRUCache[RecommendRequest, str] = field(
+        default_factory=lambda: LRUCache(maxsize=RESULT_KEYS_KEPT))
 
     def __post_init__(self) -> None:
         self.item_rows = self.embedding.catalog.index_lookup()
@@ -185,6 +190,13 @@ class Recommender:
 
     # ---- POST /recommend ------------------------------------------------------------------
     async def recommend(self, request: RecommendRequest) -> dict[str, Any]:
+        result, fields = await self.respond(request)
+        return {**result, **fields}
+
+    async def respond(self, request: RecommendRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(result, this request's own fields): the result is the cached object itself (the same
+        dict on every L1 hit: never modify it), the fields are variant, cache level, request id
+        and latency. recommend() merges them; the service encodes them (ResponseEncoder)."""
         start = time.perf_counter()
         request_id = uuid.uuid4().hex
         variant, slot = self.slot_for(request.user_id)
@@ -213,8 +225,8 @@ class Recommender:
                 self.shadow.should_shadow(request_id):
             await self._submit_shadow(request_id, request, result, latency_ms,
                                       (recent, excluded, include, exclude))
-        return {**result, "variant": variant, "cache": level, "request_id": request_id,
-                "latency_ms": latency_ms}
+        return result, {"variant": variant, "cache": level, "request_id": request_id,
+                        "latency_ms": latency_ms}
 
     def _result_ttl(self, result: dict[str, Any]) -> float | None:
         return self.options.degraded_ttl_s if result["degraded"] else None
@@ -235,7 +247,13 @@ class Recommender:
 
     @staticmethod
     def cache_key(slot: ModelSlot, request: RecommendRequest) -> str:
-        return make_key("results", slot.versions, request.cache_fields())
+        """make_key of the request, computed once per distinct request and slot (the request is a
+        frozen dataclass; its hash is a small part of make_key's JSON and blake2b)."""
+        key = slot.result_keys.get(request)
+        if key is None:
+            key = slot.result_keys[request] = make_key("results", slot.versions,
+                                                       request.cache_fields())
+        return key
 
     async def resilient_user_vector(self, slot: ModelSlot, history: IntArray, attributes: IntArray,
                                     reasons: list[str]) -> FloatArray:

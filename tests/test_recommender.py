@@ -16,6 +16,7 @@ import redis
 
 from recsys.assembly import ModelRefs, Runtime, build_runtime
 from recsys.bundles import EmbeddingBundle
+from recsys.cache import make_key
 from recsys.errors import CacheError
 from recsys.features import Context
 from recsys.local_redis import LocalRedis
@@ -132,6 +133,26 @@ def test_recommend_serves_k_ranked_items_then_caches(redis_url: str, refs: list[
     # Another worker (a second runtime) on the same Redis is served from L2.
     third = serve(settings(redis_url), refs, recommend)
     assert third["cache"] == "l2" and ids(third) == ids(first)
+
+
+def test_a_hit_answers_with_the_cached_result_itself_and_a_memoised_key(
+        redis_url: str, refs: list[ModelRefs]) -> None:
+    """What the service's response encoder and the hit path rely on."""
+    request = RecommendRequest(USER, K, exclude_items=())
+
+    async def scenario(runtime: Runtime) -> tuple[Any, ...]:
+        recommender = runtime.recommender
+        slot = recommender.slots["champion"]
+        first = await recommender.respond(request)
+        second = await recommender.respond(RecommendRequest(USER, K))  # equal, not identical
+        return first, second, recommender.cache_key(slot, request), slot
+
+    (result, fields), (again, again_fields), key, slot = serve(settings(redis_url), refs, scenario)
+    assert again is result  # the same object: never modified, so its JSON can be kept
+    assert (fields["cache"], again_fields["cache"]) == ("miss", "l1")
+    assert not set(result) & set(fields)
+    assert key == make_key("results", slot.versions, request.cache_fields())
+    assert list(slot.result_keys.items()) == [(request, key)]  # computed once for both
 
 
 def test_new_event_invalidates_cache_and_excludes_the_item(redis_url: str,

@@ -1,0 +1,37 @@
+"""JSON bodies of /recommend answers: each cached result is encoded once, not once per hit.
+
+A cache hit returns the very result object the miss stored, so its JSON can be kept with it; an
+answer is that JSON with this request's own fields (variant, cache level, request id, latency)
+appended. The bytes are the ones starlette's JSONResponse would send for the merged dict.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cachetools import LRUCache
+
+
+def dumps(value: dict[str, Any]) -> bytes:
+    """As starlette's JSONResponse renders: compact, UTF-8, NaN refused."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":")).encode("utf-8")
+
+
+class ResponseEncoder:
+    def __init__(self, kept: int = 10_000) -> None:
+        if kept < 1:
+            raise ValueError(f"kept must be >= 1, got {kept}")
+        # id(result) -> (result, its JSON). The entry holds the result, so while it is kept no
+        # other object can have its id; `is` still guards against a reused id after eviction.
+        self._encoded: LRUCache[int, tuple[dict[str, Any], bytes]] = LRUCache(maxsize=kept)
+
+    def encode(self, result: dict[str, Any], fields: dict[str, Any]) -> bytes:
+        """dumps({**result, **fields}); `result` must not change once encoded (cached results
+        never do) and `fields` must not repeat its keys."""
+        if not result or not fields:
+            return dumps({**result, **fields})
+        entry = self._encoded.get(id(result))
+        if entry is None or entry[0] is not result:
+            entry = self._encoded[id(result)] = (result, dumps(result))
+        return entry[1][:-1] + b"," + dumps(fields)[1:]

@@ -1,0 +1,53 @@
+"""ResponseEncoder: the bytes JSONResponse would send, with each cached result encoded once."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.responses import JSONResponse
+
+from recsys.responses import ResponseEncoder
+
+
+def result(user: str = "u1", title: str = "Amélie (2001)") -> dict[str, Any]:
+    return {"user_id": user, "items": [{"item_id": "i7", "title": title, "score": 0.25, "rank": 1,
+                                        "sources": ["ann", "item2item"]}],
+            "model_versions": {"embedding": "recsys-embedding:v1"}, "ranker": "ranker",
+            "degraded": False, "degraded_reasons": []}
+
+
+def fields(cache: str = "miss", latency_ms: float = 4.2) -> dict[str, Any]:
+    return {"variant": "control", "cache": cache, "request_id": "ab" * 16,
+            "latency_ms": latency_ms}
+
+
+@pytest.mark.parametrize("title", ["Amélie (2001)", 'Say "Hi" \\ 東京', ""])
+def test_the_body_is_what_jsonresponse_sends_for_the_merged_dict(title: str) -> None:
+    stored, own = result(title=title), fields()
+    assert ResponseEncoder().encode(stored, own) == JSONResponse({**stored, **own}).body
+
+
+def test_a_cached_result_is_encoded_once_and_each_answer_gets_its_own_fields() -> None:
+    encoder, stored = ResponseEncoder(), result()
+    first = encoder.encode(stored, fields("miss", 4.2))
+    assert len(encoder._encoded) == 1
+    second = encoder.encode(stored, fields("l1", 0.07))
+    assert len(encoder._encoded) == 1  # the same object: its JSON was reused
+    assert first != second and second == JSONResponse({**stored, **fields("l1", 0.07)}).body
+
+
+def test_an_equal_result_that_is_another_object_is_encoded_for_itself() -> None:
+    encoder = ResponseEncoder(kept=1)
+    one, two = result("u1"), result("u2")
+    assert encoder.encode(one, fields()) == JSONResponse({**one, **fields()}).body
+    assert encoder.encode(two, fields()) == JSONResponse({**two, **fields()}).body  # evicts one
+    assert encoder.encode(one, fields()) == JSONResponse({**one, **fields()}).body
+
+
+def test_empty_parts_and_bad_sizes() -> None:
+    assert ResponseEncoder().encode({}, fields()) == JSONResponse(fields()).body
+    assert ResponseEncoder().encode(result(), {}) == JSONResponse(result()).body
+    with pytest.raises(ValueError, match="kept must be >= 1, got 0"):
+        ResponseEncoder(kept=0)
+    with pytest.raises(ValueError):  # NaN is refused, as JSONResponse refuses it
+        ResponseEncoder().encode({**result(), "latency": float("nan")}, fields())
