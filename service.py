@@ -121,7 +121,7 @@ class RecommenderApi:
             rankers = {a: self._remote_ranker(a) for a in MODEL_TAGS}
             towers = {a: self._remote_tower(a) for a in MODEL_TAGS}
         self.runtime = build_runtime(SETTINGS, refs, PrometheusTelemetry(), rankers, towers)
-        self.responses = ResponseEncoder(SETTINGS.l1_max_items)
+        self.responses = ResponseEncoder()
         self.ready = False
 
     def _remote_ranker(self, alias: str):
@@ -172,7 +172,8 @@ class RecommenderApi:
                 user_id, k, tuple(recent_item_ids), context.to_context(),
                 tuple(filters.include_categories), tuple(filters.exclude_categories),
                 tuple(exclude_item_ids)))
-            return Response(self.responses.encode(result, fields), media_type="application/json")
+            body = self.responses.encode(result, fields, cached=fields["cache"] in ("l1", "l2"))
+            return Response(body, media_type="application/json")
 
     @bentoml.api
     async def similar_items(self, item_id: ItemId, k: Annotated[int, Field(gt=0)] = 10) -> dict[str, Any]:

@@ -19,19 +19,26 @@ def dumps(value: dict[str, Any]) -> bytes:
 
 
 class ResponseEncoder:
-    def __init__(self, kept: int = 10_000) -> None:
+    """`kept` results' JSON is kept, least recently served dropped first. Only results served
+    from the cache are kept: a miss's result may never be asked for again (or, degraded with a
+    TTL of 0, never be cached), and keeping it would hold it past its cache life."""
+
+    def __init__(self, kept: int = 1024) -> None:
         if kept < 1:
             raise ValueError(f"kept must be >= 1, got {kept}")
         # id(result) -> (result, its JSON). The entry holds the result, so while it is kept no
         # other object can have its id; `is` still guards against a reused id after eviction.
         self._encoded: LRUCache[int, tuple[dict[str, Any], bytes]] = LRUCache(maxsize=kept)
 
-    def encode(self, result: dict[str, Any], fields: dict[str, Any]) -> bytes:
-        """dumps({**result, **fields}); `result` must not change once encoded (cached results
-        never do) and `fields` must not repeat its keys."""
+    def encode(self, result: dict[str, Any], fields: dict[str, Any], *, cached: bool) -> bytes:
+        """dumps({**result, **fields}); `cached`: the result came from the cache (keep its JSON).
+        `result` must not change once encoded (cached results never do) and `fields` must not
+        repeat its keys."""
         if not result or not fields:
             return dumps({**result, **fields})
         entry = self._encoded.get(id(result))
         if entry is None or entry[0] is not result:
-            entry = self._encoded[id(result)] = (result, dumps(result))
+            entry = (result, dumps(result))
+            if cached:
+                self._encoded[id(result)] = entry
         return entry[1][:-1] + b"," + dumps(fields)[1:]
