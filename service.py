@@ -56,17 +56,21 @@ def _path(service: object, alias: str, kind: str) -> Path:
     return Path(model.path)
 
 
-class RankerModel:
+class _ModelService:
+    """What both model services do at start-up (BentoML finds hooks on base classes too)."""
+
+    @bentoml.on_startup
+    def settle(self) -> None:
+        freeze_startup_heap()
+
+
+class RankerModel(_ModelService):
     """Batched ranker scoring, one API per alias (features [N, F] -> scores [N])."""
 
     def __init__(self) -> None:
         self.rankers = {a: RankerBundle.load(_path(self, a, "ranker"), threads=SETTINGS.onnx_threads,
                                              int8=SETTINGS.ranker_int8,
                                              prefer_gpu=bool(SETTINGS.gpu)) for a in MODEL_TAGS}
-
-    @bentoml.on_startup
-    def settle(self) -> None:
-        freeze_startup_heap()
 
     @bentoml.api(**BATCHING)
     def score_champion(self, features: np.ndarray) -> np.ndarray:
@@ -77,17 +81,13 @@ class RankerModel:
         return self.rankers.get("challenger", self.rankers["champion"]).score(features)
 
 
-class UserTowerModel:
+class UserTowerModel(_ModelService):
     """Batched user tower ([B, H + A] int64: history then attributes -> [B, D])."""
 
     def __init__(self) -> None:
         self.towers = {a: UserTowerBundle.load(_path(self, a, "embedding"),
                                                prefer_gpu=bool(SETTINGS.gpu))
                        for a in MODEL_TAGS}
-
-    @bentoml.on_startup
-    def settle(self) -> None:
-        freeze_startup_heap()
 
     def _encode(self, alias: str, packed: np.ndarray) -> np.ndarray:
         bundle = self.towers.get(alias, self.towers["champion"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -376,12 +377,8 @@ def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K
                          f"[1, {len(index.vectors) - 1}], got shape {seeds.shape}")
     queries = np.ascontiguousarray(index.vectors[seeds])
     truth = _exact_top_k(index.vectors, queries, k)
-    nprobe = 1
-    while True:
-        recall = _recall(index, truth, queries, nprobe=nprobe)
-        if recall >= target_recall or nprobe >= index.nprobe:
-            return nprobe, recall
-        nprobe = min(2 * nprobe, index.nprobe)
+    return _double_probes(lambda nprobe: _recall(index, truth, queries, nprobe=nprobe),
+                          1, index.nprobe, target_recall)
 
 
 def ensure_recall(index: ItemIndex, queries: FloatArray, *, k: int = 100,
@@ -402,10 +399,24 @@ def ensure_recall(index: ItemIndex, queries: FloatArray, *, k: int = 100,
     recall = _recall(index, truth, queries)
     if index.kind != "ivf":
         return None, recall
-    while recall < target_recall and index.nprobe < index.nlist:
-        index.nprobe = min(2 * index.nprobe, index.nlist)
-        recall = _recall(index, truth, queries)
-    return index.nprobe, recall
+
+    def measure(nprobe: int) -> float:
+        index.nprobe = nprobe
+        return _recall(index, truth, queries)
+
+    return _double_probes(measure, index.nprobe, index.nlist, target_recall, recall)
+
+
+def _double_probes(measure: Callable[[int], float], start: int, cap: int, target: float,
+                   recall: float | None = None) -> tuple[int, float]:
+    """Double nprobe from `start` (recall there already known, or measured) until `measure`
+    reaches the target or nprobe reaches `cap`; (nprobe, recall)."""
+    nprobe = start
+    recall = measure(nprobe) if recall is None else recall
+    while recall < target and nprobe < cap:
+        nprobe = min(2 * nprobe, cap)
+        recall = measure(nprobe)
+    return nprobe, recall
 
 
 def _exact_top_k(vectors: FloatArray, queries: FloatArray, k: int) -> IntArray:

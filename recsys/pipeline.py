@@ -127,15 +127,12 @@ class Recommender:
         arenas, FAISS) before /readyz says yes. Its stage timings and the pipeline's own events
         (exposures, candidates, fallbacks) are not reported: those metrics describe served
         requests. Components report their own failures (a source or ranker error) as always."""
-        telemetry, self.telemetry = self.telemetry, Telemetry()
-        try:
-            for slot in self.slots.values():
-                for _ in range(rounds):
-                    await self._compute(slot, RecommendRequest("__warmup__", 10),
-                                        np.zeros(0, np.int64), np.zeros(0, np.int64), None, None,
-                                        time.perf_counter())
-        finally:
-            self.telemetry = telemetry
+        silent = Telemetry()
+        for slot in self.slots.values():
+            for _ in range(rounds):
+                await self._compute(slot, RecommendRequest("__warmup__", 10),
+                                    np.zeros(0, np.int64), np.zeros(0, np.int64), None, None,
+                                    time.perf_counter(), silent)
 
     # ---- lookups shared by every endpoint -------------------------------------------------
     def slot_for(self, user_id: str) -> tuple[str, ModelSlot]:
@@ -280,14 +277,17 @@ class Recommender:
 
     async def _compute(self, slot: ModelSlot, request: RecommendRequest, recent: IntArray,
                        excluded: IntArray, include: IntArray | None, exclude: IntArray | None,
-                       start: float) -> dict[str, Any]:
+                       start: float, telemetry: Telemetry | None = None) -> dict[str, Any]:
+        """The result for one request on one slot; its stage timings and events go to
+        `telemetry` (by default the pipeline's own)."""
+        telemetry = telemetry or self.telemetry
         reasons: list[str] = []
         t = time.perf_counter()
         history, attributes, seen = await self.user_state(slot, request.user_id, recent, reasons)
-        self.telemetry.observe("history", time.perf_counter() - t)
+        telemetry.observe("history", time.perf_counter() - t)
         t = time.perf_counter()
         user = await self.resilient_user_vector(slot, history, attributes, reasons)
-        self.telemetry.observe("user_tower", time.perf_counter() - t)
+        telemetry.observe("user_tower", time.perf_counter() - t)
         t = time.perf_counter()
         try:
             candidates = await slot.retriever.retrieve(RetrievalQuery(user, recent_rows(history)))
@@ -295,8 +295,8 @@ class Recommender:
             candidates = popularity_candidates(slot, user)
             reasons.append("retrieval_failed")
         reasons += [f"source_failed:{name}" for name in candidates.failed]
-        self.telemetry.observe("retrieval", time.perf_counter() - t)
-        self.telemetry.event("candidates", count=str(len(candidates.items)))
+        telemetry.observe("retrieval", time.perf_counter() - t)
+        telemetry.event("candidates", count=str(len(candidates.items)))
         t = time.perf_counter()
         candidates = filter_candidates(candidates, np.union1d(seen, excluded), slot.embedding.catalog,
                                        include, exclude)
@@ -304,20 +304,20 @@ class Recommender:
                                                  self.options.ranked_candidates)))
         features = user_ranker_inputs(user, history, ranked.items, slot.embedding.item_vectors,
                                       slot.embedding.catalog, request.context, slot.scaler)
-        self.telemetry.observe("features", time.perf_counter() - t)
+        telemetry.observe("features", time.perf_counter() - t)
         t = time.perf_counter()
         remaining = self.options.budget_s - (time.perf_counter() - start)
         outcome = await slot.ranker.rank(features, ranked.similarity, timeout_s=remaining)
         if outcome.reason:
             reasons.append(outcome.reason)
-        self.telemetry.observe("ranking", time.perf_counter() - t)
+        telemetry.observe("ranking", time.perf_counter() - t)
         t = time.perf_counter()
         order = rerank(outcome.scores, ranked.items, slot.embedding.item_vectors,
                        slot.embedding.catalog, request.k, self.options.diversity,
                        self.options.max_per_category)
-        self.telemetry.observe("reranking", time.perf_counter() - t)
+        telemetry.observe("reranking", time.perf_counter() - t)
         for reason in reasons:
-            self.telemetry.event("fallback", reason=reason.split(":")[0])
+            telemetry.event("fallback", reason=reason.split(":")[0])
         return {"user_id": request.user_id, "items": self.items(slot, ranked, outcome.scores, order),
                 "model_versions": slot.versions, "ranker": outcome.ranker,
                 "degraded": bool(reasons), "degraded_reasons": reasons}

@@ -31,12 +31,17 @@ def primary_genre(catalog: ItemCatalog, items: IntArray) -> IntArray:
     return np.where(genres.any(axis=1), genres.argmax(axis=1), -1).astype(np.int64)
 
 
+def top_k(scores: FloatArray, k: int) -> IntArray:
+    """Positions of the k highest scores, best first; ties keep their order."""
+    return np.argsort(-scores, kind="stable")[:k].astype(np.int64)
+
+
 def rerank(scores: FloatArray, items: IntArray, item_vectors: FloatArray, catalog: ItemCatalog,
            k: int, diversity: float, max_per_category: int) -> IntArray:
     """diversify for catalogue rows `items`: their vectors and categories are gathered only when
     diversity or the category cap is on (by default both are off: a top-k by score)."""
     if diversity == 0.0 and max_per_category == 0:
-        return diversify(scores, item_vectors[:0], np.zeros(0, dtype=np.int64), k, 0.0, 0)
+        return top_k(scores, k)
     return diversify(scores, item_vectors[items], primary_genre(catalog, items), k, diversity,
                      max_per_category)
 
@@ -52,7 +57,7 @@ def diversify(scores: FloatArray, vectors: FloatArray, categories: IntArray, k: 
     n = len(scores)
     k = min(k, n)
     if n == 0 or (diversity == 0.0 and max_per_category == 0):
-        return np.argsort(-scores, kind="stable")[:k].astype(np.int64)
+        return top_k(scores, k)
     span = float(scores.max() - scores.min())
     relevance = (scores - scores.min()) / span if span > 0 else np.ones(n, dtype=np.float32)
     redundancy = np.zeros(n, dtype=np.float32)

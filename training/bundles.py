@@ -21,7 +21,6 @@ from recsys.features import (
     item_tower_feeds,
 )
 from recsys.index import (
-    ITEM_QUERY_K,
     IndexSpec,
     ItemIndex,
     build_index,
@@ -29,6 +28,7 @@ from recsys.index import (
     save_index,
     tune_item_nprobe,
 )
+from recsys.settings import ServingSettings
 from training import export
 from training.fallback import fallback_scores
 from training.ranker import DCNRanker, score
@@ -66,9 +66,12 @@ def write_embedding_bundle(
                       threads=faiss.omp_get_max_threads())
     queries = _recall_queries(model, sample_history, sample_attributes, user_histories)
     nprobe, recall = ensure_recall(index, queries, k=min(100, catalog.size))
-    seeds = _seed_rows(sample_history, user_histories)
-    item_probes = tune_item_nprobe(index, seeds, k=min(ITEM_QUERY_K, catalog.size)) \
-        if seeds.size else None
+    # Tuned for item-to-item as serving runs it by default: its seeds per user, its neighbours
+    # per seed (plus the seed itself, which the search returns too).
+    serving = ServingSettings.model_fields
+    seeds = _seed_rows(sample_history, user_histories, serving["item_to_item_seeds"].default)
+    k = min(serving["item_to_item_per_seed"].default + 1, catalog.size)
+    item_probes = tune_item_nprobe(index, seeds, k=k) if seeds.size else None
     save_index(index.index, directory / artifacts.ITEM_INDEX)
     artifacts.save_catalog(directory, catalog)
     artifacts.save_user_attributes(directory, encoder)
@@ -99,7 +102,7 @@ def _recall_queries(model: TwoTowerModel, sample_history: np.ndarray,
 
 
 def _seed_rows(sample_history: np.ndarray, users: artifacts.UserHistories | None,
-               per_user: int = 5, limit: int = 2000) -> np.ndarray:
+               per_user: int, limit: int = 2000) -> np.ndarray:
     """Item-to-item seeds as serving draws them: the last `per_user` items of each history
     (served users', else the training samples'), up to `limit` spread over the pool, repeats
     kept so that popular items weigh as they do in traffic."""
