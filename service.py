@@ -17,7 +17,7 @@ with bentoml.importing():
     from recsys.bundles import RankerBundle, UserTowerBundle
     from recsys.errors import CacheError, RankingError, RecsysError
     from recsys.heap import freeze_startup_heap
-    from recsys.pipeline import InvalidRequestError, RecommendRequest
+    from recsys.request import InvalidRequestError, RecommendRequest
     from recsys.responses import ResponseEncoder
     from recsys.schemas import (
         EventType,

@@ -22,8 +22,10 @@ import numpy as np
 
 from benchmarks.models import BenchModels
 from recsys.assembly import build_runtime
+from recsys.events import Telemetry
 from recsys.features import DEVICES, Context
-from recsys.pipeline import Recommender, RecommendRequest, Telemetry
+from recsys.pipeline import Recommender
+from recsys.request import RecommendRequest
 from recsys.settings import ServingSettings
 
 

@@ -121,7 +121,8 @@ def read_manifest(directory: Path, expected_kind: str | None = None, verify: boo
 
 
 def save_catalog(directory: Path, catalog: ItemCatalog) -> None:
-    np.savez(directory / CATALOG, **catalog.to_arrays())
+    arrays: dict[str, Any] = catalog.to_arrays()  # typed Any: savez's stub also takes allow_pickle
+    np.savez(directory / CATALOG, **arrays)
 
 
 def load_catalog(directory: Path) -> ItemCatalog:

@@ -14,15 +14,17 @@ from recsys.bundles import EmbeddingBundle, RankerBundle, check_compatible
 from recsys.cache import CacheConfig, ResultCache
 from recsys.endpoints import Endpoints
 from recsys.errors import ArtifactError
+from recsys.events import Telemetry
 from recsys.experiments import Router, active_experiment
 from recsys.faults import Faults
 from recsys.history import HistoryStore
 from recsys.index import item_query_nprobe
-from recsys.pipeline import ModelSlot, PipelineOptions, Recommender, Telemetry
+from recsys.pipeline import PipelineOptions, Recommender
 from recsys.ranking import AsyncScorer, RankerChain
 from recsys.retrieval import AnnSource, ItemToItemSource, PopularSource, RetrievalQuery, Retriever
 from recsys.settings import ServingSettings
 from recsys.shadow import ShadowConfig, ShadowScorer
+from recsys.slots import ModelSlot
 
 KINDS = ("embedding", "ranker", "fallback_ranker")
 AsyncTower = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
@@ -201,7 +203,7 @@ def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: T
             raise ValueError("RECSYS_SHADOW_LOG=redis needs RECSYS_REDIS_URL")
         shadow = ShadowScorer(ShadowConfig(
             fraction=settings.shadow_fraction, sink="redis" if to_redis else "jsonl",
-            jsonl_path=None if to_redis else Path(settings.shadow_log),
+            jsonl_path=None if to_redis else settings.shadow_log,
             redis_url=settings.redis_url if to_redis else None,
             challenger_timeout_s=settings.budget_ms / 1000 * 4,
         ), on_event=telemetry.event)

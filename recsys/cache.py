@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-import numpy as np
 import redis.asyncio as aioredis
 from cachetools import TLRUCache, TTLCache
 from redis.asyncio.retry import Retry
@@ -22,23 +19,15 @@ from redis.exceptions import RedisError
 from recsys.breaker import CircuitBreaker, CircuitOpenError
 from recsys.codec import UndecodableValue, decode_value, encode_value
 from recsys.errors import CacheError
+from recsys.events import EventSink, ignore_event
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 T = TypeVar("T")
 Level = Literal["l1", "l2", "miss"]
-KEY_FORMAT = 1  # bump when the key or value layout changes: old entries then never match
 _FAILED: Any = object()  # a Redis call failed, timed out or was refused by the breaker
 _ABSENT: Any = object()  # no usable value in Redis
-
-
-class EventSink(Protocol):
-    def __call__(self, name: str, /, **labels: str) -> None: ...
-
-
-def _ignore(name: str, /, **labels: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -81,50 +70,6 @@ class CacheConfig:
         for name in ("redis_timeout_s", "breaker_reset_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
-
-
-def make_key(
-    kind: str,
-    model_versions: Mapping[str, str],
-    request: Mapping[str, Any],
-    user_generation: int | None = None,
-) -> str:
-    """``kind:<blake2b-128 hex>`` of the normalised request, model versions and generation.
-
-    Mapping keys are sorted; sets and frozensets are sorted; lists and tuples keep their order
-    (order matters for histories). Only JSON-like values, numpy scalars and arrays are accepted.
-    ``user_generation`` is for callers that already hold one; the serving path leaves it None
-    and passes ``user_id`` to ``ResultCache.get_or_compute``, which checks the generation in
-    the same round trip as the value.
-    """
-    document = {
-        "format": KEY_FORMAT,
-        "kind": kind,
-        "models": _normalise(model_versions),
-        "request": _normalise(request),
-        "generation": user_generation,
-    }
-    canonical = json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-    return f"{kind}:{hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()}"
-
-
-def _normalise(value: Any) -> Any:
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError(f"cache key mappings need str keys, got {list(value)!r}")
-        return {k: _normalise(v) for k, v in value.items()}
-    if isinstance(value, (set, frozenset)):
-        items = [_normalise(v) for v in value]
-        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
-    if isinstance(value, (list, tuple)):
-        return [_normalise(v) for v in value]
-    if isinstance(value, (np.generic, np.ndarray)):
-        return _normalise(value.tolist())
-    raise TypeError(f"cannot use a {type(value).__name__} in a cache key: {value!r}")
 
 
 def _parse_generation(raw: bytes | None) -> int | None:
@@ -170,7 +115,7 @@ class ResultCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self._emit = on_event or _ignore
+        self._emit = on_event or ignore_event
         self._l1: TLRUCache[str, _Entry] = TLRUCache(
             config.l1_max_items, ttu=self._l1_expiry, timer=clock
         )

@@ -7,7 +7,8 @@ import numpy as np
 
 from recsys.errors import CacheError
 from recsys.features import PAD, Context, user_ranker_inputs
-from recsys.pipeline import InvalidRequestError, Recommender
+from recsys.pipeline import Recommender
+from recsys.request import InvalidRequestError
 
 
 class Endpoints:

@@ -121,6 +121,11 @@ def encode_history(item_indices: Sequence[int], length: int) -> IntArray:
     return out
 
 
+def recent_rows(history: IntArray) -> IntArray:
+    """The catalogue rows of a padded history, pads dropped, oldest first."""
+    return history[history != PAD]
+
+
 def user_tower_feeds(history: IntArray, attributes: IntArray) -> dict[str, np.ndarray]:
     """ONNX feeds for the user tower: history [B, H] and attributes [B, A], both int64."""
     return {"history": np.ascontiguousarray(history, dtype=np.int64),
@@ -148,7 +153,7 @@ class UserProfile:
 
 def user_profile(history: IntArray, catalog: ItemCatalog) -> UserProfile:
     """Profile of a padded history [H] (0 = pad, most recent last)."""
-    real = history[history != PAD]
+    real = recent_rows(history)
     n_genres = catalog.genres.shape[1]
     if real.size == 0:
         zeros = np.zeros(n_genres, dtype=np.float32)

@@ -11,10 +11,10 @@ from redis.exceptions import RedisError
 
 from recsys.breaker import CircuitBreaker, CircuitOpenError
 from recsys.errors import CacheError
+from recsys.events import EventSink, ignore_event
 from recsys.faults import Faults, InjectedFault
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
-EventSink = Callable[..., None]
 
 
 class HistoryStore:
@@ -27,7 +27,7 @@ class HistoryStore:
                                         socket_connect_timeout=timeout_s, retry_on_timeout=False)
         self.max_events, self.timeout_s = max_events, timeout_s
         self.breaker, self.prefix = breaker, prefix
-        self.on_event = on_event or (lambda *a, **k: None)
+        self.on_event = on_event or ignore_event
         self.faults = faults or Faults()
 
     async def recent_items(self, user_id: str, limit: int) -> list[str]:
@@ -48,7 +48,9 @@ class HistoryStore:
 
         async def write() -> int:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, entry).ltrim(key, 0, self.max_events - 1).llen(key)
+                pipe.lpush(key, entry)
+                pipe.ltrim(key, 0, self.max_events - 1)
+                pipe.llen(key)
                 return int((await pipe.execute())[-1])
         return int(await self._call("write", write))
 

@@ -260,7 +260,8 @@ class ItemIndex:
         k = min(int(k), self.n_items)
         index = self._index_for(k)
         if nprobe is not None and self.kind == "ivf" and not is_on_gpu(index):
-            params = faiss.SearchParametersIVF(nprobe=max(1, min(int(nprobe), self.nlist)))
+            params = faiss.SearchParametersIVF()
+            params.nprobe = max(1, min(int(nprobe), self.nlist))
             scores, ids = index.search(np.ascontiguousarray(queries), k, params=params)
         else:
             scores, ids = index.search(np.ascontiguousarray(queries), k)

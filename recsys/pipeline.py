@@ -7,56 +7,29 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cachetools import LRUCache
 
-from recsys.bundles import EmbeddingBundle
-from recsys.cache import ResultCache, make_key
+from recsys.cache import ResultCache
+from recsys.cache_keys import make_key
 from recsys.errors import CacheError, RecsysError, RetrievalError
+from recsys.events import Telemetry
 from recsys.experiments import Router
-from recsys.features import PAD, Context, FeatureScaler, encode_history, user_ranker_inputs
+from recsys.fallbacks import fallback_user_vector, popularity_candidates
+from recsys.features import encode_history, recent_rows, user_ranker_inputs
 from recsys.history import HistoryStore
-from recsys.ranking import RankerChain
+from recsys.request import InvalidRequestError, RecommendRequest
 from recsys.reranking import filter_candidates, rerank
-from recsys.retrieval import Candidates, RetrievalQuery, Retriever
+from recsys.retrieval import Candidates, RetrievalQuery
 from recsys.shadow import ScoredList, ShadowScorer
+from recsys.slots import ModelSlot
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
-RESULT_KEYS_KEPT = 10_000
-UserTower = Callable[[IntArray, IntArray], Awaitable[FloatArray]]  # [1,H],[1,A] -> [1,D]
-
-
-class InvalidRequestError(RecsysError):
-    """Something the client sent cannot be served (unknown item or category); maps to HTTP 4xx."""
-
-    def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.status = field, status
-
-
-@dataclass(frozen=True)
-class RecommendRequest:
-    user_id: str
-    k: int
-    recent_items: tuple[str, ...] = ()
-    context: Context = field(default_factory=Context)
-    include_categories: tuple[str, ...] = ()
-    exclude_categories: tuple[str, ...] = ()
-    exclude_items: tuple[str, ...] = ()
-
-    def cache_fields(self) -> dict[str, Any]:
-        """The request normalised for cache keys: set-like lists sorted, the hour kept."""
-        return {"user": self.user_id, "k": self.k, "recent": list(self.recent_items),
-                "hour": self.context.hour, "device": self.context.device,
-                "include": sorted(set(self.include_categories)),
-                "exclude_cat": sorted(set(self.exclude_categories)),
-                "exclude": sorted(set(self.exclude_items))}
 
 
 @dataclass(frozen=True)
@@ -74,41 +47,6 @@ class PipelineOptions:
     # model serves again soon; not 0, so an overloaded service answers repeats from the cache
     # instead of recomputing, degrading further and never catching up.
     degraded_ttl_s: float = 5.0
-
-
-@dataclass
-class ModelSlot:
-    """Everything one model alias (champion, challenger) needs to serve a request."""
-
-    alias: str
-    versions: dict[str, str]
-    embedding: EmbeddingBundle
-    scaler: FeatureScaler
-    user_tower: UserTower
-    retriever: Retriever
-    ranker: RankerChain
-    item_rows: dict[str, int] = field(default_factory=dict)
-    genre_index: dict[str, int] = field(default_factory=dict)
-    user_rows: dict[str, int] = field(default_factory=dict)
-    # request -> its result cache key: a repeat (every cache hit) skips hashing the request.
-    result_keys: LRUCache[RecommendRequest, str] = field(
-        default_factory=lambda: LRUCache(maxsize=RESULT_KEYS_KEPT))
-
-    def __post_init__(self) -> None:
-        self.item_rows = self.embedding.catalog.index_lookup()
-        self.genre_index = {g: i for i, g in enumerate(self.embedding.catalog.genre_vocab)}
-        users = self.embedding.users
-        self.user_rows = {} if users is None else {u: i for i, u in enumerate(users.user_ids)}
-
-
-class Telemetry:
-    """What the pipeline reports; the service plugs Prometheus in, tests may collect."""
-
-    def event(self, name: str, **labels: str) -> None:
-        pass
-
-    def observe(self, stage: str, seconds: float) -> None:
-        pass
 
 
 class Recommender:
@@ -167,12 +105,13 @@ class Recommender:
     async def user_state(self, slot: ModelSlot, user_id: str, recent: IntArray,
                          reasons: list[str]) -> tuple[IntArray, IntArray, IntArray]:
         """(padded history [H], attribute ids [A], rows the user has seen)."""
-        users = slot.embedding.users
-        row = slot.user_rows.get(user_id)
-        history = list(users.histories[row][users.histories[row] != PAD]) if row is not None else []
-        seen = users.seen(row) if row is not None else np.zeros(0, dtype=np.int64)
-        attributes = users.attributes[row] if row is not None else \
-            np.zeros(max(len(slot.embedding.attributes.names), 1), dtype=np.int64)
+        users, row = slot.embedding.users, slot.user_rows.get(user_id)
+        if users is not None and row is not None:
+            history = list(recent_rows(users.histories[row]))
+            seen, attributes = users.seen(row), users.attributes[row]
+        else:
+            history, seen = [], np.zeros(0, dtype=np.int64)
+            attributes = np.zeros(max(len(slot.embedding.attributes.names), 1), dtype=np.int64)
         if self.history is not None:
             try:
                 events = await self.history.recent_items(user_id, self.options.history_len)
@@ -220,7 +159,7 @@ class Recommender:
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
         if self.shadow is not None and slot.alias == "champion" and \
                 self.shadow.should_shadow(request_id):
-            await self._submit_shadow(request_id, request, result, latency_ms,
+            await self._submit_shadow(self.shadow, request_id, request, result, latency_ms,
                                       (recent, excluded, include, exclude))
         return result, {"variant": variant, "cache": level, "request_id": request_id,
                         "latency_ms": latency_ms}
@@ -228,7 +167,7 @@ class Recommender:
     def _result_ttl(self, result: dict[str, Any]) -> float | None:
         return self.options.degraded_ttl_s if result["degraded"] else None
 
-    async def _submit_shadow(self, request_id: str, request: RecommendRequest,
+    async def _submit_shadow(self, shadow: ShadowScorer, request_id: str, request: RecommendRequest,
                              served: dict[str, Any], latency_ms: float,
                              resolved: tuple[IntArray, IntArray, IntArray | None, IntArray | None]) -> None:
         """Queue the challenger on the same request; never awaited on the request path."""
@@ -239,8 +178,8 @@ class Recommender:
             result = await self._compute(challenger, request, *resolved, time.perf_counter())
             return scored_list(result, (time.perf_counter() - t) * 1000)
 
-        await self.shadow.submit(request_id, request.user_id, scored_list(served, latency_ms),
-                                 score_challenger, k=request.k)
+        await shadow.submit(request_id, request.user_id, scored_list(served, latency_ms),
+                            score_challenger, k=request.k)
 
     @staticmethod
     def cache_key(slot: ModelSlot, request: RecommendRequest) -> str:
@@ -337,30 +276,4 @@ def scored_list(result: dict[str, Any], latency_ms: float) -> ScoredList:
     return ScoredList(result["model_versions"], [i["item_id"] for i in result["items"]],
                       [i["score"] for i in result["items"]], latency_ms)
 
-
-def fallback_user_vector(slot: ModelSlot, history: IntArray) -> FloatArray:
-    """When the user tower fails: the mean vector of the user's recent items, or of the most
-    popular items for a user without history, normalised like the tower's output."""
-    vectors = slot.embedding.item_vectors
-    rows = recent_rows(history)
-    if rows.size == 0:
-        popularity = slot.embedding.catalog.popularity
-        rows = np.argsort(-popularity, kind="stable")[:100]
-        rows = rows[rows != PAD]
-    mean = vectors[rows].mean(axis=0)
-    norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32)
-
-
-def recent_rows(history: IntArray) -> IntArray:
-    return history[history != PAD]
-
-
-def popularity_candidates(slot: ModelSlot, user: FloatArray) -> Candidates:
-    """Last resort when every retrieval source failed: the most popular items."""
-    popularity = slot.embedding.catalog.popularity
-    items = np.argsort(-popularity, kind="stable")
-    items = items[items != PAD][:1000].astype(np.int64)
-    similarity = (slot.embedding.item_vectors[items] @ user).astype(np.float32)
-    return Candidates(items, similarity, ("popular",), np.ones((len(items), 1), dtype=bool), ())
 

@@ -10,11 +10,11 @@ import numpy.typing as npt
 
 from recsys.breaker import CircuitBreaker, CircuitOpenError
 from recsys.errors import RankingError, RecsysError
+from recsys.events import EventSink, ignore_event
 
 FloatArray = npt.NDArray[np.float32]
 AsyncScorer = Callable[[FloatArray], Awaitable[FloatArray]]
 Scorer = Callable[[FloatArray], FloatArray]
-EventSink = Callable[..., None]
 
 
 MIN_RANKER_S = 0.002  # below this much budget left the primary ranker is skipped, not timed out
@@ -47,7 +47,7 @@ class RankerChain:
                  timeout_s: float, on_event: EventSink | None = None) -> None:
         self.primary, self.fallback = primary, fallback
         self.breaker, self.timeout_s = breaker, timeout_s
-        self.on_event = on_event or (lambda *a, **k: None)
+        self.on_event = on_event or ignore_event
 
     async def rank(self, features: FloatArray, retrieval_scores: FloatArray,
                    timeout_s: float | None = None) -> RankOutcome:

@@ -15,12 +15,12 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.errors import RetrievalError
+from recsys.events import EventSink, ignore_event
 from recsys.features import PAD
 from recsys.index import ItemIndex
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
-EventSink = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class Retriever:
         self.sources = list(sources)
         self.vectors = item_vectors
         self.timeout_s = timeout_s
-        self.on_event = on_event or (lambda *a, **k: None)
+        self.on_event = on_event or ignore_event
         self.names = [getattr(s, "name", type(s).__name__) for s in self.sources]
         self.threaded = [i for i, s in enumerate(self.sources) if not getattr(s, "inline", False)]
         # Own threads, not the loop's default executor: no context copy, no queueing behind
@@ -139,8 +139,8 @@ class Retriever:
                 except Exception as error:  # noqa: BLE001 - reported below, like a thread's
                     results[i] = error
         if gathered is not None:
-            for i, result in zip(pending, await gathered):
-                results[i] = result
+            for i, outcome in zip(pending, await gathered):
+                results[i] = outcome
         found: list[tuple[str, IntArray]] = []
         failed = []
         for name, result in zip(self.names, results):

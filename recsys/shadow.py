@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
-from recsys.cache import EventSink
+from recsys.events import EventSink, ignore_event
 from recsys.experiments import stable_unit
 from recsys.shadow_records import ScoredList, ShadowRecord, agreement
 from recsys.shadow_sinks import ShadowSink, ShadowSinkError, make_sink, read_shadow_log
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 
 # ScoredList, make_sink and read_shadow_log are re-exported for importers older than the split.
 __all__ = ["ScoredList", "ShadowConfig", "ShadowScorer", "make_sink", "read_shadow_log"]
-
-
-def _ignore(name: str, /, **labels: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ class ShadowScorer:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self._emit = on_event or _ignore
+        self._emit = on_event or ignore_event
         self.sink = sink if sink is not None else make_sink(config, on_event=self._emit)
         self._clock, self._wall_clock = clock, wall_clock
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(config.max_queue)

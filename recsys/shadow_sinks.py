@@ -17,16 +17,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from recsys.breaker import CircuitBreaker, CircuitOpenError
-from recsys.cache import EventSink
 from recsys.errors import RecsysError
+from recsys.events import EventSink, ignore_event
 from recsys.shadow_records import ShadowRecord
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _READ_PAGE = 1000
-
-
-def _ignore(name: str, /, **labels: str) -> None:
-    pass
 
 
 class ShadowSinkError(RecsysError):
@@ -113,7 +109,7 @@ class RedisStreamSink:
         on_event: EventSink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        emit = on_event or _ignore
+        emit = on_event or ignore_event
         self.key, self.maxlen, self.timeout_s = key, maxlen, timeout_s
         self._redis = aioredis.Redis.from_url(
             url,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import redis
 
-from recsys.cache import CacheConfig, ResultCache, make_key
+from recsys.cache import CacheConfig, ResultCache
+from recsys.cache_keys import make_key
 from recsys.codec import UndecodableValue, decode_value, encode_value
 from recsys.errors import CacheError
 from recsys.local_redis import LocalRedis, ping
@@ -178,24 +179,6 @@ def test_a_ttl_of_zero_keeps_a_value_out_of_both_levels(redis_url: str) -> None:
     run(scenario())
     with redis.Redis.from_url(redis_url) as client:
         assert not client.exists(f"test:{key()}")
-
-
-def test_key_is_canonical_and_changes_with_versions_and_generation() -> None:
-    request = {"user_id": "u1", "exclude": {"i3", "i1", "i2"}, "filters": {"b": 1, "a": [2, 1]}}
-    same = {"filters": {"a": [2, 1], "b": 1}, "exclude": {"i2", "i1", "i3"}, "user_id": "u1"}
-    base = make_key("results", VERSIONS, request, 1)
-    assert base.startswith("results:")
-    assert make_key("results", dict(reversed(VERSIONS.items())), same, 1) == base
-    assert make_key("results", {**VERSIONS, "ranker": "4"}, request, 1) != base
-    assert make_key("results", VERSIONS, request, 2) != base
-    assert make_key("results", VERSIONS, request, None) != base
-    assert make_key("user_vector", VERSIONS, request, 1) != base
-    reordered_list = {**request, "filters": {"b": 1, "a": [1, 2]}}
-    assert make_key("results", VERSIONS, reordered_list, 1) != base  # list order is meaningful
-    with pytest.raises(TypeError, match="str keys"):
-        make_key("results", VERSIONS, {1: "x"}, None)  # type: ignore[dict-item]
-    with pytest.raises(ValueError):
-        make_key("results", VERSIONS, {"x": float("nan")}, None)
 
 
 def test_promotion_never_serves_the_old_models_result(redis_url: str) -> None:

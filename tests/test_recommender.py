@@ -16,11 +16,13 @@ import redis
 
 from recsys.assembly import ModelRefs, Runtime, build_runtime
 from recsys.bundles import EmbeddingBundle
-from recsys.cache import make_key
+from recsys.cache_keys import make_key
 from recsys.errors import CacheError
+from recsys.events import Telemetry
 from recsys.features import Context
 from recsys.local_redis import LocalRedis
-from recsys.pipeline import InvalidRequestError, Recommender, RecommendRequest, Telemetry
+from recsys.pipeline import Recommender
+from recsys.request import InvalidRequestError, RecommendRequest
 from recsys.schemas import RecommendResponse
 from recsys.settings import ServingSettings
 from recsys.shadow_sinks import read_shadow_log

@@ -12,7 +12,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from recsys.assembly import build_runtime
-from recsys.pipeline import RecommendRequest, Telemetry
+from recsys.events import Telemetry
+from recsys.request import RecommendRequest
 from recsys.settings import ServingSettings
 from recsys.shadow_records import ScoredList, ShadowRecord, agreement
 from recsys.shadow_sinks import read_shadow_log
