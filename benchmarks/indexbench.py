@@ -23,7 +23,9 @@ import numpy as np
 from benchmarks.models import BenchModels
 from recsys import artifacts
 from recsys.bundles import EmbeddingBundle
-from recsys.index import ItemIndex, build_index, choose_index_spec, recall_at_k
+from recsys.index import ItemIndex
+from recsys.index_build import build_index, choose_index_spec
+from recsys.index_tuning import recall_at_k
 
 
 def search_latency_ms(index: ItemIndex, queries: np.ndarray, k: int) -> dict[str, float]:

@@ -18,7 +18,7 @@ from recsys.events import Telemetry
 from recsys.experiments import Router, active_experiment
 from recsys.faults import Faults
 from recsys.history import HistoryStore
-from recsys.index import item_query_nprobe
+from recsys.index_tuning import item_query_nprobe
 from recsys.pipeline import PipelineOptions, Recommender
 from recsys.ranking import AsyncScorer, RankerChain
 from recsys.retrieval import AnnSource, ItemToItemSource, PopularSource, RetrievalQuery, Retriever

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 CLI_TIMEOUT_S = 240
 FORBIDDEN_REQUIREMENTS = ("torch", "mlflow", "scikit-learn", "skl2onnx", "pandas")
+PACKAGED = ("recsys", "serving")  # the packages bentofile.yaml includes
 HIDE_EDITABLE_INSTALL = """\
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path
@@ -54,8 +55,9 @@ def _build_context(trained_models: TrainedModels, root: Path) -> Path:
     context.mkdir()
     shutil.copy2(REPO_ROOT / "service.py", context)
     shutil.copy2(REPO_ROOT / "bentofile.yaml", context)
-    shutil.copytree(REPO_ROOT / "recsys", context / "recsys",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in PACKAGED:
+        shutil.copytree(REPO_ROOT / package, context / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(trained_models.models_file, context / "serving-models.json")
     return context
 
@@ -74,8 +76,9 @@ def test_exported_bento_serves_from_an_empty_home_without_the_repo(
     # What was packaged: the runtime package and models file, no training code, no torch.
     src = bento_dir / "src"
     assert (src / "service.py").is_file() and (src / "serving-models.json").is_file()
-    assert {p.name for p in (src / "recsys").glob("*.py")} == \
-        {p.name for p in (context / "recsys").glob("*.py")}
+    for package in PACKAGED:
+        assert {p.name for p in (src / package).glob("*.py")} == \
+            {p.name for p in (context / package).glob("*.py")}
     assert not (src / "training").exists() and not (src / "registry").exists()
     assert not (src / "tests").exists()
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
@@ -100,6 +103,7 @@ def test_exported_bento_serves_from_an_empty_home_without_the_repo(
     assert imported == pinned  # the models travelled inside the archive
     served_src = fresh_home / "bentos" / "recommender" / tag.split(":", 1)[1] / "src"
     assert (served_src / "recsys" / "pipeline.py").is_file()  # so did the runtime package
+    assert (served_src / "serving" / "model_services.py").is_file()  # and the BentoML glue
 
     # Serve it with the editable install hidden and a working directory outside the repo.
     hide = tmp_path / "hide-editable-install"

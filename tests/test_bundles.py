@@ -78,7 +78,7 @@ def test_an_ivf_embedding_records_its_item_query_probes_and_serving_searches_wit
     """Training measures how few IVF probes item-to-item queries need (tune_item_nprobe on the
     users' recent items) and the served item-to-item source uses that number."""
     from recsys.assembly import candidate_sources
-    from recsys.index import ivf_spec
+    from recsys.index_build import ivf_spec
     from recsys.retrieval import ItemToItemSource
     from recsys.settings import ServingSettings
     from training.bundles import write_embedding_bundle

@@ -12,7 +12,8 @@ import pytest
 from recsys.bundles import EmbeddingBundle
 from recsys.errors import RetrievalError
 from recsys.features import PAD
-from recsys.index import IndexSpec, ItemIndex, build_index
+from recsys.index import ItemIndex
+from recsys.index_build import IndexSpec, build_index
 from recsys.retrieval import (
     AnnSource,
     Candidates,

@@ -1,4 +1,4 @@
-"""The house checks as tests: ruff on the whole project, mypy on the runtime package."""
+"""The house checks as tests: ruff on the whole project, mypy on recsys/ and serving/."""
 from __future__ import annotations
 
 import subprocess
@@ -21,5 +21,5 @@ def test_ruff_finds_nothing() -> None:
 
 
 @pytest.mark.slow
-def test_mypy_passes_on_the_runtime_package(tmp_path: Path) -> None:
+def test_mypy_passes_on_the_runtime_and_serving_packages(tmp_path: Path) -> None:
     _check("mypy", "--cache-dir", str(tmp_path / "mypy"))  # packages: [tool.mypy] in pyproject

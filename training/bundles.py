@@ -20,14 +20,9 @@ from recsys.features import (
     UserAttributeEncoder,
     item_tower_feeds,
 )
-from recsys.index import (
-    IndexSpec,
-    ItemIndex,
-    build_index,
-    ensure_recall,
-    save_index,
-    tune_item_nprobe,
-)
+from recsys.index import ItemIndex, save_index
+from recsys.index_build import IndexSpec, build_index
+from recsys.index_tuning import ensure_recall, tune_item_nprobe
 from recsys.settings import ServingSettings
 from training import export
 from training.fallback import fallback_scores

@@ -20,7 +20,7 @@ from recsys.features import (
     encode_history,
     user_ranker_inputs,
 )
-from recsys.index import recall_at_k
+from recsys.index_tuning import recall_at_k
 from training.baselines import popularity_scorer, tuned_als
 from training.bundles import write_embedding_bundle, write_fallback_bundle, write_ranker_bundle
 from training.catalog import build_attribute_encoder, build_catalog, user_attribute_matrix
