@@ -1,6 +1,7 @@
 """ONNX Runtime sessions: provider choice, session options, and a thin `run` that checks its feeds."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -39,8 +40,20 @@ def providers(prefer_gpu: bool | None = None) -> list[str]:
     `active_provider` tells which one a session got.
     """
     if prefer_gpu is not False and CUDA in ort.get_available_providers():
+        _load_cuda_libraries()
         return [CUDA, CPU]
     return [CPU]
+
+
+@functools.cache
+def _load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels (`onnxruntime-gpu[cuda,cudnn]`, the `gpu`
+    extra) before the first CUDA session: they are not on the dynamic loader's path, and
+    without them the CUDA provider fails to start and ORT runs on the CPU. Libraries already
+    loaded (a system CUDA, or torch's) are kept; a failure is printed by ORT, not raised."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is not None:
+        preload()
 
 
 def create_session(path: str | os.PathLike[str], *, intra_op_threads: int = 1,

@@ -55,6 +55,7 @@ def _build_context(trained_models: TrainedModels, root: Path) -> Path:
     context.mkdir()
     shutil.copy2(REPO_ROOT / "service.py", context)
     shutil.copy2(REPO_ROOT / "bentofile.yaml", context)
+    shutil.copy2(REPO_ROOT / "bentofile.gpu.yaml", context)
     for package in PACKAGED:
         shutil.copytree(REPO_ROOT / package, context / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -125,3 +126,21 @@ def test_exported_bento_serves_from_an_empty_home_without_the_repo(
     assert len(response.json()["items"]) == 5
     assert response.json()["model_versions"] == tags["champion"]
     assert info["models"] == {"champion": tags["champion"]}  # read from the Bento's models file
+
+
+def test_gpu_bento_builds_with_the_cuda_packages_and_the_models_on_the_gpu(
+        trained_models: TrainedModels, tmp_path: Path) -> None:
+    """Built here, not served: serving it needs a GPU (README: GPU)."""
+    context = _build_context(trained_models, tmp_path)
+    env = _clean_env(BENTOML_HOME=str(trained_models.bentoml_home))
+    out = _bentoml("build", "-f", "bentofile.gpu.yaml", "--output", "tag", cwd=context, env=env)
+    tag = out.strip().splitlines()[-1].removeprefix("__tag__:")
+    bento_dir = trained_models.bentoml_home / "bentos" / "recommender" / tag.split(":", 1)[1]
+    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().splitlines()
+    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in requirements, requirements
+    assert "faiss-gpu==1.15.1" in requirements, requirements
+    names = {line.split("==")[0].split("[")[0].strip().lower() for line in requirements}
+    assert not names & {"onnxruntime", "faiss-cpu"}, names
+    bento_yaml = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    envs = {e["name"]: e["value"] for e in bento_yaml["envs"]}
+    assert envs["RECSYS_GPU"] == "1" and envs["RECSYS_TOPOLOGY"] == "services"
