@@ -11,8 +11,8 @@ from typing import Any
 
 import psutil
 
-PACKAGES = ("bentoml", "onnxruntime", "faiss-cpu", "faiss-gpu", "numpy", "fastapi", "uvicorn", "uvloop", "httptools", "hiredis",
-            "redis", "torch", "mlflow")
+PACKAGES = ("bentoml", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu", "numpy",
+            "fastapi", "uvicorn", "uvloop", "httptools", "hiredis", "redis", "torch", "mlflow")
 
 
 def cpu_model() -> str:
