@@ -40,7 +40,6 @@ def providers(prefer_gpu: bool | None = None) -> list[str]:
     `active_provider` tells which one a session got.
     """
     if prefer_gpu is not False and CUDA in ort.get_available_providers():
-        _load_cuda_libraries()
         return [CUDA, CPU]
     return [CPU]
 
@@ -75,9 +74,11 @@ def create_session(path: str | os.PathLike[str], *, intra_op_threads: int = 1,
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
+    chosen = providers(prefer_gpu)
+    if chosen[0] == CUDA:
+        _load_cuda_libraries()
     try:
-        return ort.InferenceSession(str(path), sess_options=options,
-                                    providers=providers(prefer_gpu))
+        return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     except _LOAD_ERRORS as exc:
         raise ArtifactError(f"ONNX model file {path} is not a valid model: {exc}") from exc
 
