@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
-from recsys.index import ItemIndex
-from recsys.index_build import FLAT_MAX_CELLS, IndexSpec, build_index, choose_index_spec, ivf_spec
-from recsys.index_tuning import recall_at_k
+from recsys.models.index import ItemIndex
+from training.index_build import FLAT_MAX_CELLS, IndexSpec, build_index, choose_index_spec, ivf_spec
+from training.index_tuning import recall_at_k
 
 
 def make_data(n: int, dim: int, n_queries: int, spread: float, data: str = "gmm",

@@ -21,11 +21,11 @@ import faiss
 import numpy as np
 
 from benchmarks.models import BenchModels
-from recsys import artifacts
-from recsys.bundles import EmbeddingBundle
-from recsys.index import ItemIndex
-from recsys.index_build import build_index, choose_index_spec
-from recsys.index_tuning import recall_at_k
+from recsys.models import artifacts
+from recsys.models.bundles import EmbeddingBundle
+from recsys.models.index import ItemIndex
+from training.index_build import build_index, choose_index_spec
+from training.index_tuning import recall_at_k
 
 
 def search_latency_ms(index: ItemIndex, queries: np.ndarray, k: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The engine's limit: build_runtime + Recommender.recommend in a loop, no HTTP, no cache.
+"""The engine's limit: build_runtime + RecommendPipeline.respond in a loop, no HTTP, no cache.
 
     python -m benchmarks.inprocess --models-root DIR --requests 500 --concurrency 1 8
 
@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.models import BenchModels
-from recsys.assembly import build_runtime
-from recsys.events import Telemetry
+from recsys.app.assembly import build_runtime
 from recsys.features import DEVICES, Context
-from recsys.pipeline import Recommender
-from recsys.request import RecommendRequest
+from recsys.pipeline.recommend import RecommendPipeline
+from recsys.pipeline.request import RecommendRequest
 from recsys.settings import ServingSettings
+from recsys.telemetry import Telemetry
 
 
 class StageClock(Telemetry):
@@ -55,7 +55,7 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def measure(recommender: Recommender, users: list[str], requests: int, concurrency: int,
+async def measure(pipeline: RecommendPipeline, users: list[str], requests: int, concurrency: int,
                   offset: int) -> dict[str, Any]:
     numbers = itertools.count(offset)
     stop = offset + requests
@@ -68,9 +68,9 @@ async def measure(recommender: Recommender, users: list[str], requests: int, con
             if n >= stop:
                 return
             t = time.perf_counter()
-            result = await recommender.recommend(request_for(n, users))
+            answer = await pipeline.respond(request_for(n, users))
             latencies.append(time.perf_counter() - t)
-            degraded += bool(result["degraded"])
+            degraded += bool(answer.result["degraded"])
 
     cpu, start = _cpu_seconds(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -92,11 +92,11 @@ async def run(models: BenchModels, requests: int, concurrencies: list[int],
     await runtime.start()
     load_s = time.perf_counter() - started
     users = models.user_ids()
-    await measure(runtime.recommender, users, warmup, 1, 10_000_000)
+    await measure(runtime.pipeline, users, warmup, 1, 10_000_000)
     results, offset = [], 0
     for concurrency in concurrencies:
         clock.seconds.clear()
-        run = await measure(runtime.recommender, users, requests, concurrency, offset)
+        run = await measure(runtime.pipeline, users, requests, concurrency, offset)
         results.append({**run, "stages": clock.summary()})
         offset += requests
     await runtime.aclose()

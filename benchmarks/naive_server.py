@@ -20,8 +20,8 @@ import onnxruntime as ort
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from recsys import artifacts
 from recsys.features import PAD, Context, user_ranker_inputs
+from recsys.models import artifacts
 
 CANDIDATES = 1000
 BUNDLES = Path(os.environ.get("NAIVE_BUNDLES", "artifacts/latest"))

@@ -22,6 +22,7 @@ from benchmarks.load import LoadResult, LoadSpec, run_wrk
 from benchmarks.models import BenchModels
 from benchmarks.procstats import RssSampler
 from benchmarks.settings import BenchSettings
+from devtools.processes import QUIET_ENV, REPO_ROOT, ServerProcess, ServerStartError
 
 MODEL_ENDPOINTS = ("/score_champion", "/encode_champion")
 
@@ -53,7 +54,7 @@ class Session:
 
 
 @contextmanager
-def running(*items: servers.Server) -> Iterator[RssSampler]:
+def running(*items: ServerProcess) -> Iterator[RssSampler]:
     """Start the servers together (stopping every one on the way out), sample their RSS."""
     with ExitStack() as stack:
         for server in items:
@@ -106,7 +107,7 @@ def prime(spec: LoadSpec) -> None:
                                          "context": {"hour": 12, "device": "web"}})
 
 
-def measured_run(session: Session, target: str, server: servers.Server, spec: LoadSpec,
+def measured_run(session: Session, target: str, server: ServerProcess, spec: LoadSpec,
                  extra: dict[str, Any] | None = None) -> LoadResult:
     """A discarded warm-up run, then the measured one with /metrics scraped around it."""
     s = session.settings
@@ -128,7 +129,7 @@ def measured_run(session: Session, target: str, server: servers.Server, spec: Lo
     return result
 
 
-def _spec(session: Session, target: str, server: servers.Server, users: Path, connections: int,
+def _spec(session: Session, target: str, server: ServerProcess, users: Path, connections: int,
           mode: str = "distinct", **overrides: Any) -> LoadSpec:
     s = session.settings
     base = LoadSpec(server.url, users, connections, s.duration_s, mode=mode,
@@ -156,7 +157,7 @@ def _json_child(command: list[str], log: Path, timeout_s: float) -> dict[str, An
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as err:
         out = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, timeout=timeout_s, check=False,
-                             cwd=servers.REPO_ROOT, env={**os.environ, **servers.QUIET_ENV})
+                             cwd=REPO_ROOT, env={**os.environ, **QUIET_ENV})
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(command[1:4])} failed ({out.returncode}): "
                            f"{log.read_text(errors='replace')[-2000:]}")
@@ -221,7 +222,7 @@ def batching(session: Session, models: BenchModels, gpu: int = 0) -> dict[str, A
     for name, max_batch in s.batching_variants:
         try:
             out["variants"][name] = _batching_variant(session, models, users, name, max_batch, gpu)
-        except (servers.ServerStartError, RuntimeError, OSError) as error:
+        except (ServerStartError, RuntimeError, OSError) as error:
             lines = [line for line in str(error).splitlines() if line.strip()]
             out.setdefault("errors", {})[name] = lines[-1][:500] if lines else repr(error)
             session.log(f"batching {name} failed: {out['errors'][name]}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
@@ -34,11 +33,6 @@ def delta(before: str, after: str) -> dict[tuple[str, Labels], float]:
     """after - before for every sample present after (counters and histogram parts)."""
     old, new = parse(before), parse(after)
     return {key: value - old.get(key, 0.0) for key, value in new.items()}
-
-
-def counter_sum(samples: dict[tuple[str, Labels], float], name: str,
-                where: Callable[[dict[str, str]], bool] = lambda labels: True) -> float:
-    return sum(v for (n, labels), v in samples.items() if n == name and where(dict(labels)))
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,9 @@ class BenchSettings:
     def services_env(self, gpu: int = 0) -> dict[str, str]:
         """Settings of a topology=services server: its timeouts, and RECSYS_GPU with a GPU."""
         budget, retrieval, ranking = self.services_timeouts_ms
-        env = {"RECSYS_BUDGET_MS": f"{budget:g}", "RECSYS_RETRIEVAL_TIMEOUT_MS": f"{retrieval:g}",
+        # the user tower is a model-service hop too: it gets the retrieval stage's timeout
+        env = {"RECSYS_BUDGET_MS": f"{budget:g}", "RECSYS_TOWER_TIMEOUT_MS": f"{retrieval:g}",
+               "RECSYS_RETRIEVAL_TIMEOUT_MS": f"{retrieval:g}",
                "RECSYS_RANKING_TIMEOUT_MS": f"{ranking:g}"}
         return env | {"RECSYS_GPU": str(gpu)} if gpu else env
 

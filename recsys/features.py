@@ -5,6 +5,7 @@ import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +62,16 @@ class ItemCatalog:
 
     def index_lookup(self) -> dict[str, int]:
         return {item_id: i for i, item_id in enumerate(self.item_ids) if i != PAD}
+
+    @cached_property
+    def popular_rows(self) -> IntArray:
+        """Catalogue rows by training popularity, most popular first (ties keep row order), the
+        padding row left out. Sorted once per catalogue: the popular source, cold-start vectors
+        and the retrieval fallback all read prefixes of it."""
+        order = np.argsort(-self.popularity, kind="stable")
+        rows = order[order != PAD].astype(np.int64)
+        rows.flags.writeable = False
+        return rows
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {

@@ -42,9 +42,14 @@ class ServingSettings(BaseSettings):
     l1_max_items: int = Field(10_000, gt=0)
     history_max_events: int = Field(200, gt=0)
 
-    # Request limits
+    # Request limits, checked at the HTTP edge (serving/edge.py) before any work
     max_k: int = Field(100, gt=0)
     max_list_items: int = Field(1000, gt=0, description="longest item list a request may carry")
+    # 1,000 item ids of up to 200 characters each fit with room to spare; larger bodies get 413
+    max_body_bytes: int = Field(1_048_576, gt=0, description="largest request body accepted")
+    max_concurrency: int = Field(256, gt=0, description="requests in progress per service, "
+                                 "shared out over its workers; beyond it 429")
+    request_timeout_s: float = Field(10.0, gt=0, description="a request not answered by then: 504")
 
     # Retrieval and ranking
     ann_candidates: int = Field(1000, gt=0)
@@ -57,12 +62,14 @@ class ServingSettings(BaseSettings):
 
     # Latency budget (ms) and its per-stage timeouts
     budget_ms: float = Field(150.0, gt=0)
+    tower_timeout_ms: float = Field(30.0, gt=0, description="user tower, then a mean-of-items vector")
     retrieval_timeout_ms: float = Field(30.0, gt=0)
     ranking_timeout_ms: float = Field(60.0, gt=0)
     breaker_failures: int = Field(5, gt=0)
     breaker_reset_s: float = Field(10.0, gt=0)
 
-    # Fault injection for resilience tests, e.g. "ranker:error,ann:timeout" (see recsys/faults.py)
+    # Fault injection for tests and game days, e.g. "ranker:error,ann:timeout" (devtools/faults.py,
+    # which a checkout has and the Bento does not)
     faults: str = ""
 
     # Experiments and shadow scoring
@@ -82,9 +89,11 @@ class ServingSettings(BaseSettings):
             raise ValueError(
                 f"RECSYS_RANKED_CANDIDATES={self.ranked_candidates} exceeds what retrieval can "
                 "return (ann + popular + item-to-item candidates)")
-        if self.retrieval_timeout_ms + self.ranking_timeout_ms > self.budget_ms:
+        stages = self.tower_timeout_ms + self.retrieval_timeout_ms + self.ranking_timeout_ms
+        if stages > self.budget_ms:
             raise ValueError(
-                f"RECSYS_RETRIEVAL_TIMEOUT_MS + RECSYS_RANKING_TIMEOUT_MS "
-                f"({self.retrieval_timeout_ms} + {self.ranking_timeout_ms}) exceed "
-                f"RECSYS_BUDGET_MS={self.budget_ms}")
+                f"RECSYS_TOWER_TIMEOUT_MS + RECSYS_RETRIEVAL_TIMEOUT_MS + RECSYS_RANKING_TIMEOUT_MS "
+                f"({self.tower_timeout_ms} + {self.retrieval_timeout_ms} + "
+                f"{self.ranking_timeout_ms}) exceed RECSYS_BUDGET_MS={self.budget_ms}: the stages "
+                "run one after the other")
         return self

@@ -3,7 +3,9 @@
 Imports mlflow and bentoml (never torch); the runtime package `recsys` imports neither.
 """
 from registry.bento_export import bento_models_for_alias, bento_tag, bentoml_home, export_to_bentoml
-from registry.mlflow_registry import (
+from registry.model_registry import Registry, VersionInfo
+from registry.pyfunc import EmbeddingModel, FallbackRankerModel, RankerModel
+from registry.registration import (
     CHALLENGER,
     CHAMPION,
     EMBEDDING_MODEL,
@@ -18,8 +20,6 @@ from registry.mlflow_registry import (
     log_bundle,
     register_model_set,
 )
-from registry.promotion import Registry, VersionInfo
-from registry.pyfunc import EmbeddingModel, FallbackRankerModel, RankerModel
 
 __all__ = [
     "CHALLENGER",

@@ -11,11 +11,11 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
-from recsys import artifacts
-from recsys.artifacts import Manifest
 from recsys.errors import ArtifactError
-from registry.mlflow_registry import CHAMPION, ModelSet
-from registry.promotion import Registry
+from recsys.models import artifacts
+from recsys.models.artifacts import Manifest
+from registry.model_registry import Registry
+from registry.registration import CHAMPION, ModelSet
 
 
 def bento_tag(name: str, version: str, fingerprint: str) -> str:

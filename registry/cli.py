@@ -10,7 +10,8 @@ from pathlib import Path
 
 from recsys.errors import RecsysError
 from registry.bento_export import export_to_bentoml
-from registry.mlflow_registry import (
+from registry.model_registry import Registry
+from registry.registration import (
     CHALLENGER,
     CHAMPION,
     TAG_EMBEDDING_VERSION,
@@ -18,7 +19,6 @@ from registry.mlflow_registry import (
     ModelSet,
     default_tracking_uri,
 )
-from registry.promotion import Registry
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from recsys import artifacts
 from recsys.errors import ArtifactError
+from recsys.models import artifacts
 
 BUNDLE_ARTIFACT = "bundle"  # key of the bundle directory in the pyfunc model's artifacts
 

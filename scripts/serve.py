@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recsys.local_redis import LocalRedis
+from devtools.local_redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 

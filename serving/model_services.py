@@ -9,16 +9,15 @@ import bentoml
 with bentoml.importing():
     import numpy as np
 
-    from recsys.bundles import RankerBundle, UserTowerBundle
-    from recsys.heap import freeze_startup_heap
+    from recsys.app.heap import freeze_startup_heap
+    from recsys.app.models_file import ModelTags
+    from recsys.models.bundles import RankerBundle, UserTowerBundle
     from recsys.settings import ServingSettings
-
-ModelTags = dict[str, dict[str, str]]  # alias -> kind -> BentoML tag
 
 
 class ModelServices(NamedTuple):
-    ranker: Any  # bentoml Service of RankerModel
-    tower: Any  # bentoml Service of UserTowerModel
+    ranker: Any  # bentoml Service of RankerService
+    tower: Any  # bentoml Service of UserTowerService
 
 
 def declare_models(cls: type, tags: ModelTags, kinds: tuple[str, ...]) -> type:
@@ -36,6 +35,17 @@ def model_path(service: object, alias: str, kind: str) -> Path:
     return Path(model.path)
 
 
+def split_packed(packed: np.ndarray, history_len: int, attributes: int) -> tuple[np.ndarray,
+                                                                                   np.ndarray]:
+    """(history [B, H], attributes [B, A]) of RemoteUserTower's packed [B, H + A] rows;
+    ValueError when the width is not this model's H + A (a caller packing another model's
+    history length)."""
+    if packed.ndim != 2 or packed.shape[1] != history_len + attributes:
+        raise ValueError(f"packed user rows of shape {packed.shape}: this user tower reads "
+                         f"{history_len} history items and {attributes} attributes")
+    return packed[:, :history_len], packed[:, history_len:]
+
+
 def define_model_services(settings: ServingSettings, tags: ModelTags) -> ModelServices:
     """Both services, with adaptive batching unless `settings.batching` is off."""
     batching: dict[str, Any] = {
@@ -50,7 +60,7 @@ def define_model_services(settings: ServingSettings, tags: ModelTags) -> ModelSe
         def settle(self) -> None:
             freeze_startup_heap()
 
-    class RankerModel(_ModelService):
+    class RankerService(_ModelService):
         """Batched ranker scoring (features [N, F] -> scores [N])."""
 
         def __init__(self) -> None:
@@ -65,19 +75,19 @@ def define_model_services(settings: ServingSettings, tags: ModelTags) -> ModelSe
 
         @bentoml.api(**batching)
         def score_challenger(self, features: np.ndarray) -> np.ndarray:
-            return self.rankers.get("challenger", self.rankers["champion"]).score(features)
+            return self.rankers["challenger"].score(features)
 
-    class UserTowerModel(_ModelService):
-        """Batched user tower ([B, H + A] int64: history then attributes -> [B, D])."""
+    class UserTowerService(_ModelService):
+        """Batched user tower ([B, H + A] int64: history then attributes -> [B, D]), each alias
+        split by its own history length."""
 
         def __init__(self) -> None:
             self.towers = {a: UserTowerBundle.load(model_path(self, a, "embedding"),
                                                    prefer_gpu=bool(settings.gpu)) for a in tags}
 
         def _encode(self, alias: str, packed: np.ndarray) -> np.ndarray:
-            bundle = self.towers.get(alias, self.towers["champion"])
-            h = bundle.history_len
-            return bundle.encode_users(packed[:, :h], packed[:, h:])
+            tower = self.towers[alias]
+            return tower.encode_users(*split_packed(packed, tower.history_len, tower.attributes))
 
         @bentoml.api(**batching)
         def encode_champion(self, packed: np.ndarray) -> np.ndarray:
@@ -88,5 +98,5 @@ def define_model_services(settings: ServingSettings, tags: ModelTags) -> ModelSe
             return self._encode("challenger", packed)
 
     service = bentoml.service(resources=resources, workers=1)
-    return ModelServices(service(declare_models(RankerModel, tags, ("ranker",))),
-                         service(declare_models(UserTowerModel, tags, ("embedding",))))
+    return ModelServices(service(declare_models(RankerService, tags, ("ranker",))),
+                         service(declare_models(UserTowerService, tags, ("embedding",))))

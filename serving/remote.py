@@ -1,7 +1,7 @@
-"""The pipeline's ranker and user-tower callables when the models run in their own services."""
+"""The user tower and ranker adapters of the `services` topology: calls to the batched model
+services (serving/model_services.py), failures raised as the project's stage errors."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -9,32 +9,41 @@ import bentoml
 
 with bentoml.importing():
     import numpy as np
+    import numpy.typing as npt
 
-    from recsys.errors import RankingError, RecsysError
+    from recsys.errors import RankingError, UserTowerError
 
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
 # A model service call fails with a BentoMLException (503 overload, 5xx) or, on the transport
 # (a keep-alive connection the server closed), with an aiohttp error.
 REMOTE_ERRORS = (bentoml.exceptions.BentoMLException, aiohttp.ClientError)
 
 
-def remote_ranker(service: Any, alias: str) -> Callable[[np.ndarray], Awaitable[np.ndarray]]:
-    """features [N, F] -> scores [N] on the ranker service; failures raise RankingError."""
-    async def score(features: np.ndarray) -> np.ndarray:
+class RemoteScorer:
+    """features [N, F] -> scores [N] on the ranker service's API of one alias."""
+
+    def __init__(self, service: Any, alias: str) -> None:
+        self.service, self.api = service, f"score_{alias}"
+
+    async def score(self, features: FloatArray) -> FloatArray:
         try:
-            return await service.to_async.call(f"score_{alias}", features)
+            return await self.service.to_async.call(self.api, features)
         except REMOTE_ERRORS as error:
             raise RankingError(f"ranker service: {error!r}") from error
-    return score
 
 
-def remote_tower(service: Any, alias: str) -> Callable[[np.ndarray, np.ndarray],
-                                                          Awaitable[np.ndarray]]:
-    """(history [B, H], attributes [B, A]) -> [B, D] on the tower service; failures raise
-    RecsysError (the pipeline then falls back to a mean-of-items vector)."""
-    async def encode(history: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+class RemoteUserTower:
+    """(history [B, H], attributes [B, A]) -> [B, D] on the user tower service's API of one
+    alias, sent as one array (history, then attributes): a batchable API takes one argument.
+    H is the alias's own history length, which the service splits by."""
+
+    def __init__(self, service: Any, alias: str) -> None:
+        self.service, self.api = service, f"encode_{alias}"
+
+    async def encode(self, history: IntArray, attributes: IntArray) -> FloatArray:
         packed = np.concatenate([history, attributes], axis=1)
         try:
-            return await service.to_async.call(f"encode_{alias}", packed)
+            return await self.service.to_async.call(self.api, packed)
         except REMOTE_ERRORS as error:
-            raise RecsysError(f"user tower service: {error!r}") from error
-    return encode
+            raise UserTowerError(f"user tower service: {error!r}") from error

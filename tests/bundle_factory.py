@@ -35,8 +35,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from recsys import artifacts
-from recsys.artifacts import Manifest
 from recsys.features import (
     DENSE_FEATURES,
     FeatureScaler,
@@ -44,6 +42,8 @@ from recsys.features import (
     UserAttributeEncoder,
     tokenize_title,
 )
+from recsys.models import artifacts
+from recsys.models.artifacts import Manifest
 
 OPSET = 18
 IR_VERSION = 9  # readable by every onnxruntime >= 1.16

@@ -2,6 +2,8 @@
 
 Everything lives under one temporary directory: the MLflow sqlite store, the bundles, a BentoML
 home and the serving models file. Training is the real pipeline on a small synthetic dataset.
+The challenger reads a shorter history than the champion (CHALLENGER_HISTORY_LEN), as a
+challenger of another shape would: every test that serves both serves that case.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys.assembly import ModelRefs
+from recsys.app.models_file import ModelRefs
+
+CHALLENGER_HISTORY_LEN = 8  # the champion's is TwoTowerConfig's default (20)
 
 
 @dataclass(frozen=True)
@@ -39,16 +43,19 @@ class TrainedModels:
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedModels]:
     from registry import Registry, bentoml_home, export_to_bentoml
+    from training.config import PipelineConfig, TwoTowerConfig
     from training.pipeline import run_pipeline
     from training.settings import TrainingSettings
 
     root = tmp_path_factory.mktemp("models")
     workdirs = {}
-    for alias, seed, promote in (("champion", 0, "always"), ("challenger", 1, "never")):
+    shorter = PipelineConfig(two_tower=TwoTowerConfig(history_len=CHALLENGER_HISTORY_LEN))
+    for alias, seed, promote, config in (("champion", 0, "always", None),
+                                         ("challenger", 1, "never", shorter)):
         settings = TrainingSettings(store_dir=root / "mlstore", workdir=root / f"work-{alias}",
                                     epochs=1, ranker_epochs=1, synthetic_users=150,
                                     synthetic_items=300, seed=seed)
-        result = run_pipeline(settings, promote=promote)
+        result = run_pipeline(settings, config, promote=promote)
         workdirs[alias] = settings.workdir
     registry = Registry(result.tracking_uri)
     home = root / "bentoml"

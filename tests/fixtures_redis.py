@@ -6,8 +6,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from recsys.errors import CacheError
-from recsys.local_redis import LocalRedis, find_redis_server
+from devtools.local_redis import LocalRedis, LocalRedisError, find_redis_server
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +14,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedi
     """A redis-server on a free 127.0.0.1 port; ``stop()``/``start()`` keep the port."""
     try:
         executable = find_redis_server()
-    except CacheError as exc:
+    except LocalRedisError as exc:
         pytest.skip(str(exc))
     server = LocalRedis(tmp_path_factory.mktemp("redis"), executable=executable)
     server.start()

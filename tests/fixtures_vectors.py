@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from recsys.index_build import build_index, ivf_spec
+from training.index_build import build_index, ivf_spec
 
 DIM = 32
 

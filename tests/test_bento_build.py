@@ -20,14 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devtools.processes import QUIET_ENV, REPO_ROOT, bentoml_serve
 from tests.fixtures_models import TrainedModels
-from tests.serving_process import QUIET_ENV, REPO_ROOT, ServingProcess
 
 pytestmark = pytest.mark.slow
 
 CLI_TIMEOUT_S = 240
 FORBIDDEN_REQUIREMENTS = ("torch", "mlflow", "scikit-learn", "skl2onnx", "pandas")
 PACKAGED = ("recsys", "serving")  # the packages bentofile.yaml includes
+LEFT_OUT = ("devtools", "training")  # in the build context, as in a checkout; not in the Bento
 HIDE_EDITABLE_INSTALL = """\
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path
@@ -56,7 +57,7 @@ def _build_context(trained_models: TrainedModels, root: Path) -> Path:
     shutil.copy2(REPO_ROOT / "service.py", context)
     shutil.copy2(REPO_ROOT / "bentofile.yaml", context)
     shutil.copy2(REPO_ROOT / "bentofile.gpu.yaml", context)
-    for package in PACKAGED:
+    for package in PACKAGED + LEFT_OUT:
         shutil.copytree(REPO_ROOT / package, context / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(trained_models.models_file, context / "serving-models.json")
@@ -103,8 +104,10 @@ def test_exported_bento_serves_from_an_empty_home_without_the_repo(
                 if (d / "model.yaml").is_file()}
     assert imported == pinned  # the models travelled inside the archive
     served_src = fresh_home / "bentos" / "recommender" / tag.split(":", 1)[1] / "src"
-    assert (served_src / "recsys" / "pipeline.py").is_file()  # so did the runtime package
+    assert (served_src / "recsys" / "pipeline" / "recommend.py").is_file()  # the runtime package
     assert (served_src / "serving" / "model_services.py").is_file()  # and the BentoML glue
+    # build-time and development tools stay out of the Bento
+    assert not (served_src / "devtools").exists() and not (served_src / "training").exists()
 
     # Serve it with the editable install hidden and a working directory outside the repo.
     hide = tmp_path / "hide-editable-install"
@@ -118,7 +121,7 @@ def test_exported_bento_serves_from_an_empty_home_without_the_repo(
     assert control.returncode != 0 and "No module named 'recsys'" in control.stderr, \
         control.stderr
 
-    bento_server = ServingProcess(tag, {}, tmp_path / "serve.log", cwd=run_dir, base_env=serve_env)
+    bento_server = bentoml_serve(tag, {}, tmp_path / "serve.log", cwd=run_dir, base_env=serve_env)
     with bento_server as server, server.client() as client:
         response = client.post("/recommend", json={"user_id": "bento-user", "k": 5})
         info = client.post("/info", json={}).json()

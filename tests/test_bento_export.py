@@ -13,8 +13,8 @@ from pathlib import Path
 import bentoml
 import pytest
 
-from recsys import artifacts
 from recsys.errors import ArtifactError
+from recsys.models import artifacts
 from registry import (
     CHAMPION,
     ModelNames,

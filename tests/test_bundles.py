@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys import artifacts
-from recsys.bundles import EmbeddingBundle, UserTowerBundle
 from recsys.errors import ArtifactError
+from recsys.models import artifacts
+from recsys.models.bundles import EmbeddingBundle, UserTowerBundle
 from tests.fixtures_models import TrainedModels
 
 
@@ -56,7 +56,7 @@ def test_identical_ranker_files_bound_to_two_embeddings_are_two_models(tmp_path:
 
 def test_cpu_serving_loads_the_int8_ranker_and_older_bundles_stay_fp32(
         trained_models: TrainedModels, tmp_path: Path) -> None:
-    from recsys.bundles import RankerBundle
+    from recsys.models.bundles import RankerBundle
     from tests.bundle_factory import make_ranker_bundle
 
     path = trained_models.refs().paths["ranker"]
@@ -77,13 +77,13 @@ def test_an_ivf_embedding_records_its_item_query_probes_and_serving_searches_wit
         tmp_path: Path) -> None:
     """Training measures how few IVF probes item-to-item queries need (tune_item_nprobe on the
     users' recent items) and the served item-to-item source uses that number."""
-    from recsys.assembly import candidate_sources
-    from recsys.index_build import ivf_spec
-    from recsys.retrieval import ItemToItemSource
+    from recsys.app.assembly import candidate_sources
+    from recsys.pipeline.retrieval import ItemToItemSource
     from recsys.settings import ServingSettings
     from training.bundles import write_embedding_bundle
     from training.config import TwoTowerConfig
     from training.data import SyntheticConfig, generate_synthetic
+    from training.index_build import ivf_spec
     from training.steps import prepare_data
     from training.two_tower import build_model, encode_items
 

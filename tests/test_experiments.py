@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from recsys.experiments import (
+from recsys.experiments.routing import (
     Experiment,
     ExperimentConfigError,
     Router,
@@ -85,7 +85,7 @@ def test_two_routers_from_the_same_file_agree(tmp_path: Path) -> None:
 
 def test_assignment_is_the_same_in_another_process() -> None:
     script = (
-        "from recsys.experiments import Experiment, Variant, assign\n"
+        "from recsys.experiments.routing import Experiment, Variant, assign\n"
         "e = Experiment('ranker-v2', (Variant('control', 'champion', 50),"
         " Variant('treatment', 'challenger', 50)), salt='s1')\n"
         "print(''.join(assign(e, f'user-{i}').name[0] for i in range(500)))\n"

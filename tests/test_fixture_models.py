@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from recsys.bundles import EmbeddingBundle
+from recsys.models.bundles import EmbeddingBundle
 
 
 def test_champion_and_challenger_are_exported(trained_models):

@@ -3,7 +3,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from recsys.heap import freeze_startup_heap
+from recsys.app.heap import freeze_startup_heap
 
 
 @pytest.fixture

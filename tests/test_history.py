@@ -10,11 +10,10 @@ from typing import TypeVar
 import pytest
 import redis
 
+from devtools.local_redis import LocalRedis, free_port
 from recsys.breaker import CircuitBreaker
-from recsys.errors import CacheError
-from recsys.faults import Faults
-from recsys.history import HistoryStore
-from recsys.local_redis import LocalRedis
+from recsys.errors import StoreError
+from recsys.stores.history import HistoryStore
 from tests.events import Events
 
 T = TypeVar("T")
@@ -23,10 +22,10 @@ RESET_S = 0.3
 
 
 def with_store(url: str, scenario: Callable[[HistoryStore], Awaitable[T]], *, max_events: int = 5,
-               events: Events | None = None, faults: str = "") -> T:
+               events: Events | None = None) -> T:
     async def main() -> T:
         store = HistoryStore(url, max_events, 0.5, CircuitBreaker(2, RESET_S), prefix=PREFIX,
-                             on_event=events, faults=Faults.parse(faults))
+                             on_event=events)
         try:
             return await scenario(store)
         finally:
@@ -74,7 +73,7 @@ def test_undecodable_entries_are_skipped_and_counted(redis_url: str) -> None:
     assert events.count("history_decode_error") == 5
 
 
-def test_redis_down_raises_cache_error_opens_breaker_and_recovers(
+def test_redis_down_raises_store_error_opens_breaker_and_recovers(
         redis_server: LocalRedis, redis_url: str) -> None:
     events = Events()
 
@@ -83,11 +82,11 @@ def test_redis_down_raises_cache_error_opens_breaker_and_recovers(
         redis_server.stop()
         try:
             for _ in range(2):
-                with pytest.raises(CacheError, match="history store read failed"):
+                with pytest.raises(StoreError, match="event store read failed"):
                     await store.recent_items("u1", 10)
             assert store.breaker.state == "open"
             started = time.perf_counter()
-            with pytest.raises(CacheError, match="CircuitOpenError"):
+            with pytest.raises(StoreError, match="CircuitOpenError"):
                 await store.append("u1", "b", "view", 2.0)
             assert time.perf_counter() - started < 0.25  # refused without trying Redis
         finally:
@@ -103,26 +102,34 @@ def test_redis_down_raises_cache_error_opens_breaker_and_recovers(
     assert errors[-1]["error"] == "CircuitOpenError"
 
 
-def test_injected_history_fault_raises_cache_error(redis_url: str) -> None:
+def test_no_server_raises_store_error_with_retry_after() -> None:
     events = Events()
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
 
-    async def scenario(store: HistoryStore) -> None:
-        with pytest.raises(CacheError, match="InjectedFault"):
-            await store.recent_items("u1", 10)
-        with pytest.raises(CacheError, match="InjectedFault"):
-            await store.append("u1", "a", "view", 1.0)
+    async def scenario(store: HistoryStore) -> list[StoreError]:
+        errors = []
+        for call in (store.recent_items("u1", 10), store.append("u1", "a", "view", 1.0)):
+            with pytest.raises(StoreError, match="event store (read|write) failed") as caught:
+                await call
+            errors.append(caught.value)
+        return errors
 
-    with_store(redis_url, scenario, events=events, faults="history:error")
+    errors = with_store(nowhere, scenario, events=events)
     assert events.count("history_error") == 2
-    with redis.Redis.from_url(redis_url) as client:
-        assert client.exists(PREFIX + "u1") == 0
+    assert all(error.retry_after_s == RESET_S for error in errors)
 
 
-def test_injected_history_hang_times_out(redis_url: str) -> None:
+def test_a_paused_server_times_out(redis_url: str) -> None:
+    pause_ms = 1500
+
     async def scenario(store: HistoryStore) -> float:
+        with redis.Redis.from_url(redis_url) as client:  # every client's commands wait
+            client.execute_command("CLIENT", "PAUSE", str(pause_ms), "ALL")
         started = time.perf_counter()
-        with pytest.raises(CacheError, match="TimeoutError"):
+        with pytest.raises(StoreError, match="TimeoutError"):
             await store.recent_items("u1", 10)
-        return time.perf_counter() - started
+        took = time.perf_counter() - started
+        await asyncio.sleep(pause_ms / 1000 - took + 0.1)  # let the pause end for later tests
+        return took
 
-    assert with_store(redis_url, scenario, faults="history:timeout") < 3.0  # the hang is 5 s
+    assert with_store(redis_url, scenario) < 1.2  # the store's 0.5 s timeout, not the pause

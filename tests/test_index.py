@@ -1,4 +1,4 @@
-"""Tests for recsys.index and recsys.index_build: exactness, padding, persistence, errors."""
+"""Tests for recsys.models.index and training.index_build: exactness, padding, persistence, errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from recsys.errors import ArtifactError
-from recsys.index import ItemIndex, load_index, save_index
-from recsys.index_build import IndexSpec, build_index, choose_index_spec
+from recsys.models.index import ItemIndex, load_index, save_index
 from tests.fixtures_vectors import DIM, clustered
+from training.index_build import IndexSpec, build_index, choose_index_spec
 
 pytestmark = pytest.mark.usefixtures("restore_faiss_threads")
 needs_gpu = pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="faiss sees no GPU")
@@ -198,7 +198,7 @@ def test_use_gpu_without_gpu_raises_value_error(clustered_small: tuple[np.ndarra
 @needs_gpu
 @pytest.mark.parametrize("spec", [IndexSpec(kind="flat"), IndexSpec(kind="ivf", nlist=32, nprobe=8)])
 def test_gpu_index_matches_cpu_and_saves_cpu_form(tmp_path: Path, spec: IndexSpec) -> None:
-    from recsys.index import is_on_gpu
+    from recsys.models.index import is_on_gpu
 
     vectors, queries = clustered(3_000, 20)
     gpu = ItemIndex(build_index(vectors, spec, use_gpu=True), vectors)

@@ -1,4 +1,4 @@
-"""Tests for recsys.index_tuning: recall against exact search and the IVF probes it tunes."""
+"""Tests for training.index_tuning: recall against exact search and the IVF probes it tunes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +7,10 @@ import faiss
 import numpy as np
 import pytest
 
-from recsys.index import ItemIndex, load_index, save_index
-from recsys.index_build import build_index, ivf_spec
-from recsys.index_tuning import (
+from recsys.models.index import ItemIndex, item_query_nprobe, load_index, save_index
+from training.index_build import build_index, ivf_spec
+from training.index_tuning import (
     ensure_recall,
-    item_query_nprobe,
     recall_at_k,
     tune_item_nprobe,
     tune_nprobe,

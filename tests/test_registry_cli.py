@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys import artifacts
+from recsys.models import artifacts
 from registry import (
     CHAMPION,
     EMBEDDING_MODEL,

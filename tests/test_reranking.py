@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from recsys.features import ItemCatalog
-from recsys.reranking import diversify, filter_candidates, primary_genre, rerank
-from recsys.retrieval import Candidates
+from recsys.pipeline.reranking import diversify, filter_candidates, primary_genre, rerank
+from recsys.pipeline.retrieval import Candidates
 from tests.bundle_factory import GENRES, make_catalog
 
 N_ITEMS = 40

@@ -4,17 +4,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 
-from recsys.bundles import EmbeddingBundle
 from recsys.errors import RetrievalError
 from recsys.features import PAD
-from recsys.index import ItemIndex
-from recsys.index_build import IndexSpec, build_index
-from recsys.retrieval import (
+from recsys.models.bundles import EmbeddingBundle
+from recsys.models.index import ItemIndex
+from recsys.pipeline.retrieval import (
     AnnSource,
     Candidates,
     ItemToItemSource,
@@ -24,6 +23,7 @@ from recsys.retrieval import (
 )
 from tests.bundle_factory import make_embedding_bundle
 from tests.events import Events
+from training.index_build import IndexSpec, build_index
 
 N_ITEMS = 200
 
@@ -45,6 +45,7 @@ def query(bundle: EmbeddingBundle) -> RetrievalQuery:
 @dataclass
 class Broken:
     name: str
+    inline: bool = False
 
     def __call__(self, query: RetrievalQuery) -> np.ndarray:
         raise RetrievalError(f"{self.name} is down")
@@ -54,6 +55,7 @@ class Stuck:
     """A blocking source (not inline) that holds its worker thread until released."""
 
     name = "stuck"
+    inline = False
 
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -101,11 +103,12 @@ def test_popular_returns_most_popular_without_padding(bundle: EmbeddingBundle,
                                                       query: RetrievalQuery) -> None:
     popularity = bundle.catalog.popularity.copy()
     popularity[PAD] = popularity.max() + 100  # even a popular padding row is never served
-    found = PopularSource(popularity, 10)(query)
+    catalog = replace(bundle.catalog, popularity=popularity)
+    found = PopularSource(catalog.popular_rows, 10)(query)
     assert PAD not in found and len(found) == 10
     expected = np.argsort(-bundle.catalog.popularity[1:], kind="stable")[:10] + 1
     np.testing.assert_array_equal(found, expected)
-    assert PopularSource(popularity, 0)(query).size == 0
+    assert PopularSource(catalog.popular_rows, 0)(query).size == 0
 
 
 def test_item_to_item_returns_neighbours_of_recent_items_but_never_the_seeds(
@@ -138,7 +141,7 @@ def test_item_to_item_without_recent_items_or_seeds_returns_nothing(
 # ---- Retriever ----------------------------------------------------------------------------
 
 def sources(bundle: EmbeddingBundle) -> list:
-    return [AnnSource(bundle.index, 30), PopularSource(bundle.catalog.popularity, 20),
+    return [AnnSource(bundle.index, 30), PopularSource(bundle.catalog.popular_rows, 20),
             ItemToItemSource(bundle.index, bundle.item_vectors, 3, 10)]
 
 
@@ -208,10 +211,6 @@ def test_a_source_past_its_timeout_is_failed_without_waiting_for_it(
     assert events.seen == [("source_failed", {"source": "stuck", "error": "timeout"})]
 
 
-class InlineBroken(Broken):
-    inline = True
-
-
 class WhereRun:
     """Records the thread it ran on."""
 
@@ -239,7 +238,7 @@ def test_an_inline_source_that_raises_is_failed_like_a_threaded_one(
         bundle: EmbeddingBundle, query: RetrievalQuery) -> None:
     events = Events()
     ann = AnnSource(bundle.index, 30)
-    retriever = Retriever([InlineBroken("local"), ann], bundle.item_vectors, 5.0, events)
+    retriever = Retriever([Broken("local", inline=True), ann], bundle.item_vectors, 5.0, events)
     candidates = retrieve(retriever, query)
     assert candidates.failed == ("local",)
     assert set(candidates.items.tolist()) == set(ann(query).tolist())
@@ -257,6 +256,6 @@ def test_every_source_failing_raises_retrieval_error(bundle: EmbeddingBundle,
 
 def test_sources_returning_nothing_give_empty_candidates(bundle: EmbeddingBundle,
                                                          query: RetrievalQuery) -> None:
-    retriever = Retriever([PopularSource(bundle.catalog.popularity, 0)], bundle.item_vectors, 5.0)
+    retriever = Retriever([PopularSource(bundle.catalog.popular_rows, 0)], bundle.item_vectors, 5.0)
     candidates = retrieve(retriever, query)
     assert candidates.items.size == 0 and candidates.source_mask.shape == (0, 1)

@@ -3,8 +3,9 @@
 Only the stage timeouts are widened (RELAXED_LATENCY) so that the happy-path assertions
 ("not degraded", "ranked by the primary ranker") do not depend on the machine's load.
 
-Every endpoint, the response contract, client errors (always 4xx with the field named, never a
-5xx), cold start, the result cache and its invalidation by /events, and /metrics.
+Every endpoint, the response contract, client errors (always 4xx in the one error body with the
+field named, never a 5xx, logged in one line), cold start, the result cache and its invalidation
+by /events, and /metrics.
 """
 from __future__ import annotations
 
@@ -18,37 +19,40 @@ import httpx
 import pytest
 import redis
 
-from recsys.schemas import RecommendResponse
+from devtools.processes import ServerProcess, bentoml_serve
+from serving.schemas import RecommendResponse
 from tests.fixtures_models import TrainedModels
 from tests.serving_process import (
     RELAXED_LATENCY,
-    ServingProcess,
+    error_body,
     error_fields,
     error_text,
     metric_delta,
     metric_samples,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
 
 MAX_K = 100  # RECSYS_MAX_K default
 MAX_LIST_ITEMS = 1000  # RECSYS_MAX_LIST_ITEMS default
+MAX_BODY_BYTES = 1_048_576  # RECSYS_MAX_BODY_BYTES default
 
 
 @pytest.fixture(scope="module")
 def server(trained_models: TrainedModels, redis_server: Any,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingProcess]:
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     redis_server.start()  # a module before may have stopped it
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
     env = {**trained_models.env(), **RELAXED_LATENCY, "RECSYS_REDIS_URL": redis_server.url}
-    with ServingProcess("service:Recommender", env,
+    with bentoml_serve("service:Recommender", env,
                         tmp_path_factory.mktemp("serve-api") / "serve.log") as process:
         yield process
 
 
 @pytest.fixture(scope="module")
-def http(server: ServingProcess) -> Iterator[httpx.Client]:
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with server.client() as client:
         yield client
 
@@ -101,7 +105,9 @@ def test_info_lists_models_limits_and_topology(http: httpx.Client,
     assert info["experiment"]["variants"] == [{"name": "control", "alias": "champion",
                                                "weight": 1.0}]
     assert info["topology"] == "inline" and info["redis"] is True
-    assert info["limits"] == {"max_k": MAX_K, "max_list_items": MAX_LIST_ITEMS}
+    assert info["limits"] == {"max_k": MAX_K, "max_list_items": MAX_LIST_ITEMS,
+                              "max_body_bytes": MAX_BODY_BYTES}
+    assert info["history_len"]["champion"] > 0
 
 
 # ---- the response contract ----------------------------------------------------------------
@@ -230,7 +236,10 @@ def test_other_k_is_another_cache_entry(http: httpx.Client) -> None:
     ({"user_id": "u", "k": -3}, "k"),
     ({"user_id": "u", "k": MAX_K + 1}, "k"),
     ({"user_id": "u", "k": "ten"}, "k"),
+    ({"user_id": "u", "k": "5"}, "k"),  # strict: a number in a string is not a number
+    ({"user_id": "u", "k": True}, "k"),  # nor is a boolean
     ({"user_id": "u", "k": 2.5}, "k"),
+    ({"user_id": "u", "context": {"hour": "21"}}, "context.hour"),
     ({"k": 5}, "user_id"),
     ({"user_id": ""}, "user_id"),
     ({"user_id": 12345}, "user_id"),
@@ -273,6 +282,53 @@ def test_malformed_json_is_400(http: httpx.Client, content: bytes) -> None:
                          headers={"content-type": "application/json"})
 
     assert response.status_code == 400, response.text
+    assert error_body(response).code == "invalid_request"
+
+
+def test_a_body_over_the_size_limit_is_413_before_it_is_read(http: httpx.Client) -> None:
+    huge = json.dumps({"user_id": "u", "exclude_item_ids": ["x" * 100] * 50_000}).encode()
+    assert len(huge) > 5_000_000
+
+    response = http.post("/recommend", content=huge, headers={"content-type": "application/json"})
+
+    assert response.status_code == 413, response.text
+    body = error_body(response)
+    assert body.code == "body_too_large" and "RECSYS_MAX_BODY_BYTES" in body.error
+
+
+def test_a_streamed_body_over_the_limit_is_413(http: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the edge counts what arrives
+        yield b'{"user_id": "u", "exclude_item_ids": ['
+        for _ in range(MAX_BODY_BYTES // 1000 + 1):
+            yield b'"' + b"x" * 1000 + b'",'
+        yield b'"x"]}'
+
+    response = http.post("/recommend", content=chunks(),
+                         headers={"content-type": "application/json"})
+
+    assert response.status_code == 413, response.text
+
+
+@pytest.mark.parametrize("method, path, status, code", [
+    ("GET", "/recommend", 405, "method_not_allowed"),
+    ("POST", "/no-such-endpoint", 404, "not_found"),
+])
+def test_framework_errors_have_the_same_body(http: httpx.Client, method: str, path: str,
+                                              status: int, code: str) -> None:
+    response = http.request(method, path, json={})
+
+    assert response.status_code == status, response.text
+    assert error_body(response).code == code
+
+
+def test_every_error_is_documented_with_the_error_body(http: httpx.Client) -> None:
+    spec = http.get("/docs.json").json()
+    assert set(spec["components"]["schemas"]["ErrorBody"]["required"]) == {"error", "code"}
+    for route in ("/recommend", "/similar_items", "/rank", "/events", "/info"):
+        responses = spec["paths"][route]["post"]["responses"]
+        for status in ("400", "404", "413", "429", "500", "503", "504"):
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (route, status)
 
 
 @pytest.mark.parametrize("endpoint, body, field, status", [
@@ -294,6 +350,26 @@ def test_bad_request_to_other_endpoints(http: httpx.Client, item_ids: list[str],
     body = {key: (item_ids[0] if value == "i1" else value) for key, value in body.items()}
 
     _assert_client_error(http.post(endpoint, json=body), field, status)
+
+
+def test_client_errors_are_logged_in_one_line_without_a_traceback(
+        server: ServerProcess, http: httpx.Client) -> None:
+    marker = _user("logged")
+    bad = [{"user_id": marker, "k": 0}, {"user_id": marker, "exclude_item_ids": ["nope"]},
+           {"user_id": marker, "k": MAX_K + 1}, {"user_id": marker, "nope": 1}]
+    before = server.log_path.read_text(errors="replace")
+    for body in bad * 5:
+        assert http.post("/recommend", json=body).status_code == 400
+
+    def logged() -> str:
+        return server.log_path.read_text(errors="replace")[len(before):]
+    lines = wait_for(lambda: [line for line in logged().splitlines() if "-> 400" in line]
+                     if logged().count("-> 400") >= len(bad) * 5 else None, 10.0,
+                     "one log line per client error")
+    assert len(lines) == len(bad) * 5
+    assert all("[INFO]" in line and "POST /recommend -> 400 invalid_request" in line
+               for line in lines), lines[:3]
+    assert "ERROR" not in logged() and "Traceback" not in logged()
 
 
 # ---- metrics ------------------------------------------------------------------------------

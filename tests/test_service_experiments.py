@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from recsys.local_redis import LocalRedis
-from recsys.shadow_records import ShadowRecord
-from recsys.shadow_sinks import read_shadow_log
+from devtools.local_redis import LocalRedis
+from devtools.processes import bentoml_serve
+from recsys.experiments.shadow_records import ShadowRecord
+from recsys.experiments.shadow_sinks import read_shadow_log
 from tests.fixtures_models import TrainedModels
-from tests.serving_process import RELAXED_LATENCY, ServingProcess, wait_for
+from tests.serving_process import RELAXED_LATENCY, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def served(trained_models: TrainedModels, redis_server: LocalRedis,
     env = {**trained_models.env(), **RELAXED_LATENCY, "RECSYS_REDIS_URL": redis_server.url,
            "RECSYS_EXPERIMENT_FILE": str(experiment_file), "RECSYS_SHADOW_FRACTION": "1",
            "RECSYS_SHADOW_LOG": str(shadow_log)}
-    with ServingProcess("service:Recommender", env, root / "serve.log") as server, \
+    with bentoml_serve("service:Recommender", env, root / "serve.log") as server, \
             server.client() as client:
         yield Served(client, shadow_log, json.loads(trained_models.models_file.read_text()))
 

@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from recsys.local_redis import LocalRedis
+from devtools.local_redis import LocalRedis
+from devtools.processes import ServerProcess, bentoml_serve
 from tests.fixtures_models import TrainedModels
-from tests.serving_process import ServingProcess, metric_samples, wait_for
+from tests.serving_process import metric_samples, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +29,10 @@ RANKER_REASONS = {"ranker_timeout", "ranker_circuit_open"}
 
 
 def _serve(trained_models: TrainedModels, redis_server: LocalRedis, log_dir: Any,
-           **settings: str) -> ServingProcess:
+           **settings: str) -> ServerProcess:
     env = {**trained_models.env(), "RECSYS_REDIS_URL": redis_server.url,
            **{f"RECSYS_{name.upper()}": value for name, value in settings.items()}}
-    return ServingProcess("service:Recommender", env, log_dir / "serve.log")
+    return bentoml_serve("service:Recommender", env, log_dir / "serve.log")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,8 @@ def test_redis_outage_degrades_recommend_and_refuses_events(resilient: httpx.Cli
         for _ in range(3):  # the first failures and, once it is open, the breaker's refusals
             refused = _event(resilient, user, item)
             assert refused.status_code == 503, refused.text
-            assert "event store unavailable" in refused.json()["error"]
+            body = refused.json()
+            assert body["code"] == "unavailable" and "event store" in body["error"], body
             assert refused.headers.get("retry-after") == "1"
         assert resilient.post("/rank", json={"user_id": user, "item_ids": [item]}).status_code \
             == 200

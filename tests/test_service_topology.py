@@ -1,6 +1,8 @@
 """End to end: RECSYS_TOPOLOGY=services, the user tower and the ranker in their own BentoML
 services with adaptive batching (and without, RECSYS_BATCHING=false), called by the API service
-over BentoML's service-to-service transport.
+over BentoML's service-to-service transport. Half the users are routed to the challenger, whose
+user tower reads a shorter history than the champion's: the services split each alias's input
+by its own length.
 
 Stage timeouts and the batching latency target are widened for this server: on a 2-core
 machine three processes compete for the CPU under a burst, and the default 60 ms ranking timeout
@@ -9,60 +11,93 @@ much of the burst into fallback-ranker responses, hiding whether the remote rank
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from recsys.local_redis import LocalRedis
-from tests.fixtures_models import TrainedModels
-from tests.serving_process import ServingProcess, metric_samples
+from devtools.local_redis import LocalRedis
+from devtools.processes import ServerProcess, bentoml_serve
+from recsys.app.assembly import build_runtime
+from recsys.experiments.routing import active_experiment, assign
+from recsys.models.bundles import EmbeddingBundle
+from recsys.pipeline.request import RecommendRequest
+from recsys.settings import ServingSettings
+from recsys.telemetry import Telemetry
+from tests.fixtures_models import CHALLENGER_HISTORY_LEN, TrainedModels
+from tests.serving_process import metric_samples
 
 pytestmark = pytest.mark.slow
 
 BURST_REQUESTS = 96
 BURST_CONCURRENCY = 16
 BATCH_METRIC = "bentoml_service_adaptive_batch_size"
+EXPERIMENT = {"active": "history-lengths", "experiments": [{
+    "name": "history-lengths", "salt": "topology",
+    "variants": [{"name": "control", "alias": "champion", "weight": 50},
+                 {"name": "treatment", "alias": "challenger", "weight": 50}]}]}
+
+
+def users_of(experiment_file: Path, variant: str, prefix: str, count: int) -> list[str]:
+    """The first `count` user ids "<prefix>-<n>" that the experiment routes to `variant`."""
+    experiment = active_experiment(experiment_file)
+    users = (f"{prefix}-{n}" for n in range(100_000))
+    return [u for u in users if assign(experiment, u).name == variant][:count]
 
 
 @pytest.fixture(scope="module")
-def server(trained_models: TrainedModels, redis_server: LocalRedis,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingProcess]:
+def experiment_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("experiment") / "experiments.json"
+    path.write_text(json.dumps(EXPERIMENT))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(trained_models: TrainedModels, redis_server: LocalRedis, experiment_file: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     redis_server.start()
     env = {**trained_models.env(), "RECSYS_REDIS_URL": redis_server.url,
            "RECSYS_TOPOLOGY": "services", "RECSYS_BUDGET_MS": "3000",
-           "RECSYS_RETRIEVAL_TIMEOUT_MS": "1000", "RECSYS_RANKING_TIMEOUT_MS": "2000",
-           "RECSYS_MAX_LATENCY_MS": "2000"}
-    with ServingProcess("service:Recommender", env,
+           "RECSYS_TOWER_TIMEOUT_MS": "1000", "RECSYS_RETRIEVAL_TIMEOUT_MS": "1000",
+           "RECSYS_RANKING_TIMEOUT_MS": "1000", "RECSYS_MAX_LATENCY_MS": "2000",
+           "RECSYS_EXPERIMENT_FILE": str(experiment_file)}
+    with bentoml_serve("service:Recommender", env,
                         tmp_path_factory.mktemp("serve-services") / "serve.log") as process:
         yield process
 
 
 @pytest.fixture(scope="module")
-def http(server: ServingProcess) -> Iterator[httpx.Client]:
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with server.client(timeout_s=30.0) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def item_ids(http: httpx.Client) -> list[str]:
-    response = http.post("/recommend", json={"user_id": "topology-catalogue", "k": 50})
+def item_ids(http: httpx.Client, experiment_file: Path) -> list[str]:
+    [user] = users_of(experiment_file, "control", "topology-catalogue", 1)
+    response = http.post("/recommend", json={"user_id": user, "k": 50})
     assert response.status_code == 200, response.text
     return [item["item_id"] for item in response.json()["items"]]
 
 
 @pytest.fixture(scope="module")
-def burst(server: ServingProcess, item_ids: list[str]) -> list[httpx.Response]:
-    """Concurrent /recommend calls. Each carries its own recent items, so each has its own user
-    vector (they are cached by history) and reaches the user tower service as well as the
-    ranker service."""
+def burst(server: ServerProcess, item_ids: list[str],
+          experiment_file: Path) -> list[httpx.Response]:
+    """Concurrent /recommend calls of champion users. Each carries its own recent items, so
+    each has its own user vector (they are cached by history) and reaches the user tower
+    service as well as the ranker service."""
+    users = users_of(experiment_file, "control", "burst", BURST_REQUESTS)
+
     def call(n: int) -> httpx.Response:
         size = len(item_ids)
         recent = [item_ids[n % size], item_ids[(n // size + n + 1) % size]]  # distinct pairs
-        body = {"user_id": f"burst-{n}", "k": 10, "recent_item_ids": recent}
+        body = {"user_id": users[n], "k": 10, "recent_item_ids": recent}
         with httpx.Client(base_url=server.url, timeout=30.0) as client:
             return client.post("/recommend", json=body)
 
@@ -71,8 +106,9 @@ def burst(server: ServingProcess, item_ids: list[str]) -> list[httpx.Response]:
 
 
 def test_recommend_through_the_model_services(http: httpx.Client, trained_models: TrainedModels,
-                                              item_ids: list[str]) -> None:
-    response = http.post("/recommend", json={"user_id": "topology-one", "k": 10,
+                                              item_ids: list[str], experiment_file: Path) -> None:
+    [user] = users_of(experiment_file, "control", "topology-one", 1)
+    response = http.post("/recommend", json={"user_id": user, "k": 10,
                                              "recent_item_ids": item_ids[:2]})
 
     assert response.status_code == 200, response.text
@@ -82,12 +118,57 @@ def test_recommend_through_the_model_services(http: httpx.Client, trained_models
     assert body["model_versions"] == json.loads(trained_models.models_file.read_text())["champion"]
 
 
+def test_a_challenger_with_a_shorter_history_answers_as_it_does_in_process(
+        http: httpx.Client, trained_models: TrainedModels, experiment_file: Path) -> None:
+    """The API packs the challenger's own history length; the tower service splits by it. The
+    answer is the one the inline topology computes for the same request and models."""
+    challenger = trained_models.refs("challenger")
+    assert EmbeddingBundle.load(challenger.paths["embedding"]).history_len == \
+        CHALLENGER_HISTORY_LEN < EmbeddingBundle.load(
+            trained_models.refs("champion").paths["embedding"]).history_len
+    catalog = EmbeddingBundle.load(challenger.paths["embedding"]).catalog
+    recent = [str(i) for i in catalog.item_ids[1:CHALLENGER_HISTORY_LEN + 5]]  # more than it reads
+    [user] = users_of(experiment_file, "treatment", "topology-challenger", 1)
+
+    response = http.post("/recommend", json={"user_id": user, "k": 10, "recent_item_ids": recent})
+
+    assert response.status_code == 200, response.text
+    served = response.json()
+    assert served["variant"] == "treatment" and served["model_versions"] == challenger.versions
+    assert served["ranker"] == "ranker" and not served["degraded"], served["degraded_reasons"]
+    expected = in_process_answer(trained_models, experiment_file, user, recent)
+    assert [i["item_id"] for i in served["items"]] == [i["item_id"] for i in expected["items"]]
+    assert [i["score"] for i in served["items"]] == \
+        pytest.approx([i["score"] for i in expected["items"]], abs=1e-5)
+
+
+def in_process_answer(trained_models: TrainedModels, experiment_file: Path, user: str,
+                      recent: list[str]) -> dict[str, Any]:
+    """What the inline topology answers for one request (no Redis: no recorded events)."""
+    settings = ServingSettings(experiment_file=experiment_file, budget_ms=3000,
+                               tower_timeout_ms=1000, retrieval_timeout_ms=1000,
+                               ranking_timeout_ms=1000)
+    refs = [trained_models.refs("champion"), trained_models.refs("challenger")]
+
+    async def answer() -> dict[str, Any]:
+        runtime = build_runtime(settings, refs, Telemetry())
+        try:
+            answer = await runtime.pipeline.respond(
+                RecommendRequest(user, 10, recent_items=tuple(recent)))
+            return answer.result
+        finally:
+            await runtime.aclose()
+    return asyncio.run(answer())
+
+
 def test_info_reports_the_services_topology(http: httpx.Client) -> None:
     assert http.post("/info", json={}).json()["topology"] == "services"
 
 
-def test_rank_through_the_ranker_service(http: httpx.Client, item_ids: list[str]) -> None:
-    response = http.post("/rank", json={"user_id": "topology-rank", "item_ids": item_ids[:5]})
+def test_rank_through_the_ranker_service(http: httpx.Client, item_ids: list[str],
+                                         experiment_file: Path) -> None:
+    [user] = users_of(experiment_file, "control", "topology-rank", 1)
+    response = http.post("/rank", json={"user_id": user, "item_ids": item_ids[:5]})
 
     assert response.status_code == 200, response.text
     assert response.json()["ranker"] == "ranker"
@@ -125,20 +206,21 @@ def test_adaptive_batching_metrics_after_the_burst(http: httpx.Client,
 
 @pytest.fixture(scope="module")
 def unbatched(trained_models: TrainedModels, redis_server: LocalRedis,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingProcess]:
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The same topology with RECSYS_BATCHING=false: the baseline the benchmark compares with."""
     redis_server.start()
     env = {**trained_models.env(), "RECSYS_REDIS_URL": redis_server.url,
            "RECSYS_TOPOLOGY": "services", "RECSYS_BATCHING": "false", "RECSYS_BUDGET_MS": "3000",
-           "RECSYS_RETRIEVAL_TIMEOUT_MS": "1000", "RECSYS_RANKING_TIMEOUT_MS": "2000",
+           "RECSYS_TOWER_TIMEOUT_MS": "1000", "RECSYS_RETRIEVAL_TIMEOUT_MS": "1000",
+           "RECSYS_RANKING_TIMEOUT_MS": "1000",
            "RECSYS_REDIS_TIMEOUT_MS": "1000"}  # three busy processes on 2 cores: widen them all
-    with ServingProcess("service:Recommender", env,
+    with bentoml_serve("service:Recommender", env,
                         tmp_path_factory.mktemp("serve-unbatched") / "serve.log") as process:
         yield process
 
 
 def test_batching_off_serves_through_the_model_services_one_request_per_call(
-        unbatched: ServingProcess) -> None:
+        unbatched: ServerProcess) -> None:
     with unbatched.client(timeout_s=30.0) as client:
         first = client.post("/recommend", json={"user_id": "unbatched-catalogue", "k": 30})
     items = [item["item_id"] for item in first.json()["items"]]

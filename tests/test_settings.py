@@ -1,4 +1,4 @@
-"""Serving settings, fault specs and request limits reject bad values with messages naming them."""
+"""Serving settings reject bad values with messages naming them."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from recsys.faults import STAGES, Faults, InjectedFault
-from recsys.schemas import LimitError, check_limits
 from recsys.settings import ServingSettings
 
 
@@ -22,7 +20,8 @@ def no_recsys_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_are_consistent() -> None:
     settings = ServingSettings()
     assert settings.topology == "inline" and settings.redis_url is None
-    assert settings.retrieval_timeout_ms + settings.ranking_timeout_ms <= settings.budget_ms
+    assert settings.tower_timeout_ms + settings.retrieval_timeout_ms + \
+        settings.ranking_timeout_ms <= settings.budget_ms
     assert settings.faults == ""
 
 
@@ -37,16 +36,27 @@ def test_ranked_candidates_above_what_retrieval_returns_is_rejected() -> None:
 
 def test_stage_timeouts_above_the_budget_are_rejected() -> None:
     with pytest.raises(ValidationError) as caught:
-        ServingSettings(budget_ms=100, retrieval_timeout_ms=50, ranking_timeout_ms=60)
+        ServingSettings(budget_ms=100, tower_timeout_ms=20, retrieval_timeout_ms=30,
+                        ranking_timeout_ms=60)
     message = str(caught.value)
-    assert "RECSYS_RETRIEVAL_TIMEOUT_MS + RECSYS_RANKING_TIMEOUT_MS" in message
-    assert "(50.0 + 60.0)" in message and "RECSYS_BUDGET_MS=100.0" in message
-    assert ServingSettings(budget_ms=110, retrieval_timeout_ms=50, ranking_timeout_ms=60)
+    assert "RECSYS_TOWER_TIMEOUT_MS + RECSYS_RETRIEVAL_TIMEOUT_MS + RECSYS_RANKING_TIMEOUT_MS" \
+        in message
+    assert "(20.0 + 30.0 + 60.0)" in message and "RECSYS_BUDGET_MS=100.0" in message
+    assert ServingSettings(budget_ms=110, tower_timeout_ms=20, retrieval_timeout_ms=30,
+                           ranking_timeout_ms=60)
+
+
+def test_the_tower_timeout_is_a_setting_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_TOWER_TIMEOUT_MS", "12.5")
+    settings = ServingSettings()
+    assert settings.tower_timeout_ms == 12.5 and settings.retrieval_timeout_ms == 30.0
 
 
 @pytest.mark.parametrize("field, value", [
     ("budget_ms", 0), ("max_k", 0), ("diversity", 1.5), ("shadow_fraction", -0.1),
     ("topology", "cluster"), ("redis_timeout_ms", -1), ("workers", 0), ("degraded_ttl_s", -1),
+    ("tower_timeout_ms", 0), ("max_body_bytes", 0), ("max_concurrency", 0),
+    ("request_timeout_s", 0),
 ])
 def test_out_of_range_values_name_the_setting(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as caught:
@@ -73,7 +83,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     settings = ServingSettings()
     assert settings.max_k == 25 and settings.diversity == 0.3
     assert settings.redis_url == "redis://127.0.0.1:6399/0"
-    assert Faults.parse(settings.faults).modes == {"ranker": "error"}
+    assert settings.faults == "ranker:error"
     assert settings.models_file == Path("~/models.json").expanduser()
     assert settings.experiment_file == tmp_path / "experiments.json"
 
@@ -89,49 +99,4 @@ def test_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch
         ServingSettings()
     monkeypatch.setenv("RECSYS_BUDGET_MS", "20")
     with pytest.raises(ValidationError, match="RECSYS_BUDGET_MS=20.0"):
-        ServingSettings()  # the default stage timeouts (30 + 60 ms) no longer fit
-
-
-# ---- RECSYS_FAULTS ------------------------------------------------------------------------
-
-def test_faults_parse_stages_and_modes() -> None:
-    faults = Faults.parse(" ranker:error , ann:timeout,,history:error ")
-    assert faults.modes == {"ranker": "error", "ann": "timeout", "history": "error"}
-    assert Faults.parse("").modes == {}
-    assert set(STAGES) >= set(faults.modes)
-
-
-@pytest.mark.parametrize("spec, bad", [
-    ("ranker", "'ranker'"), ("ranker:explode", "'ranker:explode'"),
-    ("database:error", "'database:error'"), ("ann:error,ranker:slow", "'ranker:slow'"),
-])
-def test_bad_fault_spec_names_the_entry(spec: str, bad: str) -> None:
-    with pytest.raises(ValueError, match=f"RECSYS_FAULTS entry {bad}: expected <stage>:<mode>"):
-        Faults.parse(spec)
-
-
-def test_fault_check_raises_only_for_named_stages() -> None:
-
-    faults = Faults.parse("popular:error")
-    faults.check("ann")
-    with pytest.raises(InjectedFault, match="injected failure in popular"):
-        faults.check("popular")
-
-
-# ---- request limits -----------------------------------------------------------------------
-
-def test_limits_accept_requests_within_them() -> None:
-    check_limits(10, 3, k=10, recent_items=["a", "b", "c"], exclude_items=None)
-    check_limits(10, 3)
-
-
-def test_k_above_max_k_names_k_and_the_setting() -> None:
-    with pytest.raises(LimitError, match=r"^k: must be at most 10 \(RECSYS_MAX_K\), got 11$"):
-        check_limits(10, 3, k=11)
-
-
-def test_long_list_names_the_field_and_the_setting() -> None:
-    with pytest.raises(LimitError) as caught:
-        check_limits(10, 3, k=5, recent_items=["a"], exclude_items=["a", "b", "c", "d"])
-    assert str(caught.value) == ("exclude_items: at most 3 items (RECSYS_MAX_LIST_ITEMS), got 4")
-    assert isinstance(caught.value, ValueError)
+        ServingSettings()  # the default stage timeouts (30 + 30 + 60 ms) no longer fit

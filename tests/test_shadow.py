@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import redis
 
-from recsys.local_redis import LocalRedis
-from recsys.shadow import ShadowConfig, ShadowScorer
-from recsys.shadow_records import ScoredList, ShadowRecord, agreement
-from recsys.shadow_sinks import JsonlSink, RedisStreamSink, read_shadow_log
+from devtools.local_redis import LocalRedis
+from recsys.experiments.shadow import ShadowConfig, ShadowScorer
+from recsys.experiments.shadow_records import ScoredList, ShadowRecord, agreement
+from recsys.experiments.shadow_sinks import JsonlSink, RedisStreamSink, read_shadow_log
 from tests.events import Events
 
 NOW = 1_790_000_000.25

@@ -10,7 +10,7 @@ import mlflow
 import nbformat
 import pytest
 
-from recsys.shadow_sinks import read_shadow_log
+from recsys.experiments.shadow_sinks import read_shadow_log
 from registry import CHALLENGER, CHAMPION, Registry
 from tests.fixtures_models import TrainedModels
 from tests.test_notebooks import NOTEBOOK_DIR, venv_kernel  # noqa: F401 (the fixture, used by name)

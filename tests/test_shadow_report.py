@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from recsys.assembly import build_runtime
-from recsys.events import Telemetry
-from recsys.request import RecommendRequest
+from recsys.app.assembly import build_runtime
+from recsys.experiments.shadow_records import ScoredList, ShadowRecord, agreement
+from recsys.experiments.shadow_sinks import read_shadow_log
+from recsys.pipeline.request import RecommendRequest
 from recsys.settings import ServingSettings
-from recsys.shadow_records import ScoredList, ShadowRecord, agreement
-from recsys.shadow_sinks import read_shadow_log
+from recsys.telemetry import Telemetry
 from registry import Registry
 from tests.fixtures_models import TrainedModels
 from training import plots
@@ -161,7 +161,7 @@ def write_shadow_log(models: TrainedModels, path: Path, requests: int = 60) -> d
                             Telemetry())
     shadow = runtime.shadow
     assert shadow is not None
-    users = runtime.recommender.slots["champion"].embedding.users
+    users = runtime.pipeline.resolver.champion.embedding.users
     known = [str(u) for u in users.user_ids] if users is not None else []
 
     async def serve() -> dict[str, int]:
@@ -169,7 +169,7 @@ def write_shadow_log(models: TrainedModels, path: Path, requests: int = 60) -> d
         try:
             for n in range(requests):
                 user = known[n % len(known)] if known and n % 6 else f"new-user-{n}"
-                await runtime.recommender.recommend(RecommendRequest(user, 10))
+                await runtime.pipeline.respond(RecommendRequest(user, 10))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and sum(
                     shadow.counts.get(c, 0) for c in ("written", "sink_error", "dropped",

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from recsys import artifacts
 from recsys.features import (
     DENSE_FEATURES,
     PAD,
@@ -20,12 +19,13 @@ from recsys.features import (
     UserAttributeEncoder,
     item_tower_feeds,
 )
-from recsys.index import ItemIndex, save_index
-from recsys.index_build import IndexSpec, build_index
-from recsys.index_tuning import ensure_recall, tune_item_nprobe
+from recsys.models import artifacts
+from recsys.models.index import ItemIndex, save_index
 from recsys.settings import ServingSettings
 from training import export
 from training.fallback import fallback_scores
+from training.index_build import IndexSpec, build_index
+from training.index_tuning import ensure_recall, tune_item_nprobe
 from training.ranker import DCNRanker, score
 from training.two_tower import TwoTowerModel, encode_users
 

@@ -15,7 +15,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from recsys.bundles import EmbeddingBundle
+from recsys.models.bundles import EmbeddingBundle
 from registry import (
     ModelSet,
     Registry,

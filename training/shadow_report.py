@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from recsys.bundles import EmbeddingBundle, check_compatible
-from recsys.shadow_records import ShadowRecord
+from recsys.experiments.shadow_records import ShadowRecord
+from recsys.models.bundles import EmbeddingBundle, check_compatible
 from registry import Registry
 from training import plots
 from training.config import EvalConfig, PipelineConfig

@@ -10,8 +10,6 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from recsys.artifacts import UserHistories
-from recsys.bundles import EmbeddingBundle, RankerBundle
 from recsys.features import (
     Context,
     FeatureScaler,
@@ -20,7 +18,8 @@ from recsys.features import (
     encode_history,
     user_ranker_inputs,
 )
-from recsys.index_tuning import recall_at_k
+from recsys.models.artifacts import UserHistories
+from recsys.models.bundles import EmbeddingBundle, RankerBundle
 from training.baselines import popularity_scorer, tuned_als
 from training.bundles import write_embedding_bundle, write_fallback_bundle, write_ranker_bundle
 from training.catalog import build_attribute_encoder, build_catalog, user_attribute_matrix
@@ -35,6 +34,7 @@ from training.evaluate import (
     rerank_scorer,
 )
 from training.fallback import train_fallback
+from training.index_tuning import recall_at_k
 from training.ranker import DCNRanker, build_queries, train_ranker
 from training.ranker import score as score_torch
 from training.sequences import UserSequences, build_sequences, concat_sequences

@@ -9,9 +9,9 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from recsys import artifacts
-from recsys.bundles import EmbeddingBundle, check_compatible
 from recsys.errors import ArtifactError
+from recsys.models import artifacts
+from recsys.models.bundles import EmbeddingBundle, check_compatible
 from registry import Registry
 from training.settings import TrainingSettings
 from training.steps import PreparedData, Rankers

@@ -1,0 +1,169 @@
+"""Builds the serving object graph from settings and bundle directories; wiring only (no BentoML,
+and nothing here runs per request)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from recsys.app.models_file import ModelRefs
+from recsys.app.runtime import Runtime
+from recsys.breaker import CircuitBreaker
+from recsys.experiments.routing import Router, active_experiment
+from recsys.experiments.shadow import ShadowConfig, ShadowScorer
+from recsys.models.bundles import EmbeddingBundle, RankerBundle, check_compatible
+from recsys.models.index import item_query_nprobe
+from recsys.pipeline.event_recording import EventRecorder
+from recsys.pipeline.rank_items import ItemListRanker
+from recsys.pipeline.ranking import RankerChain
+from recsys.pipeline.recommend import PipelineOptions, RecommendPipeline
+from recsys.pipeline.resolver import RequestResolver
+from recsys.pipeline.retrieval import (
+    AnnSource,
+    CandidateSource,
+    ItemToItemSource,
+    PopularSource,
+    Retriever,
+)
+from recsys.pipeline.scorers import LocalScorer, Scorer
+from recsys.pipeline.similar_items import SimilarItems
+from recsys.pipeline.slots import ModelSlot
+from recsys.pipeline.towers import LocalUserTower, UserTower
+from recsys.settings import ServingSettings
+from recsys.stores.cache import CacheConfig, ResultCache
+from recsys.stores.history import HistoryStore
+from recsys.telemetry import BreakerStateEvents, Telemetry
+
+
+@dataclass(frozen=True)
+class RemoteModels:
+    """One alias's user tower and ranker when they run in model services (topology
+    "services"); the fallback ranker and retrieval stay in this process."""
+
+    user_tower: UserTower
+    scorer: Scorer
+
+
+class StageWrapper(Protocol):
+    """Wraps a stage's adapter before a slot uses it. Fault injection (devtools/faults.py) is the
+    one implementation; the runtime ships none."""
+
+    def user_tower(self, tower: UserTower) -> UserTower: ...
+
+    def scorer(self, stage: str, scorer: Scorer) -> Scorer: ...
+
+    def source(self, source: CandidateSource) -> CandidateSource: ...
+
+
+class NoWrapping:
+    def user_tower(self, tower: UserTower) -> UserTower:
+        return tower
+
+    def scorer(self, stage: str, scorer: Scorer) -> Scorer:
+        return scorer
+
+    def source(self, source: CandidateSource) -> CandidateSource:
+        return source
+
+
+def candidate_sources(embedding: EmbeddingBundle,
+                      settings: ServingSettings) -> list[CandidateSource]:
+    """The retrieval sources of one embedding bundle: ANN, popular, item-to-item (with the IVF
+    probes training measured for item queries, when the manifest has them)."""
+    return [
+        AnnSource(embedding.index, settings.ann_candidates),
+        PopularSource(embedding.catalog.popular_rows, settings.popular_candidates),
+        ItemToItemSource(embedding.index, embedding.item_vectors, settings.item_to_item_seeds,
+                         settings.item_to_item_per_seed,
+                         item_query_nprobe(embedding.index,
+                                           embedding.manifest.metadata.get("index_item_nprobe"))),
+    ]
+
+
+def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
+               remote: RemoteModels | None = None, wrap: StageWrapper | None = None) -> ModelSlot:
+    wrap = wrap or NoWrapping()
+    embedding = EmbeddingBundle.load(refs.paths["embedding"], threads=settings.onnx_threads,
+                                     load_user_tower=remote is None)
+    ranker = RankerBundle.load(refs.paths["ranker"], "ranker", threads=settings.onnx_threads,
+                               int8=settings.ranker_int8)
+    fallback = RankerBundle.load(refs.paths["fallback_ranker"], "fallback_ranker", threads=1)
+    check_compatible(embedding, ranker)
+    check_compatible(embedding, fallback)
+    retriever = Retriever(
+        sources=[wrap.source(s) for s in candidate_sources(embedding, settings)],
+        item_vectors=embedding.item_vectors, timeout_s=settings.retrieval_timeout_ms / 1000,
+        on_event=telemetry.event)
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s,
+                             on_state_change=BreakerStateEvents(telemetry.event,
+                                                                f"ranker_{refs.alias}"))
+    chain = RankerChain(
+        primary=wrap.scorer("ranker", remote.scorer if remote else LocalScorer(ranker)),
+        fallback=wrap.scorer("fallback", LocalScorer(fallback)),
+        breaker=breaker, timeout_s=settings.ranking_timeout_ms / 1000, on_event=telemetry.event)
+    tower = wrap.user_tower(remote.user_tower if remote else LocalUserTower(embedding))
+    return ModelSlot(alias=refs.alias, versions=refs.versions, embedding=embedding,
+                     scaler=ranker.scaler, user_tower=tower,
+                     tower_timeout_s=settings.tower_timeout_ms / 1000, retriever=retriever,
+                     ranker=chain)
+
+
+def build_cache(settings: ServingSettings, telemetry: Telemetry) -> ResultCache | None:
+    if not settings.redis_url:
+        return None
+    return ResultCache(CacheConfig(
+        l1_ttl_s={"results": min(settings.result_ttl_s, 30.0), "user_vector": 60.0},
+        l2_ttl_s={"results": settings.result_ttl_s, "user_vector": settings.user_vector_ttl_s},
+        l1_max_items=settings.l1_max_items, redis_timeout_s=settings.redis_timeout_ms / 1000,
+        breaker_failure_threshold=settings.breaker_failures,
+        breaker_reset_timeout_s=settings.breaker_reset_s,
+    ), settings.redis_url, on_event=telemetry.event)
+
+
+def build_history(settings: ServingSettings, telemetry: Telemetry) -> HistoryStore | None:
+    if not settings.redis_url:
+        return None
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s,
+                             on_state_change=BreakerStateEvents(telemetry.event, "redis_history"))
+    return HistoryStore(settings.redis_url, max_events=settings.history_max_events,
+                        timeout_s=settings.redis_timeout_ms / 1000, breaker=breaker,
+                        on_event=telemetry.event)
+
+
+def build_shadow(settings: ServingSettings, telemetry: Telemetry) -> ShadowScorer:
+    to_redis = settings.shadow_log == "redis"
+    if to_redis and not settings.redis_url:
+        raise ValueError("RECSYS_SHADOW_LOG=redis needs RECSYS_REDIS_URL")
+    return ShadowScorer(ShadowConfig(
+        fraction=settings.shadow_fraction, sink="redis" if to_redis else "jsonl",
+        jsonl_path=None if to_redis else settings.shadow_log,
+        redis_url=settings.redis_url if to_redis else None,
+        challenger_timeout_s=settings.budget_ms / 1000 * 4,
+    ), on_event=telemetry.event)
+
+
+def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: Telemetry, *,
+                  remote: Mapping[str, RemoteModels] | None = None,
+                  wrap: StageWrapper | None = None) -> Runtime:
+    """Every slot the experiment, the champion and shadow scoring need, and the endpoints over
+    them. `remote`: alias -> model-service adapters (topology "services")."""
+    experiment = active_experiment(settings.experiment_file) if settings.experiment_file else None
+    router = Router(experiment)
+    wanted = router.aliases() | {"champion"} | ({"challenger"} if settings.shadow_fraction else set())
+    slots = {r.alias: build_slot(r, settings, telemetry, (remote or {}).get(r.alias), wrap)
+             for r in refs if r.alias in wanted}
+    cache = build_cache(settings, telemetry)
+    history = build_history(settings, telemetry)
+    shadow = build_shadow(settings, telemetry) \
+        if settings.shadow_fraction > 0 and "challenger" in slots else None
+    vector_cache = cache if settings.topology == "services" else None
+    resolver = RequestResolver(slots, router, history, vector_cache, telemetry)
+    options = PipelineOptions(
+        ranked_candidates=settings.ranked_candidates, diversity=settings.diversity,
+        max_per_category=settings.max_per_category, budget_s=settings.budget_ms / 1000,
+        degraded_ttl_s=settings.degraded_ttl_s)
+    return Runtime(
+        pipeline=RecommendPipeline(resolver, options, cache, telemetry, shadow),
+        similar_items=SimilarItems(resolver), item_ranker=ItemListRanker(resolver),
+        event_recorder=EventRecorder(resolver, history, cache),
+        cache=cache, history=history, shadow=shadow)

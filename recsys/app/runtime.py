@@ -1,0 +1,60 @@
+"""The serving objects of one process, with their lifecycle and what /info reports about them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from recsys.experiments.shadow import ShadowScorer
+from recsys.pipeline.event_recording import EventRecorder
+from recsys.pipeline.rank_items import ItemListRanker
+from recsys.pipeline.recommend import RecommendPipeline
+from recsys.pipeline.similar_items import SimilarItems
+from recsys.settings import ServingSettings
+from recsys.stores.cache import ResultCache
+from recsys.stores.history import HistoryStore
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One object per endpoint (pipeline: /recommend) and the stores they share."""
+
+    pipeline: RecommendPipeline
+    similar_items: SimilarItems
+    item_ranker: ItemListRanker
+    event_recorder: EventRecorder
+    cache: ResultCache | None
+    history: HistoryStore | None
+    shadow: ShadowScorer | None = None
+
+    async def start(self) -> None:
+        """Inside the serving event loop: start background workers, then warm up."""
+        if self.shadow is not None:
+            self.shadow.start()
+        await self.pipeline.warmup()
+
+    def info(self, settings: ServingSettings) -> dict[str, Any]:
+        """Models per alias, experiment, topology and the settings that shape responses."""
+        slots = self.pipeline.resolver.slots
+        experiment = self.pipeline.resolver.router.experiment
+        return {
+            "models": {alias: slot.versions for alias, slot in slots.items()},
+            "catalogue_items": {alias: slot.catalog.size for alias, slot in slots.items()},
+            "history_len": {alias: slot.history_len for alias, slot in slots.items()},
+            "experiment": {"name": experiment.name,
+                           "variants": [{"name": v.name, "alias": v.alias, "weight": v.weight}
+                                        for v in experiment.variants]},
+            "topology": settings.topology,
+            "redis": bool(settings.redis_url),
+            "limits": {"max_k": settings.max_k, "max_list_items": settings.max_list_items,
+                       "max_body_bytes": settings.max_body_bytes},
+            "candidates": {"ann": settings.ann_candidates, "popular": settings.popular_candidates,
+                           "ranked": settings.ranked_candidates},
+        }
+
+    async def aclose(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+        if self.history is not None:
+            await self.history.aclose()

@@ -1,0 +1,33 @@
+"""POST /events: append a user's event to their history and invalidate their cached results."""
+from __future__ import annotations
+
+from typing import Any
+
+from recsys.errors import StoreError
+from recsys.pipeline.resolver import RequestResolver
+from recsys.stores.cache import ResultCache
+from recsys.stores.history import HistoryStore
+
+
+class EventRecorder:
+    """`history` None: the service runs without an event store, and every event is refused."""
+
+    def __init__(self, resolver: RequestResolver, history: HistoryStore | None,
+                 cache: ResultCache | None) -> None:
+        self.resolver, self.history, self.cache = resolver, history, cache
+
+    async def record_event(self, user_id: str, item_id: str, event_type: str,
+                           timestamp: float) -> dict[str, Any]:
+        """UnknownIdError for an item the champion's catalogue lacks; StoreError when the event
+        could not be stored (nothing was recorded)."""
+        self.resolver.champion.rows_of((item_id,), "item_id")
+        if self.history is None:
+            raise StoreError("no event store configured (RECSYS_REDIS_URL)")
+        kept = await self.history.append(user_id, item_id, event_type, timestamp)
+        invalidated = True
+        if self.cache is not None:
+            try:
+                await self.cache.bump_user_generation(user_id)
+            except StoreError:
+                invalidated = False  # this worker's L1 was cleared; other workers' entries expire
+        return {"user_id": user_id, "events_kept": kept, "cache_invalidated": invalidated}

@@ -1,0 +1,216 @@
+"""POST /recommend: cache → user state → user vector → retrieval → ranking → re-ranking.
+
+One place decides degradation: every fallback is marked in the result and reported as an event.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.errors import RetrievalError
+from recsys.experiments.shadow import ShadowScorer
+from recsys.experiments.shadow_records import ScoredList
+from recsys.features import recent_rows, user_ranker_inputs
+from recsys.pipeline.fallbacks import popularity_candidates
+from recsys.pipeline.request import RecommendRequest
+from recsys.pipeline.reranking import filter_candidates, rerank
+from recsys.pipeline.resolver import RequestResolver, ResolvedRequest, Routed, UserState
+from recsys.pipeline.retrieval import Candidates, RetrievalQuery
+from recsys.pipeline.slots import ModelSlot
+from recsys.stores.cache import ResultCache
+from recsys.stores.cache_keys import make_key
+from recsys.telemetry import Telemetry
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+CACHED_LEVELS = ("l1", "l2")
+WARMUP_USER = "__warmup__"
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    ranked_candidates: int
+    diversity: float
+    max_per_category: int
+    budget_s: float
+    # A degraded result lives this long in the cache (0: never cached). Short, so a recovered
+    # model serves again soon; not 0, so an overloaded service answers repeats from the cache
+    # instead of recomputing, degrading further and never catching up.
+    degraded_ttl_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """`result` is the cached object itself (the same dict on every L1 hit: never modify it);
+    `fields` are this request's own: variant, cache level, request id and latency."""
+
+    result: dict[str, Any]
+    fields: dict[str, Any]
+
+    @property
+    def from_cache(self) -> bool:
+        return self.fields["cache"] in CACHED_LEVELS
+
+
+class RecommendPipeline:
+    def __init__(self, resolver: RequestResolver, options: PipelineOptions,
+                 cache: ResultCache | None, telemetry: Telemetry,
+                 shadow: ShadowScorer | None = None) -> None:
+        self.resolver, self.options = resolver, options
+        self.cache, self.telemetry = cache, telemetry
+        self.shadow = shadow if "challenger" in resolver.slots else None
+
+    async def warmup(self, rounds: int = 3) -> None:
+        """Run the full path (no cache) for a new user on every slot: loads lazy state (ONNX
+        arenas, FAISS) before /readyz says yes. Its stage timings and the pipeline's own events
+        (exposures, candidates, fallbacks) are not reported: those metrics describe served
+        requests. Components report their own failures (a source or ranker error) as always."""
+        silent = Telemetry()
+        request = RecommendRequest(WARMUP_USER, 10)
+        for alias, slot in self.resolver.slots.items():
+            resolved = self.resolver.resolve(request, Routed(alias, slot))
+            for _ in range(rounds):
+                await self.compute(resolved, time.perf_counter(), silent)
+
+    async def respond(self, request: RecommendRequest) -> Answer:
+        start = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        resolved = self.resolver.resolve(request)
+        self.telemetry.event("exposure", variant=resolved.variant)  # only requests served
+        result, level = await self._cached_result(resolved, start)
+        latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        if self.shadow is not None and resolved.slot.alias == "champion" and \
+                self.shadow.should_shadow(request_id):
+            await self._submit_shadow(self.shadow, request_id, request, result, latency_ms)
+        return Answer(result, {"variant": resolved.variant, "cache": level,
+                               "request_id": request_id, "latency_ms": latency_ms})
+
+    async def _cached_result(self, resolved: ResolvedRequest,
+                             start: float) -> tuple[dict[str, Any], str]:
+        """(result, cache level): "none" without a cache, else "l1", "l2" or "miss"."""
+        if self.cache is None:
+            return await self.compute(resolved, start), "none"
+        request = resolved.request
+        t = time.perf_counter()
+        result, level = await self.cache.get_or_compute(
+            "results", result_key(resolved.slot, request), partial(self.compute, resolved, start),
+            user_id=request.user_id, ttl_s=self._result_ttl)
+        if level != "miss":
+            self.telemetry.observe("cache", time.perf_counter() - t)
+        return result, level
+
+    def _result_ttl(self, result: dict[str, Any]) -> float | None:
+        return self.options.degraded_ttl_s if result["degraded"] else None
+
+    async def compute(self, resolved: ResolvedRequest, start: float,
+                      telemetry: Telemetry | None = None) -> dict[str, Any]:
+        """The result for one resolved request; its stage timings and events go to
+        `telemetry` (by default the pipeline's own)."""
+        telemetry = telemetry or self.telemetry
+        slot, request = resolved.slot, resolved.request
+        reasons: list[str] = []
+        t = time.perf_counter()
+        state = await self.resolver.user_state(slot, request.user_id, resolved.recent, reasons)
+        telemetry.observe("history", time.perf_counter() - t)
+        t = time.perf_counter()
+        user = await self.resolver.user_vector(slot, state, reasons)
+        telemetry.observe("user_tower", time.perf_counter() - t)
+        t = time.perf_counter()
+        candidates = await self._retrieve(slot, user, state, reasons)
+        telemetry.observe("retrieval", time.perf_counter() - t)
+        telemetry.event("candidates", count=str(len(candidates.items)))
+        t = time.perf_counter()
+        ranked = self._to_rank(resolved, candidates, state)
+        features = user_ranker_inputs(user, state.history, ranked.items, slot.embedding.item_vectors,
+                                      slot.catalog, request.context, slot.scaler)
+        telemetry.observe("features", time.perf_counter() - t)
+        t = time.perf_counter()
+        remaining = self.options.budget_s - (time.perf_counter() - start)
+        outcome = await slot.ranker.rank(features, ranked.similarity, timeout_s=remaining)
+        if outcome.reason:
+            reasons.append(outcome.reason)
+        telemetry.observe("ranking", time.perf_counter() - t)
+        t = time.perf_counter()
+        order = rerank(outcome.scores, ranked.items, slot.embedding.item_vectors, slot.catalog,
+                       request.k, self.options.diversity, self.options.max_per_category)
+        telemetry.observe("reranking", time.perf_counter() - t)
+        for reason in reasons:
+            telemetry.event("fallback", reason=reason.split(":")[0])
+        return {"user_id": request.user_id, "items": items(slot, ranked, outcome.scores, order),
+                "model_versions": slot.versions, "ranker": outcome.ranker,
+                "degraded": bool(reasons), "degraded_reasons": reasons}
+
+    @staticmethod
+    async def _retrieve(slot: ModelSlot, user: FloatArray, state: UserState,
+                        reasons: list[str]) -> Candidates:
+        try:
+            candidates = await slot.retriever.retrieve(
+                RetrievalQuery(user, recent_rows(state.history)))
+        except RetrievalError:
+            candidates = popularity_candidates(slot.catalog, slot.embedding.item_vectors, user)
+            reasons.append("retrieval_failed")
+        reasons += [f"source_failed:{name}" for name in candidates.failed]
+        return candidates
+
+    def _to_rank(self, resolved: ResolvedRequest, candidates: Candidates,
+                 state: UserState) -> Candidates:
+        """Candidates left after the seen, excluded and category filters, cut to the number
+        the ranker scores."""
+        kept = filter_candidates(candidates, np.union1d(state.seen, resolved.excluded),
+                                 resolved.slot.catalog, resolved.include_genres,
+                                 resolved.exclude_genres)
+        return kept.select(np.arange(min(len(kept.items), self.options.ranked_candidates)))
+
+    async def _submit_shadow(self, shadow: ShadowScorer, request_id: str,
+                             request: RecommendRequest, served: dict[str, Any],
+                             latency_ms: float) -> None:
+        """Queue the challenger on the same request, its ids resolved on its own catalogue;
+        never awaited on the request path."""
+        await shadow.submit(request_id, request.user_id, scored_list(served, latency_ms),
+                            ShadowCall(self, request), k=request.k)
+
+
+@dataclass(frozen=True)
+class ShadowCall:
+    """The challenger's answer to one request, computed when a shadow worker gets to it."""
+
+    pipeline: RecommendPipeline
+    request: RecommendRequest
+
+    async def __call__(self) -> ScoredList:
+        challenger = self.pipeline.resolver.slots["challenger"]
+        resolved = self.pipeline.resolver.resolve(self.request, Routed("shadow", challenger))
+        start = time.perf_counter()
+        result = await self.pipeline.compute(resolved, start)
+        return scored_list(result, (time.perf_counter() - start) * 1000)
+
+
+def result_key(slot: ModelSlot, request: RecommendRequest) -> str:
+    """make_key of the request on this slot's models, computed once per distinct request: hashing
+    the frozen request costs a fraction of make_key's JSON and blake2b."""
+    key = slot.result_keys.get(request)
+    if key is None:
+        key = slot.result_keys[request] = make_key("results", slot.versions,
+                                                   request.cache_fields())
+    return key
+
+
+def items(slot: ModelSlot, ranked: Candidates, scores: FloatArray,
+          order: IntArray) -> list[dict[str, Any]]:
+    catalog = slot.catalog
+    return [{"item_id": str(catalog.item_ids[ranked.items[p]]),
+             "title": str(catalog.titles[ranked.items[p]]),
+             "score": round(float(scores[p]), 6), "rank": rank + 1,
+             "sources": ranked.sources_of(int(p))}
+            for rank, p in enumerate(order)]
+
+
+def scored_list(result: dict[str, Any], latency_ms: float) -> ScoredList:
+    return ScoredList(result["model_versions"], [i["item_id"] for i in result["items"]],
+                      [i["score"] for i in result["items"]], latency_ms)

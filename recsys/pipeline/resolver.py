@@ -1,0 +1,146 @@
+"""What a request needs before any model scores it, the same for every endpoint: the model slot
+its user is routed to, the catalogue rows and categories it names, the user's state (history,
+attributes, seen items) and the user vector."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.errors import RecsysError, StoreError
+from recsys.experiments.routing import Router
+from recsys.features import encode_history, recent_rows
+from recsys.pipeline.fallbacks import fallback_user_vector
+from recsys.pipeline.request import RecommendRequest
+from recsys.pipeline.slots import ModelSlot
+from recsys.stores.cache import ResultCache
+from recsys.stores.cache_keys import make_key
+from recsys.stores.history import HistoryStore
+from recsys.telemetry import Telemetry
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The experiment variant a user is in and the slot that serves it."""
+
+    variant: str
+    slot: ModelSlot
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A /recommend request with its ids resolved on the slot that serves it."""
+
+    request: RecommendRequest
+    variant: str
+    slot: ModelSlot
+    recent: IntArray  # rows of recent_items, in order
+    excluded: IntArray  # rows of exclude_items
+    include_genres: IntArray | None  # genre columns; None: no filter
+    exclude_genres: IntArray | None
+
+
+@dataclass(frozen=True)
+class UserState:
+    history: IntArray  # [H] padded to the slot's history length, most recent last
+    attributes: IntArray  # [A] attribute ids
+    seen: IntArray  # rows the user has interacted with (never recommended)
+
+
+class RequestResolver:
+    """Routes users to slots and resolves what their requests name, on that slot.
+
+    `history` adds the user's recorded events to the training-time history (None: training
+    history only); `vector_cache` caches user vectors by (embedding version, history,
+    attributes), worth a Redis round trip only when the user tower is a process hop away.
+    """
+
+    def __init__(self, slots: Mapping[str, ModelSlot], router: Router,
+                 history: HistoryStore | None, vector_cache: ResultCache | None,
+                 telemetry: Telemetry) -> None:
+        if CHAMPION not in slots:
+            raise ValueError(f"a champion model slot is required, got {sorted(slots)}")
+        self.slots = dict(slots)
+        self.router, self.history = router, history
+        self.vector_cache, self.telemetry = vector_cache, telemetry
+
+    @property
+    def champion(self) -> ModelSlot:
+        return self.slots[CHAMPION]
+
+    def route(self, user_id: str) -> Routed:
+        variant = self.router.variant_for(user_id)
+        slot = self.slots.get(variant.alias)
+        if slot is None:
+            self.telemetry.event("variant_unavailable", variant=variant.name)
+            return Routed(variant.name, self.champion)
+        return Routed(variant.name, slot)
+
+    def resolve(self, request: RecommendRequest, routed: Routed | None = None) -> ResolvedRequest:
+        """The request's ids on the slot its user is routed to (or on `routed`'s slot: shadow
+        scoring resolves the same request on the challenger). UnknownIdError for an id or
+        category that slot's catalogue lacks."""
+        routed = routed or self.route(request.user_id)
+        slot = routed.slot
+        return ResolvedRequest(
+            request=request, variant=routed.variant, slot=slot,
+            recent=slot.rows_of(request.recent_items, "recent_item_ids"),
+            excluded=slot.rows_of(request.exclude_items, "exclude_item_ids"),
+            include_genres=slot.genres_of(request.include_categories, "filters.include_categories"),
+            exclude_genres=slot.genres_of(request.exclude_categories, "filters.exclude_categories"),
+        )
+
+    async def user_state(self, slot: ModelSlot, user_id: str, recent: IntArray,
+                         reasons: list[str]) -> UserState:
+        """Training-time history, then recorded events, then the request's recent items, cut to
+        the slot's own history length. A failed event store appends `history_unavailable`."""
+        users, row = slot.embedding.users, slot.user_rows.get(user_id)
+        if users is not None and row is not None:
+            history = list(recent_rows(users.histories[row]))
+            seen, attributes = users.seen(row), users.attributes[row]
+        else:
+            history, seen = [], np.zeros(0, dtype=np.int64)
+            attributes = np.zeros(max(len(slot.embedding.attributes.names), 1), dtype=np.int64)
+        if self.history is not None:
+            try:
+                events = await self.history.recent_items(user_id, slot.history_len)
+                event_rows = [slot.item_rows[i] for i in events if i in slot.item_rows]
+                history += event_rows
+                seen = np.union1d(seen, np.asarray(event_rows, dtype=np.int64))
+            except StoreError:
+                reasons.append("history_unavailable")
+        history += recent.tolist()
+        seen = np.union1d(seen, recent)
+        return UserState(encode_history(history, slot.history_len), attributes, seen)
+
+    async def user_vector(self, slot: ModelSlot, state: UserState,
+                          reasons: list[str]) -> FloatArray:
+        """[D] from the slot's user tower within its timeout; on failure the mean of recent (or
+        popular) items, with `user_tower_timeout` or `user_tower_error` appended."""
+        try:
+            return await asyncio.wait_for(self._encode(slot, state), slot.tower_timeout_s)
+        except (RecsysError, asyncio.TimeoutError) as error:
+            reasons.append("user_tower_timeout" if isinstance(error, asyncio.TimeoutError)
+                           else "user_tower_error")
+            return fallback_user_vector(slot.catalog, slot.embedding.item_vectors, state.history)
+
+    async def _encode(self, slot: ModelSlot, state: UserState) -> FloatArray:
+        if self.vector_cache is None:
+            return await self._tower_vector(slot, state)
+        key = make_key("user_vector", {"embedding": slot.versions["embedding"]},
+                       {"history": state.history.tolist(), "attributes": state.attributes.tolist()})
+        vector, _ = await self.vector_cache.get_or_compute(
+            "user_vector", key, partial(self._tower_vector, slot, state))
+        return np.asarray(vector, dtype=np.float32)
+
+    @staticmethod
+    async def _tower_vector(slot: ModelSlot, state: UserState) -> FloatArray:
+        return (await slot.user_tower.encode(state.history[None, :], state.attributes[None, :]))[0]

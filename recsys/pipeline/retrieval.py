@@ -1,0 +1,180 @@
+"""Candidate retrieval: ANN, popularity and item-to-item sources, then one merge.
+
+Sources that answer from memory in well under a millisecond (the FAISS index, a precomputed
+list) run on the event loop; a source that may block (a remote store, an injected hang) runs
+in a worker thread under a timeout, concurrently with the others.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.errors import RetrievalError
+from recsys.features import PAD
+from recsys.models.index import ItemIndex
+from recsys.telemetry import EventSink, ignore_event
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class RetrievalQuery:
+    user_vector: FloatArray  # [D]
+    recent: IntArray  # the user's recent catalogue rows, most recent last (no padding)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Merged candidates in retrieval order (similarity to the user, highest first)."""
+
+    items: IntArray  # [C] catalogue rows
+    similarity: FloatArray  # [C] user·item inner product
+    source_names: tuple[str, ...]  # [S]
+    source_mask: npt.NDArray[np.bool_]  # [C, S]: which sources proposed each item
+    failed: tuple[str, ...]  # sources that failed or timed out for this request
+
+    def sources_of(self, position: int) -> list[str]:
+        return [n for n, hit in zip(self.source_names, self.source_mask[position]) if hit]
+
+    def select(self, keep: npt.NDArray[np.bool_] | IntArray) -> Candidates:
+        """A subset (boolean mask or positions), order preserved."""
+        return Candidates(self.items[keep], self.similarity[keep], self.source_names,
+                          self.source_mask[keep], self.failed)
+
+
+class AnnSource:
+    """Nearest items to the user vector in the FAISS index."""
+
+    name = "ann"
+    inline = True  # an in-memory FAISS search: a thread hop cost more than the search itself
+
+    def __init__(self, index: ItemIndex, k: int) -> None:
+        self.index, self.k = index, k
+
+    def __call__(self, query: RetrievalQuery) -> IntArray:
+        _, ids = self.index.search(query.user_vector.reshape(1, -1), self.k)
+        return ids[0][ids[0] > PAD]
+
+
+class PopularSource:
+    """The most popular items at training time; serves cold-start users and outages alike."""
+
+    name = "popular"
+    inline = True  # a precomputed array: cheaper to return than to hand to a thread
+
+    def __init__(self, popular_rows: IntArray, k: int) -> None:
+        self.top = popular_rows[:k]  # ItemCatalog.popular_rows: sorted once per catalogue
+
+    def __call__(self, query: RetrievalQuery) -> IntArray:
+        return self.top
+
+
+class ItemToItemSource:
+    """Nearest neighbours (by item vector) of the user's most recent items."""
+
+    name = "item2item"
+    inline = True
+
+    def __init__(self, index: ItemIndex, item_vectors: FloatArray, seeds: int, per_seed: int,
+                 nprobe: int | None = None) -> None:
+        self.index, self.vectors = index, item_vectors
+        self.seeds, self.per_seed = seeds, per_seed
+        self.nprobe = nprobe  # IVF probes for item queries (None: the index's own)
+
+    def __call__(self, query: RetrievalQuery) -> IntArray:
+        seeds = query.recent[-self.seeds:] if self.seeds else query.recent[:0]
+        if seeds.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        _, ids = self.index.search(self.vectors[seeds], self.per_seed + 1, nprobe=self.nprobe)
+        # Interleave neighbour lists (most recent seed first) so every seed is represented.
+        flat = ids[::-1].T.reshape(-1)
+        return flat[(flat > PAD) & ~np.isin(flat, seeds)]
+
+
+class CandidateSource(Protocol):
+    """Catalogue rows proposed for a query. `inline` sources answer from memory in well under
+    a millisecond and run on the event loop; the others run in a worker thread under the
+    retrieval timeout."""
+
+    name: str
+    inline: bool
+
+    def __call__(self, query: RetrievalQuery) -> IntArray: ...
+
+
+class Retriever:
+    """Runs the sources and merges what came back. Sources marked `inline` run on the loop (a
+    failure is caught like any other); the rest run in worker threads, each under the timeout,
+    started first so they overlap the inline ones.
+
+    Inline on the loop against one thread per source, 100K items, 600 requests' queries: CPU
+    1.36 against 1.92 ms per retrieval, wall 1.36 against 1.53 ms. At 1M items the threads'
+    overlap wins on wall time (4.0 against 4.5 ms) but still costs more CPU (5.4 against 4.5 ms):
+    under load the CPU is what runs out.
+    """
+
+    def __init__(self, sources: Sequence[CandidateSource], item_vectors: FloatArray,
+                 timeout_s: float, on_event: EventSink | None = None) -> None:
+        self.sources = list(sources)
+        self.vectors = item_vectors
+        self.timeout_s = timeout_s
+        self.on_event = on_event or ignore_event
+        self.names = [s.name for s in self.sources]
+        self.threaded = [i for i, s in enumerate(self.sources) if not s.inline]
+        # Own threads, not the loop's default executor: no context copy, no queueing behind
+        # other to_thread users.
+        self.executor = None if not self.threaded else ThreadPoolExecutor(
+            max_workers=len(self.threaded), thread_name_prefix="retrieval")
+
+    async def retrieve(self, query: RetrievalQuery) -> Candidates:
+        loop = asyncio.get_running_loop()
+        results: list[IntArray | BaseException | None] = [None] * len(self.sources)
+        pending = {i: asyncio.wait_for(loop.run_in_executor(self.executor, self.sources[i], query),
+                                       self.timeout_s)
+                   for i in self.threaded}
+        gathered = asyncio.gather(*pending.values(), return_exceptions=True) if pending else None
+        for i, source in enumerate(self.sources):
+            if i not in pending:
+                try:
+                    results[i] = source(query)
+                except Exception as error:  # noqa: BLE001 - reported below, like a thread's
+                    results[i] = error
+        if gathered is not None:
+            for i, outcome in zip(pending, await gathered):
+                results[i] = outcome
+        found: list[tuple[str, IntArray]] = []
+        failed = []
+        for name, result in zip(self.names, results):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                failed.append(name)
+                self.on_event("source_failed", source=name,
+                              error="timeout" if isinstance(result, asyncio.TimeoutError) else
+                              type(result).__name__)
+            else:
+                assert result is not None
+                found.append((name, result))
+        if not found:
+            raise RetrievalError(f"every candidate source failed: {', '.join(failed)}")
+        return self._merge(query, found, tuple(failed))
+
+    def _merge(self, query: RetrievalQuery, found: list[tuple[str, IntArray]],
+               failed: tuple[str, ...]) -> Candidates:
+        # One sort for the union and for which sources proposed each item (no isin per source).
+        proposed = np.concatenate([ids for _, ids in found])
+        source = np.repeat(np.arange(len(found)), [len(ids) for _, ids in found])
+        items, inverse = np.unique(proposed, return_inverse=True)
+        mask = np.zeros((len(items), len(found)), dtype=bool)
+        mask[inverse, source] = True
+        similarity = (self.vectors[items] @ query.user_vector).astype(np.float32)
+        order = np.argsort(-similarity, kind="stable")
+        return Candidates(items[order].astype(np.int64), similarity[order],
+                          tuple(n for n, _ in found), mask[order], failed)
