@@ -1,1 +1,1 @@
-"""Runtime package shared by training and serving: features, artifacts, retrieval, ranking, caching."""
+"""Runtime package, what the serving image carries: app → pipeline → experiments → stores, models → errors, settings, features, telemetry."""

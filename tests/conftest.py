@@ -10,7 +10,8 @@ import pytest
 for _var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
     os.environ.setdefault(_var, "true")
 
-pytest_plugins = ("tests.fixtures_redis", "tests.fixtures_models", "tests.fixtures_vectors")
+pytest_plugins = ("tests.support.fixtures_redis", "tests.support.fixtures_models",
+                  "tests.support.fixtures_vectors")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,7 +30,8 @@ from recsys.pipeline.similar_items import SimilarItems
 from recsys.pipeline.slots import ModelSlot
 from recsys.pipeline.towers import LocalUserTower, UserTower
 from recsys.settings import ServingSettings
-from recsys.stores.cache import CacheConfig, ResultCache
+from recsys.stores.cache import ResultCache
+from recsys.stores.cache_config import CacheConfig
 from recsys.stores.history import HistoryStore
 from recsys.telemetry import BreakerStateEvents, Telemetry
 

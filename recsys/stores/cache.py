@@ -4,10 +4,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -18,6 +17,7 @@ from redis.exceptions import RedisError
 
 from recsys.breaker import CircuitBreaker, CircuitOpenError
 from recsys.errors import StoreError
+from recsys.stores.cache_config import CacheConfig
 from recsys.stores.codec import UndecodableValue, decode_value, encode_value
 from recsys.telemetry import BreakerStateEvents, EventSink, ignore_event
 
@@ -28,48 +28,6 @@ T = TypeVar("T")
 Level = Literal["l1", "l2", "miss"]
 _FAILED: Any = object()  # a Redis call failed, timed out or was refused by the breaker
 _ABSENT: Any = object()  # no usable value in Redis
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """TTLs are per kind, in seconds; every kind needs both an L1 and an L2 TTL."""
-
-    l1_ttl_s: Mapping[str, float] = field(
-        default_factory=lambda: {"results": 30.0, "user_vector": 60.0}
-    )
-    l2_ttl_s: Mapping[str, float] = field(
-        default_factory=lambda: {"results": 600.0, "user_vector": 3600.0}
-    )
-    l1_max_items: int = 10_000
-    redis_timeout_s: float = 0.02
-    breaker_failure_threshold: int = 5
-    breaker_reset_timeout_s: float = 5.0
-    generation_ttl_s: float = 7 * 24 * 3600.0  # idle users' counters expire; > every L2 TTL
-    key_prefix: str = "recsys:"
-
-    def __post_init__(self) -> None:
-        if set(self.l1_ttl_s) != set(self.l2_ttl_s) or not self.l1_ttl_s:
-            raise ValueError(
-                f"l1_ttl_s and l2_ttl_s must name the same non-empty kinds, got "
-                f"{sorted(self.l1_ttl_s)} and {sorted(self.l2_ttl_s)}"
-            )
-        for name in ("l1_ttl_s", "l2_ttl_s"):
-            ttls = getattr(self, name)
-            bad = {kind: ttl for kind, ttl in ttls.items() if not ttl > 0}
-            if bad:
-                raise ValueError(f"{name} must be > 0 seconds, got {bad}")
-            object.__setattr__(self, name, MappingProxyType(dict(ttls)))
-        if self.generation_ttl_s <= max(self.l2_ttl_s.values()):
-            raise ValueError(
-                f"generation_ttl_s ({self.generation_ttl_s}) must exceed the longest L2 TTL "
-                f"({max(self.l2_ttl_s.values())}) so a reset counter cannot revive old entries"
-            )
-        for name in ("l1_max_items", "breaker_failure_threshold"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("redis_timeout_s", "breaker_reset_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
 
 
 def _parse_generation(raw: bytes | None) -> int | None:

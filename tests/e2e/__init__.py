@@ -1,0 +1,1 @@
+"""End-to-end tests against real `bentoml serve` processes (and the Bento build round trip)."""

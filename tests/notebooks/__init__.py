@@ -1,0 +1,1 @@
+"""The notebooks, executed with papermill on tiny parameters."""

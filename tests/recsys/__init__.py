@@ -1,0 +1,1 @@
+"""Tests of the runtime package, laid out like it."""

@@ -1,0 +1,104 @@
+"""The wiring: which slots a process builds, with which adapters, stores and per-model facts."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.faults import FaultInjectingScorer, FaultInjectingSource, FaultPlan
+from recsys.app.assembly import RemoteModels, build_runtime
+from recsys.app.models_file import ModelRefs
+from recsys.app.runtime import Runtime
+from recsys.pipeline.scorers import LocalScorer
+from recsys.pipeline.towers import LocalUserTower
+from recsys.settings import ServingSettings
+from recsys.telemetry import Telemetry
+from tests.support.fixtures_models import TrainedModels
+
+
+@pytest.fixture(scope="module")
+def refs(trained_models: TrainedModels) -> list[ModelRefs]:
+    return [trained_models.refs("champion"), trained_models.refs("challenger")]
+
+
+def built(settings: ServingSettings, refs: list[ModelRefs], **build: Any) -> Runtime:
+    runtime = build_runtime(settings, refs, Telemetry(), **build)
+    asyncio.run(runtime.aclose())  # nothing here serves: the stores' clients are closed again
+    return runtime
+
+
+class RemoteTower:
+    async def encode(self, history: Any, attributes: Any) -> Any:
+        raise AssertionError("not called while wiring")
+
+
+class RemoteScorer:
+    async def score(self, features: Any) -> Any:
+        raise AssertionError("not called while wiring")
+
+
+def test_the_champion_alone_serves_by_default(refs: list[ModelRefs]) -> None:
+    runtime = built(ServingSettings(tower_timeout_ms=25.0), refs)
+    resolver = runtime.pipeline.resolver
+
+    assert set(resolver.slots) == {"champion"}
+    slot = resolver.champion
+    assert isinstance(slot.user_tower, LocalUserTower) and slot.embedding.user_tower is not None
+    assert isinstance(slot.ranker.primary, LocalScorer)
+    assert isinstance(slot.ranker.fallback, LocalScorer)
+    assert slot.tower_timeout_s == 0.025 and slot.versions == refs[0].versions
+    assert runtime.cache is None and runtime.history is None and runtime.shadow is None
+    assert resolver.vector_cache is None
+
+
+def test_an_experiment_or_shadow_scoring_loads_the_challenger(refs: list[ModelRefs],
+                                                               tmp_path: Path) -> None:
+    experiment = tmp_path / "experiments.json"
+    experiment.write_text(json.dumps({"active": "ab", "experiments": [{"name": "ab", "variants": [
+        {"name": "control", "alias": "champion"}, {"name": "treatment", "alias": "challenger"}]}]}))
+
+    routed = built(ServingSettings(experiment_file=experiment), refs)
+    shadowed = built(ServingSettings(shadow_fraction=0.5, shadow_log=str(tmp_path / "s.jsonl")),
+                     refs)
+
+    for runtime in (routed, shadowed):
+        slots = runtime.pipeline.resolver.slots
+        assert set(slots) == {"champion", "challenger"}
+        assert slots["challenger"].history_len != slots["champion"].history_len
+    assert routed.shadow is None and shadowed.shadow is not None
+
+
+def test_model_services_replace_the_local_tower_and_ranker(refs: list[ModelRefs],
+                                                           redis_url: str) -> None:
+    remote = RemoteModels(RemoteTower(), RemoteScorer())
+    runtime = built(ServingSettings(topology="services", redis_url=redis_url), refs[:1],
+                    remote={"champion": remote})
+    slot = runtime.pipeline.resolver.champion
+
+    assert slot.user_tower is remote.user_tower and slot.ranker.primary is remote.scorer
+    assert isinstance(slot.ranker.fallback, LocalScorer)  # the fallback stays in process
+    assert slot.embedding.user_tower is None  # its catalogue-sized session is not loaded
+    assert runtime.pipeline.resolver.vector_cache is runtime.cache is not None
+
+
+def test_a_fault_plan_wraps_only_the_stages_it_names(refs: list[ModelRefs]) -> None:
+    runtime = built(ServingSettings(), refs[:1], wrap=FaultPlan.parse("ranker:error,ann:error"))
+    slot = runtime.pipeline.resolver.champion
+
+    assert isinstance(slot.ranker.primary, FaultInjectingScorer)
+    assert isinstance(slot.ranker.fallback, LocalScorer)
+    assert isinstance(slot.user_tower, LocalUserTower)
+    wrapped = {s.name: isinstance(s, FaultInjectingSource) for s in slot.retriever.sources}
+    assert wrapped == {"ann": True, "popular": False, "item2item": False}
+
+
+def test_info_reports_each_slots_models_and_facts(refs: list[ModelRefs], tmp_path: Path) -> None:
+    settings = ServingSettings(shadow_fraction=0.5, shadow_log=str(tmp_path / "s.jsonl"))
+    info = built(settings, refs).info(settings)
+
+    assert info["models"] == {"champion": refs[0].versions, "challenger": refs[1].versions}
+    assert info["history_len"]["challenger"] < info["history_len"]["champion"]
+    assert info["limits"] == {"max_k": 100, "max_list_items": 1000, "max_body_bytes": 1_048_576}

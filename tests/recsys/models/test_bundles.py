@@ -1,0 +1,110 @@
+"""Bundles as served: the user-tower-only load answers like the full embedding bundle."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys.errors import ArtifactError
+from recsys.models import artifacts
+from recsys.models.bundles import EmbeddingBundle, UserTowerBundle
+from tests.support.fixtures_models import TrainedModels
+
+
+def test_the_user_tower_bundle_encodes_like_the_embedding_bundle(
+        trained_models: TrainedModels) -> None:
+    path = trained_models.refs().paths["embedding"]
+    full, tower = EmbeddingBundle.load(path), UserTowerBundle.load(path)
+    assert full.users is not None and tower.history_len == full.history_len
+    history, attributes = full.users.histories[:16], full.users.attributes[:16]
+    np.testing.assert_array_equal(tower.encode_users(history, attributes),
+                                  full.encode_users(history, attributes))
+
+
+def test_the_embedding_manifest_records_the_index_recall_on_its_users(
+        trained_models: TrainedModels) -> None:
+    path = trained_models.refs().paths["embedding"]
+    manifest = artifacts.read_manifest(path, "embedding")
+    assert manifest.metadata["index_kind"] in ("flat", "ivf", "hnsw")
+    assert manifest.metadata["index_recall_at_100_on_users"] >= 0.95
+
+
+def test_an_embedding_bundle_loaded_without_its_user_tower_says_so(
+        trained_models: TrainedModels) -> None:
+    path = trained_models.refs().paths["embedding"]
+    bundle = EmbeddingBundle.load(path, load_user_tower=False)
+    assert bundle.user_tower is None and bundle.index.n_items == bundle.catalog.size
+    assert bundle.users is not None
+    with pytest.raises(ArtifactError, match="without its user tower"):
+        bundle.encode_users(bundle.users.histories[:1], bundle.users.attributes[:1])
+
+
+def test_identical_ranker_files_bound_to_two_embeddings_are_two_models(tmp_path: Path) -> None:
+    """Two checkouts sharing one BentoML store once exported a fallback ranker whose files matched
+    an earlier one's but whose embedding did not; the shared fingerprint (and so tag) served the
+    stale binding and start-up failed. The binding is part of the fingerprint now."""
+    from tests.support.bundle_factory import make_ranker_bundle
+
+    one = make_ranker_bundle(tmp_path / "one", "embedding-one", kind="fallback_ranker")
+    two = make_ranker_bundle(tmp_path / "two", "embedding-two", kind="fallback_ranker")
+
+    assert one.files == two.files  # byte-identical bundle files
+    assert one.fingerprint() != two.fingerprint()
+    assert artifacts.read_manifest(tmp_path / "one").fingerprint() == one.fingerprint()
+
+
+def test_cpu_serving_loads_the_int8_ranker_and_older_bundles_stay_fp32(
+        trained_models: TrainedModels, tmp_path: Path) -> None:
+    from recsys.models.bundles import RankerBundle
+    from tests.support.bundle_factory import make_ranker_bundle
+
+    path = trained_models.refs().paths["ranker"]
+    fp32 = RankerBundle.load(path)
+    int8 = RankerBundle.load(path, int8=True, prefer_gpu=False)
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    assert "int8_max_abs_diff" in int8.manifest.metadata
+    features = np.random.default_rng(0).normal(
+        size=(200, fp32.session.get_inputs()[0].shape[1])).astype(np.float32)
+    a, b = fp32.score(features), int8.score(features)
+    assert np.corrcoef(a, b)[0, 1] > 0.98  # the same ordering, give or take
+    older = make_ranker_bundle(tmp_path / "older", "embedding")  # no int8 file
+    assert RankerBundle.load(tmp_path / "older", int8=True).precision == "fp32"
+    assert older.kind == "ranker"
+
+
+def test_an_ivf_embedding_records_its_item_query_probes_and_serving_searches_with_them(
+        tmp_path: Path) -> None:
+    """Training measures how few IVF probes item-to-item queries need (tune_item_nprobe on the
+    users' recent items) and the served item-to-item source uses that number."""
+    from recsys.app.assembly import candidate_sources
+    from recsys.pipeline.retrieval import ItemToItemSource
+    from recsys.settings import ServingSettings
+    from training.bundles import write_embedding_bundle
+    from training.config import TwoTowerConfig
+    from training.data import SyntheticConfig, generate_synthetic
+    from training.index_build import ivf_spec
+    from training.steps import prepare_data
+    from training.two_tower import build_model, encode_items
+
+    config = TwoTowerConfig(dim=16, hidden=32, epochs=1, history_len=8)
+    data = prepare_data(generate_synthetic(SyntheticConfig(n_users=200, n_items=2000)), config)
+    model = build_model(data.catalog, data.attributes.cardinalities(), config)
+    rng = np.random.default_rng(0)
+    history = rng.integers(1, data.catalog.size + 1, (64, config.history_len))
+    attributes = np.zeros((64, len(data.attributes.cardinalities())), dtype=np.int64)
+    manifest = write_embedding_bundle(
+        tmp_path / "embedding", model, data.catalog, data.attributes,
+        encode_items(model, data.catalog), history, attributes, {},
+        index_spec=ivf_spec(data.catalog.size, nlist=32))
+
+    meta = manifest.metadata
+    assert meta["index_kind"] == "ivf"
+    assert 1 <= meta["index_item_nprobe"] <= meta["index_nprobe"]
+    assert meta["index_item_recall"] >= 0.95 or meta["index_item_nprobe"] == meta["index_nprobe"]
+    settings = ServingSettings(models_file=tmp_path / "unused.json", redis_url=None)
+    sources = candidate_sources(EmbeddingBundle.load(tmp_path / "embedding"), settings)
+    (item_to_item,) = [s for s in sources if isinstance(s, ItemToItemSource)]
+    assert item_to_item.nprobe == meta["index_item_nprobe"]
+    # the tuned number, not the default rule's (which scans every list of this small index)
+    assert item_to_item.nprobe < ivf_spec(data.catalog.size, nlist=32).nprobe

@@ -1,0 +1,1 @@
+"""Tests of recsys/pipeline/ (the request path on real models, Redis and FAISS)."""

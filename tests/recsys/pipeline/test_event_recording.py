@@ -1,0 +1,69 @@
+"""POST /events in process: the event reaches the history, invalidates the user's cached results
+and changes what is recommended; unknown items and a missing store are refused."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from recsys.app.assembly import build_runtime
+from recsys.app.models_file import ModelRefs
+from recsys.app.runtime import Runtime
+from recsys.errors import StoreError, UnknownIdError
+from recsys.telemetry import Telemetry
+from tests.support.runtime import USER, K, ids, recommend, serve, settings
+
+
+def test_new_event_invalidates_cache_and_excludes_the_item(redis_url: str,
+                                                           refs: list[ModelRefs]) -> None:
+    async def scenario(runtime: Runtime) -> tuple[Any, ...]:
+        before = await recommend(runtime)
+        clicked = ids(before)[0]
+        ack = await runtime.event_recorder.record_event(USER, clicked, "click", time.time())
+        after = await recommend(runtime)
+        assert runtime.history is not None
+        return before, clicked, ack, after, await runtime.history.recent_items(USER, 10)
+
+    before, clicked, ack, after, history = serve(settings(redis_url), refs, scenario)
+    assert before["cache"] == "miss"
+    assert ack == {"user_id": USER, "events_kept": 1, "cache_invalidated": True}
+    assert after["cache"] == "miss"
+    assert clicked not in ids(after) and len(after["items"]) == K
+    assert not after["degraded"]
+    assert history == [clicked]
+
+
+def test_event_for_unknown_item_is_rejected(redis_url: str, refs: list[ModelRefs]) -> None:
+    async def scenario(runtime: Runtime) -> None:
+        with pytest.raises(UnknownIdError, match="item_id: unknown item id"):
+            await runtime.event_recorder.record_event(USER, "nope", "click", 1.0)
+        assert runtime.history is not None
+        assert await runtime.history.recent_items(USER, 10) == []
+
+    serve(settings(redis_url), refs, scenario)
+
+
+def test_cold_start_user_gets_k_items_and_their_events_count(redis_url: str,
+                                                             refs: list[ModelRefs]) -> None:
+    async def scenario(runtime: Runtime) -> tuple[dict[str, Any], ...]:
+        first = await recommend(runtime, "never-seen-before")
+        await runtime.event_recorder.record_event("never-seen-before", ids(first)[0], "view", 1.0)
+        return first, await recommend(runtime, "never-seen-before")
+
+    first, second = serve(settings(redis_url), refs, scenario)
+    assert len(first["items"]) == K and not first["degraded"] and first["ranker"] == "ranker"
+    assert ids(first)[0] not in ids(second) and len(second["items"]) == K
+
+
+def test_without_an_event_store_every_event_is_refused(refs: list[ModelRefs]) -> None:
+    async def scenario() -> None:
+        runtime = build_runtime(settings(None), refs[:1], Telemetry())
+        try:
+            with pytest.raises(StoreError, match="no event store configured"):
+                await runtime.event_recorder.record_event(USER, "i1", "click", 1.0)
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(scenario())

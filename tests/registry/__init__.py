@@ -1,0 +1,1 @@
+"""Tests of registry/ (a real MLflow store under tmp_path)."""

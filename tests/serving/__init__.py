@@ -1,0 +1,1 @@
+"""Tests of serving/ (the HTTP edge and response encoding)."""

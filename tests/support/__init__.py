@@ -1,0 +1,1 @@
+"""Shared test support: fixtures (Redis server, trained models, vectors), bundle factory, HTTP helpers."""

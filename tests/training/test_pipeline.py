@@ -1,0 +1,257 @@
+"""The headless pipeline (training/pipeline.py) end to end into a real MLflow sqlite store, and its CLI."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.entities import Run
+from pydantic import ValidationError
+
+from recsys.models import artifacts
+from recsys.models.bundles import EmbeddingBundle, RankerBundle, check_compatible
+from registry import (
+    CHALLENGER,
+    CHAMPION,
+    EMBEDDING_MODEL,
+    FALLBACK_MODEL,
+    RANKER_MODEL,
+    ModelSet,
+    Registry,
+)
+from tests.support.bundle_factory import tracking_store
+from training import cli
+from training.config import EvalConfig, PipelineConfig, RankerConfig, TwoTowerConfig
+from training.data import SyntheticConfig, generate_synthetic
+from training.pipeline import PipelineResult, code_version, run_pipeline
+from training.settings import TrainingSettings
+from training.steps import data_fingerprint
+
+USERS, ITEMS = 150, 300
+CONFIG = PipelineConfig(
+    two_tower=TwoTowerConfig(dim=16, hidden=32, history_len=8),
+    ranker=RankerConfig(retrieval_candidates=50, hard_negatives=7, random_negatives=4, hidden=32),
+    evaluation=EvalConfig(candidates=50, als_factors=(8,), als_regularization=(0.1,),
+                          als_iterations=5),
+)
+MODELS = (EMBEDDING_MODEL, RANKER_MODEL, FALLBACK_MODEL)
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _settings(store: Path, workdir: Path, epochs: int) -> TrainingSettings:
+    return TrainingSettings(data_path=None, tracking_uri=None, store_dir=store, workdir=workdir,
+                            epochs=epochs, ranker_epochs=1, synthetic_users=USERS,
+                            synthetic_items=ITEMS, seed=0)
+
+
+@dataclass(frozen=True)
+class Store:
+    uri: str
+    root: Path
+    first: PipelineResult  # into an empty store: promoted to champion
+    first_workdir: Path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    root = tmp_path_factory.mktemp("pipeline")
+    with tracking_store(root / "store") as uri:
+        first = run_pipeline(_settings(root / "store", root / "work", epochs=2), CONFIG)
+        yield Store(uri, root, first, root / "work")
+
+
+@pytest.fixture(scope="module")
+def second(store: Store) -> PipelineResult:
+    """A second run into the same store, while a champion is registered."""
+    return run_pipeline(_settings(store.root / "store", store.root / "work2", epochs=1), CONFIG,
+                        promote="if-no-champion")
+
+
+def _run(run_id: str) -> Run:
+    return mlflow.MlflowClient().get_run(run_id)
+
+
+def _two_tower_run(store: Store) -> Run:
+    """The run that logged the first embedding model (version 1)."""
+    [info] = [v for v in Registry(store.uri).list_versions(EMBEDDING_MODEL) if v.version == "1"]
+    assert info.run_id is not None
+    return _run(info.run_id)
+
+
+def _child(parent_id: str, name: str) -> Run:
+    [run] = mlflow.search_runs(
+        experiment_names=["recsys"], output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.mlflow.runName = '{name}'")
+    return run
+
+
+# --- the first run ---------------------------------------------------------------------------
+
+def test_first_run_registers_all_three_models_as_champion(store: Store) -> None:
+    assert store.first.tracking_uri == store.uri
+    assert store.first.promoted
+    assert store.first.model_set == ModelSet("1", "1", "1")
+    registry = Registry(store.uri)
+    assert registry.champion_exists()
+    assert registry.resolve(CHAMPION) == store.first.model_set
+    for name in MODELS:
+        assert CHAMPION in next(v for v in registry.list_versions(name) if v.version == "1").aliases
+
+
+def test_two_tower_run_logs_its_config_and_per_epoch_metrics(store: Store) -> None:
+    run = _two_tower_run(store)
+    assert run.data.tags["mlflow.runName"] == "two-tower"
+    params = run.data.params
+    assert params["two_tower.dim"] == "16"
+    assert params["two_tower.history_len"] == "8"
+    assert params["two_tower.epochs"] == "2"  # the settings override the config
+    assert params["two_tower.seed"] == "0"
+    client = mlflow.MlflowClient()
+    for metric in ("two_tower_loss", "two_tower_val_hr_at_10"):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert sorted(m.step for m in history) == [0, 1], metric
+    losses = sorted(client.get_metric_history(run.info.run_id, "two_tower_loss"),
+                    key=lambda m: m.step)
+    assert losses[1].value < losses[0].value
+    artifact_names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"data_summary.json", "two_tower_curves.png"} <= artifact_names
+
+
+def test_ranker_run_logs_ranker_and_fallback_params(store: Store) -> None:
+    parent = _two_tower_run(store).data.tags["mlflow.parentRunId"]
+    run = _child(parent, "ranker")
+    assert run.data.params["ranker.hard_negatives"] == "7"
+    assert run.data.params["ranker.epochs"] == "1"
+    assert "fallback.max_iter" in run.data.params
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "ranker_loss")
+    assert [m.step for m in history] == [0]
+    assert 0.0 <= run.data.metrics["val_pipeline_hr_at_10"] <= 1.0
+
+
+def test_runs_and_versions_carry_the_data_fingerprint_and_code_version(store: Store) -> None:
+    expected = data_fingerprint(generate_synthetic(SyntheticConfig(n_users=USERS, n_items=ITEMS)))
+    version = code_version()
+    assert version
+    two_tower = _two_tower_run(store)
+    pipeline = _run(two_tower.data.tags["mlflow.parentRunId"])
+    assert pipeline.data.tags["mlflow.runName"] == "pipeline"
+    for run in (two_tower, pipeline):
+        assert run.data.tags["data_fingerprint"] == expected
+        assert run.data.tags["code_version"] == version
+        assert run.data.tags["dataset"] == "synthetic"
+    for name in MODELS:
+        info = next(v for v in Registry(store.uri).list_versions(name) if v.version == "1")
+        assert info.tags["data_fingerprint"] == expected
+        assert info.tags["code_version"] == version
+
+
+def test_evaluation_report_is_written_and_logged(store: Store) -> None:
+    workdir = store.first_workdir
+    payload = json.loads((workdir / "evaluation.json").read_text())
+    assert set(payload["results"]) == {"retrieval", "pipeline", "pipeline_int8", "fallback",
+                                      "popularity", "als"}
+    for metrics in payload["results"].values():
+        assert 0.0 <= metrics["hr@10"] <= metrics["hr@50"] <= 1.0
+    assert payload["data"]["users"] == USERS and payload["data"]["items"] == ITEMS
+    for model, metrics in store.first.report.results.items():
+        assert payload["results"][model] == pytest.approx(metrics), model
+    table = (workdir / "evaluation.md").read_text()
+    assert table.strip() == store.first.report.table.strip()
+    assert "| pipeline |" in table
+    assert (workdir / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    pipeline_id = _two_tower_run(store).data.tags["mlflow.parentRunId"]
+    evaluation = _child(pipeline_id, "evaluation")
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(evaluation.info.run_id)}
+    assert {"evaluation.json", "evaluation.md", "evaluation.png"} <= logged
+    assert evaluation.data.metrics["test_pipeline_hr_at_10"] == pytest.approx(
+        store.first.report.results["pipeline"]["hr@10"])
+    assert "pipeline_over_popularity_hr10" in evaluation.data.metrics
+    timings = {a.path for a in mlflow.MlflowClient().list_artifacts(pipeline_id)}
+    assert "timings.json" in timings
+
+
+def test_registered_embedding_holds_onnx_towers_and_faiss_index(store: Store) -> None:
+    registry = Registry(store.uri)
+    root = store.root / "downloaded"
+    bundle = registry.download(EMBEDDING_MODEL, CHAMPION, root / "embedding")
+    for name in (artifacts.USER_TOWER, artifacts.ITEM_TOWER, artifacts.ITEM_INDEX):
+        assert (bundle / name).is_file(), name
+    embedding = EmbeddingBundle.load(bundle)
+    assert embedding.catalog.size == ITEMS
+    assert embedding.item_vectors.shape == (ITEMS + 1, 16)
+    assert embedding.index.n_items == ITEMS
+    _, rows = embedding.index.search(embedding.item_vectors[1:4], 1)
+    assert rows[:, 0].tolist() == [1, 2, 3]  # each item is its own nearest neighbour
+    ranker = RankerBundle.load(registry.download(RANKER_MODEL, CHAMPION, root / "ranker"))
+    fallback = RankerBundle.load(registry.download(FALLBACK_MODEL, CHAMPION, root / "fallback"),
+                                 "fallback_ranker")
+    check_compatible(embedding, ranker)
+    check_compatible(embedding, fallback)
+
+
+# --- a second run, the CLI and the settings -------------------------------------------------
+
+def test_second_run_registers_a_challenger_and_keeps_the_champion(
+    store: Store, second: PipelineResult,
+) -> None:
+    assert not second.promoted
+    assert second.model_set == ModelSet("2", "2", "2")
+    registry = Registry(store.uri)
+    assert registry.resolve(CHAMPION) == store.first.model_set
+    assert registry.resolve(CHALLENGER) == second.model_set
+
+
+def test_cli_if_no_champion_has_nothing_to_train(
+    store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("RECSYS_DATA_PATH", raising=False)
+    monkeypatch.delenv("RECSYS_TRACKING_URI", raising=False)
+    monkeypatch.setenv("RECSYS_STORE_DIR", str(store.root / "store"))
+    monkeypatch.setenv("RECSYS_WORKDIR", str(store.root / "cli-work"))
+    monkeypatch.setenv("RECSYS_SYNTHETIC_USERS", str(USERS))
+    monkeypatch.setenv("RECSYS_SYNTHETIC_ITEMS", str(ITEMS))
+    before = {name: len(Registry(store.uri).list_versions(name)) for name in MODELS}
+    assert cli.main(["run", "--if-no-champion"]) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert {name: len(Registry(store.uri).list_versions(name)) for name in MODELS} == before
+    assert not (store.root / "cli-work").exists()
+
+
+def test_cli_rejects_a_missing_data_path_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RECSYS_STORE_DIR", str(tmp_path / "store"))
+    assert cli.main(["run", "--data", str(tmp_path / "missing")]) == 2
+    assert "RECSYS_DATA_PATH" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def test_settings_reject_a_missing_data_path(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="RECSYS_DATA_PATH=.*does not exist"):
+        TrainingSettings(data_path=tmp_path / "missing")
+
+
+@pytest.mark.parametrize("field", ["epochs", "ranker_epochs", "synthetic_users"])
+def test_settings_reject_non_positive_counts_naming_the_setting(field: str) -> None:
+    with pytest.raises(ValidationError, match=rf"(?s){field}.*must be a positive integer, got 0"):
+        TrainingSettings(**{field: 0})
+
+
+def test_settings_read_the_environment_and_validate_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_EPOCHS", "3")
+    assert TrainingSettings().epochs == 3
+    monkeypatch.setenv("RECSYS_EPOCHS", "0")
+    with pytest.raises(ValidationError, match="epochs"):
+        TrainingSettings()
+
+
+def test_run_pipeline_rejects_an_unknown_promotion_policy(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="promote='sometimes'"):
+        run_pipeline(_settings(tmp_path / "store", tmp_path / "work", 1), CONFIG,
+                     promote="sometimes")
