@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.app.assembly import ModelRefs
+from recsys.app.models_file import ModelRefs
 
 MARKER = "bench-models.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
