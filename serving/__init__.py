@@ -1,4 +1,5 @@
-"""BentoML glue for service.py: the model services, their remote callables, HTTP error mapping.
+"""The HTTP edge and BentoML glue of service.py: request and response schemas, validation and
+limits, the one mapping of errors to HTTP, the batched model services and their adapters.
 
-Unlike the runtime package (recsys/), this package imports bentoml; it holds no request logic.
+Unlike the runtime package (recsys/), this package imports bentoml, pydantic and starlette.
 """
