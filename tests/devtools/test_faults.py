@@ -17,7 +17,6 @@ from devtools.faults import (
 )
 from recsys.errors import StageError
 from recsys.pipeline.retrieval import PopularSource, RetrievalQuery
-from serving.fault_injection import fault_plan
 
 
 class EchoScorer:
@@ -86,9 +85,3 @@ def test_an_injected_hang_outlasts_a_stage_timeout() -> None:
         return time.perf_counter() - started
 
     assert asyncio.run(scenario()) < 1.0
-
-
-def test_the_service_loads_a_plan_only_when_faults_are_named() -> None:
-    assert fault_plan("") is None and fault_plan("  ") is None
-    plan = fault_plan("ann:error")
-    assert isinstance(plan, FaultPlan) and plan.modes == {"ann": "error"}
