@@ -2,15 +2,17 @@
 
 Imports mlflow and bentoml (never torch); the runtime package `recsys` imports neither.
 """
-from registry.bento_export import bento_models_for_alias, bento_tag, bentoml_home, export_to_bentoml
+from recsys.models.registry_client import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+)
+from registry.bento_export import bento_models_for_alias, bentoml_home, export_to_bentoml
 from registry.model_registry import Registry, VersionInfo
 from registry.pyfunc import EmbeddingModel, FallbackRankerModel, RankerModel
 from registry.registration import (
-    CHALLENGER,
-    CHAMPION,
     EMBEDDING_MODEL,
     FALLBACK_MODEL,
-    PREVIOUS_CHAMPION,
     RANKER_MODEL,
     ModelNames,
     ModelSet,
@@ -37,7 +39,6 @@ __all__ = [
     "RegistryError",
     "VersionInfo",
     "bento_models_for_alias",
-    "bento_tag",
     "bentoml_home",
     "configure_tracking",
     "default_tracking_uri",

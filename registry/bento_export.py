@@ -14,17 +14,14 @@ from bentoml.exceptions import NotFound
 from recsys.errors import ArtifactError
 from recsys.models import artifacts
 from recsys.models.artifacts import Manifest
+from recsys.models.registry_client import (
+    CHAMPION,
+    model_tag,
+)
 from registry.model_registry import Registry
-from registry.registration import CHAMPION, ModelSet
-
-
-def bento_tag(name: str, version: str, fingerprint: str) -> str:
-    """BentoML tag of a registered model version: `recsys-ranker:v3-1a2b3c4d`.
-
-    The content fingerprint keeps tags unique across MLflow stores (a new store numbers its
-    versions from 1 again) while the tag still names the MLflow model and version.
-    """
-    return f"{name}:v{version}-{fingerprint[:8]}"
+from registry.registration import (
+    ModelSet,
+)
 
 
 def bento_models_for_alias(registry: Registry, alias: str = CHAMPION) -> dict[str, str]:
@@ -33,7 +30,7 @@ def bento_models_for_alias(registry: Registry, alias: str = CHAMPION) -> dict[st
     Read from the registry only; nothing is exported. For build scripts and service settings.
     """
     model_set = registry.resolve(alias)
-    return {kind: bento_tag(name, version, registry.version_metadata(name, version)["fingerprint"])
+    return {kind: model_tag(name, version, registry.version_metadata(name, version)["fingerprint"])
             for kind, name, version in model_set.items()}
 
 
@@ -82,7 +79,7 @@ def _reusable(kind: str, tag: str, manifest: Manifest) -> bool:
 def _create(kind: str, name: str, version: str, bundle: Path, alias: str) -> str:
     manifest = artifacts.read_manifest(bundle, expected_kind=kind, verify=False)
     labels = {"mlflow_model": name, "mlflow_version": version, "alias": alias}
-    with bentoml.models.create(bento_tag(name, version, manifest.fingerprint()), labels=labels,
+    with bentoml.models.create(model_tag(name, version, manifest.fingerprint()), labels=labels,
                                metadata=_metadata(kind, manifest)) as model:
         shutil.copytree(bundle, model.path, dirs_exist_ok=True)
         # Verify the copy itself; an error inside the block leaves nothing in the store.
@@ -98,7 +95,7 @@ def export_to_bentoml(registry: Registry, alias: str = CHAMPION, *,
                       home: Path | None = None) -> dict[str, str]:
     """Export the three models `alias` points to; returns kind -> BentoML tag.
 
-    Tags are `<registered name>:v<version>-<fingerprint>`. All three bundles are downloaded and verified, and
+    Tags are model_tag's `<registered name>:v<version>-<fingerprint>`. All three bundles are downloaded and verified, and
     the store checked for clashing tags, before anything is written. Re-exporting the same versions reuses the stored models
     (after re-verifying their checksums); a stored tag with other content is an ArtifactError.
     `home` selects a BentoML home for this call; by default BentoML's own (BENTOML_HOME or
@@ -113,7 +110,7 @@ def export_to_bentoml(registry: Registry, alias: str = CHAMPION, *,
         with bentoml_home(home) if home is not None else nullcontext():
             fingerprints = {kind: artifacts.read_manifest(bundles[kind], verify=False).fingerprint()
                             for kind in bundles}
-            tags = {kind: bento_tag(name, version, fingerprints[kind])
+            tags = {kind: model_tag(name, version, fingerprints[kind])
                     for kind, name, version in model_set.items()}
             reuse = {kind: _reusable(kind, tags[kind],
                                     artifacts.read_manifest(bundles[kind], verify=False))

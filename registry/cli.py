@@ -9,13 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recsys.errors import RecsysError
-from registry.bento_export import export_to_bentoml
-from registry.model_registry import Registry
-from registry.registration import (
+from recsys.models.registry_client import (
     CHALLENGER,
     CHAMPION,
     TAG_EMBEDDING_VERSION,
     TAG_FINGERPRINT,
+)
+from registry.bento_export import export_to_bentoml
+from registry.model_registry import Registry
+from registry.registration import (
     ModelSet,
     default_tracking_uri,
 )

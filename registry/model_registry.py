@@ -13,14 +13,16 @@ from mlflow.models import Model
 
 from recsys.errors import ArtifactError, IncompatibleModelsError
 from recsys.models import artifacts
-from registry.pyfunc import BUNDLE_ARTIFACT
-from registry.registration import (
+from recsys.models.registry_client import (
+    BUNDLE_ARTIFACT,
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,
-    TAG_EMBEDDING_FINGERPRINT,
     TAG_EMBEDDING_VERSION,
     TAG_FINGERPRINT,
+)
+from registry.registration import (
+    TAG_EMBEDDING_FINGERPRINT,
     ModelNames,
     ModelSet,
     RegistryError,

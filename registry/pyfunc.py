@@ -12,8 +12,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from recsys.errors import ArtifactError
 from recsys.models import artifacts
-
-BUNDLE_ARTIFACT = "bundle"  # key of the bundle directory in the pyfunc model's artifacts
+from recsys.models.registry_client import BUNDLE_ARTIFACT
 
 
 def _session(path: Path) -> ort.InferenceSession:

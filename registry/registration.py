@@ -13,22 +13,24 @@ from mlflow.models import infer_signature
 
 from recsys.errors import IncompatibleModelsError, RecsysError
 from recsys.models import artifacts
-from registry.pyfunc import BUNDLE_ARTIFACT, model_class
+from recsys.models.registry_client import (
+    BUNDLE_ARTIFACT,
+    CHALLENGER,
+    MODEL_NAMES,
+    TAG_EMBEDDING_VERSION,
+    TAG_FINGERPRINT,
+)
+from registry.pyfunc import model_class
 
-EMBEDDING_MODEL = "recsys-embedding"
-RANKER_MODEL = "recsys-ranker"
-FALLBACK_MODEL = "recsys-fallback-ranker"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-PREVIOUS_CHAMPION = "previous_champion"
+EMBEDDING_MODEL = MODEL_NAMES["embedding"]
+RANKER_MODEL = MODEL_NAMES["ranker"]
+FALLBACK_MODEL = MODEL_NAMES["fallback_ranker"]
 EXPERIMENT = "recsys"
 DB_FILE = "mlruns.db"
 ARTIFACT_DIR = "mlartifacts"
 
-# Model-version tags written at registration.
+# Model-version tags written at registration (serving reads the first two back).
 TAG_KIND = "kind"
-TAG_FINGERPRINT = "fingerprint"  # Manifest.fingerprint() of the version's own bundle
-TAG_EMBEDDING_VERSION = "embedding_version"  # rankers: the embedding version they pair with
 TAG_EMBEDDING_FINGERPRINT = "embedding_fingerprint"  # rankers: the embedding they were trained on
 
 _RUNTIME_PACKAGES = ("mlflow", "onnxruntime", "numpy", "pandas")

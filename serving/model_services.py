@@ -68,6 +68,8 @@ def define_model_services(settings: ServingSettings, tags: ModelTags) -> ModelSe
                                                  threads=settings.onnx_threads,
                                                  int8=settings.ranker_int8,
                                                  prefer_gpu=bool(settings.gpu)) for a in tags}
+            for ranker in self.rankers.values():
+                ranker.check_parity()
 
         @bentoml.api(**batching)
         def score_champion(self, features: np.ndarray) -> np.ndarray:
@@ -84,6 +86,8 @@ def define_model_services(settings: ServingSettings, tags: ModelTags) -> ModelSe
         def __init__(self) -> None:
             self.towers = {a: UserTowerBundle.load(model_path(self, a, "embedding"),
                                                    prefer_gpu=bool(settings.gpu)) for a in tags}
+            for tower in self.towers.values():
+                tower.check_parity()
 
         def _encode(self, alias: str, packed: np.ndarray) -> np.ndarray:
             tower = self.towers[alias]

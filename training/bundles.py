@@ -29,6 +29,8 @@ from training.index_tuning import ensure_recall, tune_item_nprobe
 from training.ranker import DCNRanker, score
 from training.two_tower import TwoTowerModel, encode_users
 
+PARITY_ROWS = 64  # sample rows kept in each bundle for serving's parity check
+
 
 def write_embedding_bundle(
     directory: Path, model: TwoTowerModel, catalog: ItemCatalog, encoder: UserAttributeEncoder,
@@ -55,6 +57,10 @@ def write_embedding_bundle(
                                       ("item", "genres", "title_tokens"))).numpy()
     parity["item_tower"] = export.check_parity(
         expected, export.onnx_outputs(directory / artifacts.ITEM_TOWER, feeds), "item tower")
+    sample = slice(0, PARITY_ROWS)  # what serving checks the loaded user tower against
+    artifacts.save_parity(directory, {artifacts.USER_TOWER: {
+        "history": sample_history[sample], "attributes": sample_attributes[sample],
+        "expected": encode_users(model, sample_history[sample], sample_attributes[sample])}})
     np.save(directory / artifacts.ITEM_VECTORS, item_vectors)
     # ItemIndex sets faiss's process-wide thread count: keep training's, not serving's 1.
     index = ItemIndex(build_index(item_vectors, index_spec, use_gpu=False), item_vectors,
@@ -117,9 +123,15 @@ def write_ranker_bundle(
     diff = export.check_parity(expected, export.onnx_outputs(path, {"features": sample_inputs}),
                                "ranker")
     int8 = export.quantize_ranker(path, directory / artifacts.RANKER_INT8)
+    int8_scores = export.onnx_outputs(int8, {"features": sample_inputs})
     # Recorded, not enforced: quantisation moves scores by design (quality is evaluated instead).
-    int8_diff = export.check_parity(expected, export.onnx_outputs(int8, {"features": sample_inputs}),
-                                    "int8 ranker", tolerance=math.inf)
+    int8_diff = export.check_parity(expected, int8_scores, "int8 ranker", tolerance=math.inf)
+    # Serving checks each file it loads against these: the fp32 model against the trained one,
+    # the int8 model against its own outputs here (what ONNX Runtime gave when it was made).
+    rows = sample_inputs[:PARITY_ROWS]
+    artifacts.save_parity(directory, {
+        artifacts.RANKER: {"features": rows, "expected": expected[:PARITY_ROWS]},
+        artifacts.RANKER_INT8: {"features": rows, "expected": int8_scores[:PARITY_ROWS]}})
     return _finish(directory, "ranker", scaler, config, embedding_fingerprint,
                    {**metadata, "onnx_parity_max_abs_diff": diff,
                     "int8_max_abs_diff": round(int8_diff, 6)})
@@ -132,7 +144,10 @@ def write_fallback_bundle(
     directory.mkdir(parents=True, exist_ok=True)
     path = export.export_fallback(model, sample_inputs.shape[1], directory / artifacts.RANKER)
     onnx_scores = export.onnx_outputs(path, {"features": sample_inputs}, "probabilities")[:, 1]
-    diff = export.check_parity(fallback_scores(model, sample_inputs), onnx_scores, "fallback ranker")
+    expected = fallback_scores(model, sample_inputs)
+    diff = export.check_parity(expected, onnx_scores, "fallback ranker")
+    artifacts.save_parity(directory, {artifacts.RANKER: {
+        "features": sample_inputs[:PARITY_ROWS], "expected": expected[:PARITY_ROWS]}})
     return _finish(directory, "fallback_ranker", scaler, config, embedding_fingerprint,
                    {**metadata, "onnx_parity_max_abs_diff": diff})
 

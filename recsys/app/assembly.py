@@ -17,7 +17,7 @@ from recsys.pipeline.event_recording import EventRecorder
 from recsys.pipeline.rank_items import ItemListRanker
 from recsys.pipeline.ranking import RankerChain
 from recsys.pipeline.recommend import PipelineOptions, RecommendPipeline
-from recsys.pipeline.resolver import RequestResolver
+from recsys.pipeline.resolver import RequestResolver, ServedModels
 from recsys.pipeline.retrieval import (
     AnnSource,
     CandidateSource,
@@ -91,6 +91,8 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
     fallback = RankerBundle.load(refs.paths["fallback_ranker"], "fallback_ranker", threads=1)
     check_compatible(embedding, ranker)
     check_compatible(embedding, fallback)
+    for bundle in (embedding, ranker, fallback):  # the sessions as loaded, against training's
+        bundle.check_parity()
     retriever = Retriever(
         sources=[wrap.source(s) for s in candidate_sources(embedding, settings)],
         item_vectors=embedding.item_vectors, timeout_s=settings.retrieval_timeout_ms / 1000,
@@ -158,7 +160,7 @@ def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: T
     shadow = build_shadow(settings, telemetry) \
         if settings.shadow_fraction > 0 and "challenger" in slots else None
     vector_cache = cache if settings.topology == "services" else None
-    resolver = RequestResolver(slots, router, history, vector_cache, telemetry)
+    resolver = RequestResolver(ServedModels(slots, router), history, vector_cache, telemetry)
     options = PipelineOptions(
         ranked_candidates=settings.ranked_candidates, diversity=settings.diversity,
         max_per_category=settings.max_per_category, budget_s=settings.budget_ms / 1000,

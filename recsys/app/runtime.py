@@ -34,8 +34,8 @@ class Runtime:
 
     def info(self, settings: ServingSettings) -> dict[str, Any]:
         """Models per alias, experiment, topology and the settings that shape responses."""
-        slots = self.pipeline.resolver.slots
-        experiment = self.pipeline.resolver.router.experiment
+        models = self.pipeline.resolver.models
+        slots, experiment = models.slots, models.router.experiment
         return {
             "models": {alias: slot.versions for alias, slot in slots.items()},
             "catalogue_items": {alias: slot.catalog.size for alias, slot in slots.items()},

@@ -41,6 +41,8 @@ RANKER_INT8 = "ranker_int8.onnx"  # optional: the ranker with int8 weights (CPU 
 SCALER = "scaler.json"
 CONFIG = "config.json"
 USER_HISTORIES = "user_histories.npz"  # optional: known users' recent items at training time
+PARITY = "parity.npz"  # optional: per ONNX file, sample inputs and the outputs training expects
+PARITY_TOLERANCE = 1e-4
 
 REQUIRED_FILES = {
     "embedding": (USER_TOWER, ITEM_TOWER, ITEM_VECTORS, ITEM_INDEX, CATALOG, USER_ATTRIBUTES, CONFIG),
@@ -100,14 +102,10 @@ def read_manifest(directory: Path, expected_kind: str | None = None, verify: boo
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"no {MANIFEST} in {directory}: not a model bundle")
-    data = json.loads(path.read_text())
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format_version {data.get('format_version')!r}, "
-                            f"this code reads {FORMAT_VERSION}")
-    kind = data.get("kind")
-    if expected_kind is not None and kind != expected_kind:
-        raise ArtifactError(f"{directory} holds a {kind!r} bundle, expected {expected_kind!r}")
-    manifest = Manifest(kind=kind, files=data["files"], metadata=data.get("metadata", {}))
+    manifest = parse_manifest(path.read_bytes(), str(path))
+    if expected_kind is not None and manifest.kind != expected_kind:
+        raise ArtifactError(f"{directory} holds a {manifest.kind!r} bundle, expected "
+                            f"{expected_kind!r}")
     if verify:
         for name, digest in manifest.files.items():
             file = directory / name
@@ -118,6 +116,22 @@ def read_manifest(directory: Path, expected_kind: str | None = None, verify: boo
                 raise ArtifactError(f"{directory}: checksum mismatch for {name} "
                                     f"(manifest {digest[:12]}, file {actual[:12]})")
     return manifest
+
+
+def parse_manifest(text: bytes | str, where: str = MANIFEST) -> Manifest:
+    """A manifest's contents; ArtifactError for another format or a file that is not one."""
+    try:
+        data = json.loads(text)
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{where}: format_version {data.get('format_version')!r}, "
+                                f"this code reads {FORMAT_VERSION}")
+        files = data["files"]
+        if not isinstance(files, dict) or any(Path(name).is_absolute() or ".." in Path(name).parts
+                                              for name in files):
+            raise ArtifactError(f"{where}: files must be relative paths inside the bundle")
+        return Manifest(kind=data["kind"], files=files, metadata=data.get("metadata", {}))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ArtifactError(f"{where}: not a bundle manifest ({error})") from error
 
 
 def save_catalog(directory: Path, catalog: ItemCatalog) -> None:
@@ -168,6 +182,42 @@ def load_user_histories(directory: Path) -> UserHistories | None:
         return None
     with np.load(directory / USER_HISTORIES, allow_pickle=False) as arrays:
         return UserHistories(**{name: arrays[name] for name in arrays.files})
+
+
+def save_parity(directory: Path, samples: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """ONNX file name -> {input name: array, ..., "expected": the output training checked}."""
+    arrays = {f"{file}/{name}": np.asarray(value) for file, feeds in samples.items()
+              for name, value in feeds.items()}
+    np.savez(directory / PARITY, **arrays)  # type: ignore[arg-type]  # savez takes **arrays
+
+
+def load_parity(directory: Path, onnx_file: str) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """(feeds, expected output) recorded for one ONNX file of the bundle; None when the bundle
+    has no sample for it (bundles written before parity samples existed)."""
+    if not (directory / PARITY).is_file():
+        return None
+    with np.load(directory / PARITY, allow_pickle=False) as arrays:
+        prefix = f"{onnx_file}/"
+        found = {k.removeprefix(prefix): arrays[k] for k in arrays.files if k.startswith(prefix)}
+    if "expected" not in found:
+        return None
+    expected = found.pop("expected")
+    return found, expected
+
+
+def check_parity(directory: Path, onnx_file: str, actual: np.ndarray,
+                 expected: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> float:
+    """Max absolute difference of an ONNX file's output from what training recorded;
+    ArtifactError naming the file when it is above `tolerance` or of another shape."""
+    if actual.shape != expected.shape:
+        raise ArtifactError(f"{directory / onnx_file}: output of shape {actual.shape} on its "
+                            f"parity sample, expected {expected.shape}")
+    diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))) \
+        if expected.size else 0.0
+    if not diff <= tolerance:
+        raise ArtifactError(f"{directory / onnx_file}: differs from the outputs recorded at "
+                            f"training by {diff:.2e} (tolerance {tolerance:.0e})")
+    return diff
 
 
 def save_scaler(directory: Path, scaler: FeatureScaler) -> None:

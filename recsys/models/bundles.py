@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -19,13 +19,37 @@ from recsys.features import (
 )
 from recsys.models import artifacts
 from recsys.models.index import ItemIndex, load_index
-from recsys.models.onnx_runtime import CPU, create_session, providers
+from recsys.models.onnx_runtime import CPU, active_provider, create_session, providers
 
 
 def _run_user_tower(session: ort.InferenceSession, history: npt.NDArray[np.int64],
                     attributes: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
     out = session.run(["user_vector"], user_tower_feeds(history, attributes))[0]
     return np.asarray(out, dtype=np.float32)
+
+
+class UserEncoder(Protocol):
+    def encode_users(self, history: npt.NDArray[np.int64],
+                     attributes: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]: ...
+
+
+def parity_tolerance(session: ort.InferenceSession, int8: bool = False) -> float:
+    """Training checks its ONNX files on the CPU at PARITY_TOLERANCE; a GPU, or int8 kernels on
+    another CPU than the one that made the file, may round differently."""
+    on_gpu = active_provider(session) != CPU
+    return artifacts.PARITY_TOLERANCE * (10 if on_gpu or int8 else 1)
+
+
+def tower_parity(path: Path, tower: UserEncoder, session: ort.InferenceSession) -> float | None:
+    """The user tower's output on the bundle's parity sample against training's; None without
+    a sample."""
+    sample = artifacts.load_parity(path, artifacts.USER_TOWER)
+    if sample is None:
+        return None
+    feeds, expected = sample
+    actual = tower.encode_users(feeds["history"], feeds["attributes"])
+    return artifacts.check_parity(path, artifacts.USER_TOWER, actual, expected,
+                                  parity_tolerance(session))
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,12 @@ class EmbeddingBundle:
     @property
     def fingerprint(self) -> str:
         return self.manifest.fingerprint()
+
+    def check_parity(self) -> float | None:
+        """The loaded user tower's output on the bundle's parity sample against training's
+        (ArtifactError above tolerance); None without a sample or a loaded tower."""
+        return None if self.user_tower is None else \
+            tower_parity(self.path, self, self.user_tower)
 
     def encode_users(self, history: npt.NDArray[np.int64],
                      attributes: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
@@ -103,6 +133,10 @@ class UserTowerBundle:
         """[B, D] user vectors from padded histories [B, H] and attribute ids [B, A]."""
         return _run_user_tower(self.user_tower, history, attributes)
 
+    def check_parity(self) -> float | None:
+        """As EmbeddingBundle.check_parity, for a user tower served on its own."""
+        return tower_parity(self.path, self, self.user_tower)
+
     @classmethod
     def load(cls, path: Path, *, threads: int = 1, prefer_gpu: bool | None = None,
              verify: bool = True) -> UserTowerBundle:
@@ -129,6 +163,21 @@ class RankerBundle:
     @property
     def embedding_fingerprint(self) -> str:
         return str(self.manifest.metadata.get("embedding_fingerprint", ""))
+
+    @property
+    def onnx_file(self) -> str:
+        return artifacts.RANKER_INT8 if self.precision == "int8" else artifacts.RANKER
+
+    def check_parity(self) -> float | None:
+        """The loaded model's scores on the bundle's parity sample against training's
+        (ArtifactError above tolerance); None when the bundle has no sample."""
+        sample = artifacts.load_parity(self.path, self.onnx_file)
+        if sample is None:
+            return None
+        feeds, expected = sample
+        return artifacts.check_parity(
+            self.path, self.onnx_file, self.score(feeds["features"]), expected,
+            parity_tolerance(self.session, int8=self.precision == "int8"))
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         try:

@@ -17,6 +17,7 @@ from recsys.errors import RetrievalError
 from recsys.experiments.shadow import ShadowScorer
 from recsys.experiments.shadow_records import ScoredList
 from recsys.features import recent_rows, user_ranker_inputs
+from recsys.models.registry_client import CHALLENGER, CHAMPION
 from recsys.pipeline.fallbacks import popularity_candidates
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.reranking import filter_candidates, rerank
@@ -63,8 +64,7 @@ class RecommendPipeline:
                  cache: ResultCache | None, telemetry: Telemetry,
                  shadow: ShadowScorer | None = None) -> None:
         self.resolver, self.options = resolver, options
-        self.cache, self.telemetry = cache, telemetry
-        self.shadow = shadow if "challenger" in resolver.slots else None
+        self.cache, self.telemetry, self.shadow = cache, telemetry, shadow
 
     async def warmup(self, rounds: int = 3) -> None:
         """Run the full path (no cache) for a new user on every slot: loads lazy state (ONNX
@@ -85,8 +85,8 @@ class RecommendPipeline:
         self.telemetry.event("exposure", variant=resolved.variant)  # only requests served
         result, level = await self._cached_result(resolved, start)
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
-        if self.shadow is not None and resolved.slot.alias == "champion" and \
-                self.shadow.should_shadow(request_id):
+        if self.shadow is not None and resolved.slot.alias == CHAMPION and \
+                CHALLENGER in self.resolver.slots and self.shadow.should_shadow(request_id):
             await self._submit_shadow(self.shadow, request_id, request, result, latency_ms)
         return Answer(result, {"variant": resolved.variant, "cache": level,
                                "request_id": request_id, "latency_ms": latency_ms})
@@ -184,7 +184,9 @@ class ShadowCall:
     request: RecommendRequest
 
     async def __call__(self) -> ScoredList:
-        challenger = self.pipeline.resolver.slots["challenger"]
+        challenger = self.pipeline.resolver.slots.get(CHALLENGER)
+        if challenger is None:  # the challenger was retired while this call waited its turn
+            raise LookupError("no challenger is served any more")
         resolved = self.pipeline.resolver.resolve(self.request, Routed("shadow", challenger))
         start = time.perf_counter()
         result = await self.pipeline.compute(resolved, start)

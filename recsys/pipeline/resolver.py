@@ -14,6 +14,7 @@ import numpy.typing as npt
 from recsys.errors import RecsysError, StoreError
 from recsys.experiments.routing import Router
 from recsys.features import encode_history, recent_rows
+from recsys.models.registry_client import CHAMPION
 from recsys.pipeline.fallbacks import fallback_user_vector
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.slots import ModelSlot
@@ -24,7 +25,6 @@ from recsys.telemetry import Telemetry
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
-CHAMPION = "champion"
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,25 @@ class UserState:
     seen: IntArray  # rows the user has interacted with (never recommended)
 
 
+@dataclass(frozen=True)
+class ServedModels:
+    """The model slots a process serves, by alias, and the router that picks one per user. One
+    value: a new set of models replaces it whole (RequestResolver.serve), so a request that
+    resolved its slot finishes on the models it started with."""
+
+    slots: Mapping[str, ModelSlot]
+    router: Router
+
+    def __post_init__(self) -> None:
+        if CHAMPION not in self.slots:
+            raise ValueError(f"a champion model slot is required, got {sorted(self.slots)}")
+
+    @property
+    def versions(self) -> dict[str, dict[str, str]]:
+        """alias -> model kind -> version tag."""
+        return {alias: dict(slot.versions) for alias, slot in self.slots.items()}
+
+
 class RequestResolver:
     """Routes users to slots and resolves what their requests name, on that slot.
 
@@ -63,25 +82,32 @@ class RequestResolver:
     attributes), worth a Redis round trip only when the user tower is a process hop away.
     """
 
-    def __init__(self, slots: Mapping[str, ModelSlot], router: Router,
-                 history: HistoryStore | None, vector_cache: ResultCache | None,
-                 telemetry: Telemetry) -> None:
-        if CHAMPION not in slots:
-            raise ValueError(f"a champion model slot is required, got {sorted(slots)}")
-        self.slots = dict(slots)
-        self.router, self.history = router, history
-        self.vector_cache, self.telemetry = vector_cache, telemetry
+    def __init__(self, models: ServedModels, history: HistoryStore | None,
+                 vector_cache: ResultCache | None, telemetry: Telemetry) -> None:
+        self.models = models
+        self.history, self.vector_cache, self.telemetry = history, vector_cache, telemetry
+
+    def serve(self, models: ServedModels) -> ServedModels:
+        """Serve `models` from now on (one assignment: atomic for every coroutine of this
+        process); returns the models served until now."""
+        previous, self.models = self.models, models
+        return previous
+
+    @property
+    def slots(self) -> Mapping[str, ModelSlot]:
+        return self.models.slots
 
     @property
     def champion(self) -> ModelSlot:
-        return self.slots[CHAMPION]
+        return self.models.slots[CHAMPION]
 
     def route(self, user_id: str) -> Routed:
-        variant = self.router.variant_for(user_id)
-        slot = self.slots.get(variant.alias)
+        models = self.models  # one read: the slot and the variant come from the same set
+        variant = models.router.variant_for(user_id)
+        slot = models.slots.get(variant.alias)
         if slot is None:
             self.telemetry.event("variant_unavailable", variant=variant.name)
-            return Routed(variant.name, self.champion)
+            return Routed(variant.name, models.slots[CHAMPION])
         return Routed(variant.name, slot)
 
     def resolve(self, request: RecommendRequest, routed: Routed | None = None) -> ResolvedRequest:

@@ -15,13 +15,13 @@ import pytest
 
 from recsys.errors import ArtifactError
 from recsys.models import artifacts
+from recsys.models.registry_client import model_tag
 from registry import (
     CHAMPION,
     ModelNames,
     ModelSet,
     Registry,
     bento_models_for_alias,
-    bento_tag,
     bentoml_home,
     export_to_bentoml,
     register_model_set,
@@ -63,7 +63,7 @@ def test_export_labels_metadata_and_verified_copy(store: Store, tmp_path: Path) 
 
     tags = export_to_bentoml(registry, CHAMPION, home=tmp_path)
 
-    assert tags == {kind: bento_tag(name, version, registry.version_metadata(name, version)["fingerprint"])
+    assert tags == {kind: model_tag(name, version, registry.version_metadata(name, version)["fingerprint"])
                     for kind, name, version in model_set.items()}
     assert all(tag.split(":")[1].startswith(f"v{version}-")
                for tag, (_, _, version) in zip(tags.values(), model_set.items()))

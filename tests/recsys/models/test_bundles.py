@@ -1,6 +1,8 @@
-"""Bundles as served: the user-tower-only load answers like the full embedding bundle."""
+"""Bundles as served: the user-tower-only load answers like the full embedding bundle; every
+loaded session is checked against the outputs training recorded."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 
 from recsys.errors import ArtifactError
 from recsys.models import artifacts
-from recsys.models.bundles import EmbeddingBundle, UserTowerBundle
+from recsys.models.bundles import EmbeddingBundle, RankerBundle, UserTowerBundle
+from tests.support.bundle_factory import make_embedding_bundle, make_ranker_bundle
 from tests.support.fixtures_models import TrainedModels
 
 
@@ -108,3 +111,43 @@ def test_an_ivf_embedding_records_its_item_query_probes_and_serving_searches_wit
     assert item_to_item.nprobe == meta["index_item_nprobe"]
     # the tuned number, not the default rule's (which scans every list of this small index)
     assert item_to_item.nprobe < ivf_spec(data.catalog.size, nlist=32).nprobe
+
+
+def test_every_loaded_session_answers_its_parity_sample_as_training_recorded(
+        trained_models: TrainedModels) -> None:
+    paths = trained_models.refs().paths
+    embedding, tower = EmbeddingBundle.load(paths["embedding"]), UserTowerBundle.load(
+        paths["embedding"])
+    rankers = [RankerBundle.load(paths["ranker"], int8=int8) for int8 in (False, True)]
+    fallback = RankerBundle.load(paths["fallback_ranker"], "fallback_ranker")
+
+    assert [r.precision for r in rankers] == ["fp32", "int8"]
+    for bundle in (embedding, tower, *rankers, fallback):
+        diff = bundle.check_parity()
+        assert diff is not None and diff <= artifacts.PARITY_TOLERANCE
+    assert EmbeddingBundle.load(paths["embedding"], load_user_tower=False).check_parity() is None
+
+
+def test_a_session_that_answers_otherwise_is_refused(trained_models: TrainedModels,
+                                                     tmp_path: Path) -> None:
+    """Checksums prove the files are the ones written; parity proves this ONNX Runtime still
+    computes what training checked (here: a sample whose recorded scores are not the model's)."""
+    bundle_dir = tmp_path / "ranker"
+    shutil.copytree(trained_models.refs().paths["ranker"], bundle_dir)
+    feeds, expected = artifacts.load_parity(bundle_dir, artifacts.RANKER)  # type: ignore[misc]
+    artifacts.save_parity(bundle_dir, {artifacts.RANKER: {**feeds, "expected": expected + 0.01}})
+    manifest = artifacts.read_manifest(bundle_dir, verify=False)
+    artifacts.write_manifest(bundle_dir, "ranker", manifest.metadata)
+
+    ranker = RankerBundle.load(bundle_dir, int8=False)
+    with pytest.raises(ArtifactError, match=r"ranker.onnx: differs from the outputs recorded at "
+                                            r"training by 1\.00e-02"):
+        ranker.check_parity()
+
+
+def test_bundles_written_before_parity_samples_load_without_the_check(tmp_path: Path) -> None:
+    embedding = make_embedding_bundle(tmp_path / "embedding")
+    make_ranker_bundle(tmp_path / "ranker", embedding.fingerprint())
+
+    assert EmbeddingBundle.load(tmp_path / "embedding").check_parity() is None
+    assert RankerBundle.load(tmp_path / "ranker").check_parity() is None

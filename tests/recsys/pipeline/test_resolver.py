@@ -19,7 +19,7 @@ from recsys.app.runtime import Runtime
 from recsys.errors import UnknownIdError
 from recsys.features import encode_history
 from recsys.pipeline.request import RecommendRequest
-from recsys.pipeline.resolver import RequestResolver
+from recsys.pipeline.resolver import ServedModels
 from recsys.settings import ServingSettings
 from recsys.telemetry import Telemetry
 from serving.fault_injection import fault_plan
@@ -145,8 +145,8 @@ def test_ids_resolve_on_the_slot_that_serves_the_request(refs: list[ModelRefs],
     assert error.field == "exclude_item_ids" and "'nope', 'nah'" in str(error)
 
 
-def test_the_resolver_requires_a_champion() -> None:
+def test_a_served_model_set_requires_a_champion() -> None:
     from recsys.experiments.routing import Router
 
     with pytest.raises(ValueError, match=r"a champion model slot is required, got \[\]"):
-        RequestResolver({}, Router(), None, None, Telemetry())
+        ServedModels({}, Router())
