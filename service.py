@@ -9,7 +9,7 @@ import bentoml
 from starlette.responses import Response
 
 with bentoml.importing():
-    from recsys.app.assembly import RemoteModels, build_runtime
+    from recsys.app.assembly import RemoteModels, build_live_runtime, build_runtime
     from recsys.app.heap import freeze_startup_heap
     from recsys.app.models_file import ModelRefs, read_models_file
     from recsys.app.prometheus import PrometheusTelemetry
@@ -33,7 +33,8 @@ with bentoml.importing():
     )
 
 SETTINGS = ServingSettings()
-MODEL_TAGS = read_models_file(SETTINGS.models_file)  # alias -> kind -> BentoML tag
+LIVE = SETTINGS.model_source == "registry"  # follow the registry's aliases, else pinned tags
+MODEL_TAGS = {} if LIVE else read_models_file(SETTINGS.models_file)  # alias -> kind -> tag
 MODEL_SERVICES = define_model_services(SETTINGS, MODEL_TAGS)
 
 
@@ -43,13 +44,17 @@ class RecommenderApi:
         tower_service = bentoml.depends(MODEL_SERVICES.tower)
 
     def __init__(self) -> None:
-        refs = [ModelRefs(alias, {k: model_path(self, alias, k) for k in tags},
-                          {k: str(tags[k]) for k in tags}) for alias, tags in MODEL_TAGS.items()]
-        remote = {alias: RemoteModels(RemoteUserTower(self.tower_service, alias),
-                                      RemoteScorer(self.ranker_service, alias))
-                  for alias in MODEL_TAGS} if SETTINGS.topology == "services" else None
-        self.runtime = build_runtime(SETTINGS, refs, PrometheusTelemetry(), remote=remote,
-                                     wrap=fault_plan(SETTINGS.faults))
+        telemetry, wrap = PrometheusTelemetry(), fault_plan(SETTINGS.faults)
+        if LIVE:
+            self.runtime = build_live_runtime(SETTINGS, telemetry, wrap=wrap)
+        else:
+            refs = [ModelRefs(alias, {k: model_path(self, alias, k) for k in tags},
+                              {k: str(tags[k]) for k in tags})
+                    for alias, tags in MODEL_TAGS.items()]
+            remote = {alias: RemoteModels(RemoteUserTower(self.tower_service, alias),
+                                          RemoteScorer(self.ranker_service, alias))
+                      for alias in MODEL_TAGS} if SETTINGS.topology == "services" else None
+            self.runtime = build_runtime(SETTINGS, refs, telemetry, remote=remote, wrap=wrap)
         self.encoder = ResponseEncoder()
         self.ready = False
 

@@ -13,8 +13,16 @@ class ServingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RECSYS_", frozen=True, extra="ignore")
 
-    # Models: BentoML model tags per alias, written by `python -m registry export`.
+    # Models: "pinned" serves the BentoML model tags per alias of the models file (written by
+    # `python -m registry export`; what a built Bento serves); "registry" serves what the MLflow
+    # registry's aliases point to and follows them live (topology "inline").
+    model_source: Literal["pinned", "registry"] = "pinned"
     models_file: Path = Path("serving-models.json")
+    registry_uri: str | None = Field(None, description="MLflow tracking server, http://host:port")
+    registry_poll_s: float = Field(5.0, gt=0, description="seconds between registry polls (+-20%)")
+    model_cache_dir: Path = Path("~/.cache/recsys/models")
+    warm_users: int = Field(200, ge=0, description="most active users cached before a swap")
+    warm_seconds: float = Field(10.0, gt=0, description="longest a swap's cache prefill may take")
     # Where the user tower and ranker run: "inline" (in the API process) or "services"
     # (separate BentoML services with adaptive batching).
     topology: Literal["inline", "services"] = "inline"
@@ -77,13 +85,20 @@ class ServingSettings(BaseSettings):
     shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
     shadow_log: str = "shadow.jsonl"  # a path, or "redis" for the stream recsys:shadow
 
-    @field_validator("models_file")
+    @field_validator("models_file", "model_cache_dir")
     @classmethod
-    def _models_file(cls, value: Path) -> Path:
+    def _home(cls, value: Path) -> Path:
         return value.expanduser()
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingSettings:
+        if self.model_source == "registry":
+            if not self.registry_uri:
+                raise ValueError("RECSYS_MODEL_SOURCE=registry needs RECSYS_REGISTRY_URI (an "
+                                 "MLflow tracking server, http://host:port)")
+            if self.topology != "inline":
+                raise ValueError("RECSYS_MODEL_SOURCE=registry serves RECSYS_TOPOLOGY=inline: the "
+                                 "model services of 'services' load pinned models")
         if self.ranked_candidates > self.ann_candidates + self.popular_candidates + \
                 self.item_to_item_seeds * self.item_to_item_per_seed:
             raise ValueError(

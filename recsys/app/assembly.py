@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from recsys.app.live_models import LiveModels
 from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
 from recsys.breaker import CircuitBreaker
@@ -13,6 +14,7 @@ from recsys.experiments.routing import Router, active_experiment
 from recsys.experiments.shadow import ShadowConfig, ShadowScorer
 from recsys.models.bundles import EmbeddingBundle, RankerBundle, check_compatible
 from recsys.models.index import item_query_nprobe
+from recsys.models.registry_client import CHALLENGER, CHAMPION, RegistryClient
 from recsys.pipeline.event_recording import EventRecorder
 from recsys.pipeline.rank_items import ItemListRanker
 from recsys.pipeline.ranking import RankerChain
@@ -145,22 +147,60 @@ def build_shadow(settings: ServingSettings, telemetry: Telemetry) -> ShadowScore
     ), on_event=telemetry.event)
 
 
+def wanted_aliases(settings: ServingSettings, router: Router) -> set[str]:
+    """The aliases a process serves: the champion, what the experiment routes to, and the
+    challenger when shadow scoring is on."""
+    return router.aliases() | {CHAMPION} | ({CHALLENGER} if settings.shadow_fraction else set())
+
+
+class ModelSetBuilder:
+    """Builds the model slots of a list of bundles as one ServedModels (with the settings'
+    experiment router); bundles of aliases this process does not serve are left out.
+    `remote`: alias -> model-service adapters (topology "services")."""
+
+    def __init__(self, settings: ServingSettings, telemetry: Telemetry, *,
+                 remote: Mapping[str, RemoteModels] | None = None,
+                 wrap: StageWrapper | None = None) -> None:
+        self.settings, self.telemetry = settings, telemetry
+        self.remote, self.wrap = dict(remote or {}), wrap
+        experiment = active_experiment(settings.experiment_file) \
+            if settings.experiment_file else None
+        self.router = Router(experiment)
+        self.aliases = wanted_aliases(settings, self.router)
+
+    def build(self, refs: list[ModelRefs]) -> ServedModels:
+        slots = {r.alias: build_slot(r, self.settings, self.telemetry, self.remote.get(r.alias),
+                                     self.wrap)
+                 for r in refs if r.alias in self.aliases}
+        return ServedModels(slots, self.router)
+
+
 def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: Telemetry, *,
                   remote: Mapping[str, RemoteModels] | None = None,
                   wrap: StageWrapper | None = None) -> Runtime:
-    """Every slot the experiment, the champion and shadow scoring need, and the endpoints over
-    them. `remote`: alias -> model-service adapters (topology "services")."""
-    experiment = active_experiment(settings.experiment_file) if settings.experiment_file else None
-    router = Router(experiment)
-    wanted = router.aliases() | {"champion"} | ({"challenger"} if settings.shadow_fraction else set())
-    slots = {r.alias: build_slot(r, settings, telemetry, (remote or {}).get(r.alias), wrap)
-             for r in refs if r.alias in wanted}
+    """The runtime of pinned models: every slot the experiment, the champion and shadow scoring
+    need, and the endpoints over them."""
+    models = ModelSetBuilder(settings, telemetry, remote=remote, wrap=wrap).build(refs)
+    return assemble_runtime(settings, models, telemetry)
+
+
+def build_live_runtime(settings: ServingSettings, telemetry: Telemetry, *,
+                       wrap: StageWrapper | None = None) -> Runtime:
+    """The runtime of a process that follows the registry's aliases (RECSYS_MODEL_SOURCE=
+    registry): it serves what they point to now, and swaps when they move."""
+    assert settings.registry_uri is not None  # checked by ServingSettings
+    client = RegistryClient(settings.registry_uri, settings.model_cache_dir)
+    live = LiveModels(client, ModelSetBuilder(settings, telemetry, wrap=wrap), settings, telemetry)
+    return assemble_runtime(settings, live.initial(), telemetry, live)
+
+
+def assemble_runtime(settings: ServingSettings, models: ServedModels, telemetry: Telemetry,
+                     live: LiveModels | None = None) -> Runtime:
     cache = build_cache(settings, telemetry)
     history = build_history(settings, telemetry)
-    shadow = build_shadow(settings, telemetry) \
-        if settings.shadow_fraction > 0 and "challenger" in slots else None
+    shadow = build_shadow(settings, telemetry) if settings.shadow_fraction > 0 else None
     vector_cache = cache if settings.topology == "services" else None
-    resolver = RequestResolver(ServedModels(slots, router), history, vector_cache, telemetry)
+    resolver = RequestResolver(models, history, vector_cache, telemetry)
     options = PipelineOptions(
         ranked_candidates=settings.ranked_candidates, diversity=settings.diversity,
         max_per_category=settings.max_per_category, budget_s=settings.budget_ms / 1000,
@@ -169,4 +209,4 @@ def build_runtime(settings: ServingSettings, refs: list[ModelRefs], telemetry: T
         pipeline=RecommendPipeline(resolver, options, cache, telemetry, shadow),
         similar_items=SimilarItems(resolver), item_ranker=ItemListRanker(resolver),
         event_recorder=EventRecorder(resolver, history, cache),
-        cache=cache, history=history, shadow=shadow)
+        cache=cache, history=history, shadow=shadow, live=live)

@@ -28,6 +28,14 @@ SHADOW = Counter("recsys_shadow_total", "Shadow scoring outcomes", ["outcome"])
 SHADOW_OVERLAP = Histogram("recsys_shadow_overlap", "Champion/challenger overlap@k",
                            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
 
+MODEL_SWAPS = Counter("recsys_model_swaps_total", "Model sets swapped in while serving")
+MODEL_SWAP_SECONDS = Histogram("recsys_model_swap_seconds", "From seeing an alias move to the "
+                               "swap: fetch, verify, load, warm", buckets=(1, 2, 5, 10, 20, 60))
+MODEL_LOAD_FAILURES = Counter("recsys_model_load_failures_total", "Registry polls or model sets "
+                              "that failed (the set serving went on)", ["stage", "error"])
+SERVED_MODEL = Gauge("recsys_served_model", "1 for each model version this worker serves",
+                     ["alias", "kind", "version"])
+
 _BREAKER_VALUES = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
 
 
@@ -60,6 +68,14 @@ class PrometheusTelemetry(Telemetry):
                                 labels.get("op", labels.get("operation", ""))).inc()
         elif name == "breaker_state":
             _child(BREAKER_STATE, labels["breaker"]).set(_BREAKER_VALUES.get(labels["state"], 0.0))
+        elif name == "model_swap":
+            MODEL_SWAPS.inc()
+            MODEL_SWAP_SECONDS.observe(float(labels["seconds"]))
+        elif name == "model_load_failed":
+            _child(MODEL_LOAD_FAILURES, labels["stage"], labels["error"]).inc()
+        elif name == "model_served":
+            _child(SERVED_MODEL, labels["alias"], labels["kind"], labels["version"]).set(
+                float(labels["serving"]))
         elif name.startswith("shadow_"):
             _child(SHADOW, name.removeprefix("shadow_")).inc()
             if "overlap" in labels:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from recsys.app.live_models import LiveModels
 from recsys.experiments.shadow import ShadowScorer
 from recsys.pipeline.event_recording import EventRecorder
 from recsys.pipeline.rank_items import ItemListRanker
@@ -25,12 +26,16 @@ class Runtime:
     cache: ResultCache | None
     history: HistoryStore | None
     shadow: ShadowScorer | None = None
+    live: LiveModels | None = None  # following the registry (None: pinned models)
 
     async def start(self) -> None:
-        """Inside the serving event loop: start background workers, then warm up."""
+        """Inside the serving event loop: start background workers, warm up, then follow the
+        registry when the models come from it."""
         if self.shadow is not None:
             self.shadow.start()
-        await self.pipeline.warmup()
+        await self.pipeline.warm(self.pipeline.resolver.models, rounds=3)
+        if self.live is not None:
+            self.live.start(self.pipeline)
 
     def info(self, settings: ServingSettings) -> dict[str, Any]:
         """Models per alias, experiment, topology and the settings that shape responses."""
@@ -49,9 +54,12 @@ class Runtime:
                        "max_body_bytes": settings.max_body_bytes},
             "candidates": {"ann": settings.ann_candidates, "popular": settings.popular_candidates,
                            "ranked": settings.ranked_candidates},
+            "model_source": self.live.info() if self.live is not None else {"source": "pinned"},
         }
 
     async def aclose(self) -> None:
+        if self.live is not None:
+            await self.live.aclose()
         if self.shadow is not None:
             await self.shadow.aclose()
         if self.cache is not None:

@@ -143,12 +143,26 @@ class RegistryClient:
             response = self.http.get(path, params=params)
         except httpx.HTTPError as error:
             raise RegistryUnavailableError(f"registry {self.uri}: {error!r}") from error
-        if missing_ok and response.status_code == 404:
+        if missing_ok and absent(response):
             return None
         if response.status_code != 200:
             raise RegistryUnavailableError(f"registry {self.uri}{path} answered "
                                            f"{response.status_code}: {response.text[:300]}")
         return response.json()
+
+
+def absent(response: httpx.Response) -> bool:
+    """MLflow's answer for a model or alias that does not exist: 404, or 400 "not found" (an
+    alias)."""
+    if response.status_code == 404:
+        return True
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return response.status_code == 400 and body.get("error_code") in (
+        "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and \
+        "not found" in str(body.get("message", "")).lower()
 
 
 class LocalArtifacts:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from recsys.errors import RetrievalError
+from recsys.errors import RequestError, RetrievalError
 from recsys.experiments.shadow import ShadowScorer
 from recsys.experiments.shadow_records import ScoredList
 from recsys.features import recent_rows, user_ranker_inputs
@@ -21,7 +22,13 @@ from recsys.models.registry_client import CHALLENGER, CHAMPION
 from recsys.pipeline.fallbacks import popularity_candidates
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.reranking import filter_candidates, rerank
-from recsys.pipeline.resolver import RequestResolver, ResolvedRequest, Routed, UserState
+from recsys.pipeline.resolver import (
+    RequestResolver,
+    ResolvedRequest,
+    Routed,
+    ServedModels,
+    UserState,
+)
 from recsys.pipeline.retrieval import Candidates, RetrievalQuery
 from recsys.pipeline.slots import ModelSlot
 from recsys.stores.cache import ResultCache
@@ -32,6 +39,8 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 CACHED_LEVELS = ("l1", "l2")
 WARMUP_USER = "__warmup__"
+RECENT_REQUESTS = 32  # kept to warm a new set of models with
+DEFAULT_K = 10  # /recommend's default k: what a cache prefill computes
 
 
 @dataclass(frozen=True)
@@ -65,23 +74,50 @@ class RecommendPipeline:
                  shadow: ShadowScorer | None = None) -> None:
         self.resolver, self.options = resolver, options
         self.cache, self.telemetry, self.shadow = cache, telemetry, shadow
+        self.recent: deque[RecommendRequest] = deque(maxlen=RECENT_REQUESTS)
 
-    async def warmup(self, rounds: int = 3) -> None:
-        """Run the full path (no cache) for a new user on every slot: loads lazy state (ONNX
-        arenas, FAISS) before /readyz says yes. Its stage timings and the pipeline's own events
-        (exposures, candidates, fallbacks) are not reported: those metrics describe served
-        requests. Components report their own failures (a source or ranker error) as always."""
+    async def warm(self, models: ServedModels, rounds: int = 1) -> None:
+        """Run a new user's request and the last ones this worker served on every slot of
+        `models`, without the cache: loads lazy state (ONNX arenas, FAISS) before the models
+        take traffic (at start-up before /readyz says yes, at a swap before the swap). Stage
+        timings and the pipeline's own events (exposures, candidates, fallbacks) are not
+        reported: those metrics describe served requests. Components report their own failures
+        (a source or ranker error) as always."""
         silent = Telemetry()
-        request = RecommendRequest(WARMUP_USER, 10)
-        for alias, slot in self.resolver.slots.items():
-            resolved = self.resolver.resolve(request, Routed(alias, slot))
-            for _ in range(rounds):
-                await self.compute(resolved, time.perf_counter(), silent)
+        requests = [RecommendRequest(WARMUP_USER, 10), *self.recent]
+        for alias, slot in models.slots.items():
+            for request in requests:
+                try:
+                    resolved = self.resolver.resolve(request, Routed(alias, slot))
+                except RequestError:  # an id the new catalogue does not have
+                    continue
+                for _ in range(rounds):
+                    await self.compute(resolved, time.perf_counter(), silent)
+
+    async def prefill(self, slot: ModelSlot, users: int, seconds: float) -> int:
+        """Compute and cache the results of the slot's `users` most active known users (a
+        request with the default k and no context), for at most `seconds`: a new champion then
+        takes traffic with their answers cached. Returns how many were cached."""
+        if self.cache is None:
+            return 0
+        deadline, done, silent = time.perf_counter() + seconds, 0, Telemetry()
+        for user in slot.most_active_users(users):
+            if time.perf_counter() > deadline:
+                break
+            request = RecommendRequest(user, DEFAULT_K)
+            resolved = self.resolver.resolve(request, Routed(slot.alias, slot))
+            await self.cache.get_or_compute(
+                "results", result_key(slot, request),
+                partial(self.compute, resolved, time.perf_counter(), silent),
+                user_id=user, ttl_s=self._result_ttl)
+            done += 1
+        return done
 
     async def respond(self, request: RecommendRequest) -> Answer:
         start = time.perf_counter()
         request_id = uuid.uuid4().hex
         resolved = self.resolver.resolve(request)
+        self.recent.append(request)  # what a new set of models is warmed with
         self.telemetry.event("exposure", variant=resolved.variant)  # only requests served
         result, level = await self._cached_result(resolved, start)
         latency_ms = round((time.perf_counter() - start) * 1000, 3)

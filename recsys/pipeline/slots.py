@@ -55,6 +55,15 @@ class ModelSlot:
         """Items of history this slot's user tower reads (its own, not the champion's)."""
         return self.embedding.history_len
 
+    def most_active_users(self, count: int) -> list[str]:
+        """Known users (of the training snapshot) by how many items they have seen, most first."""
+        users = self.embedding.users
+        if users is None or count <= 0:
+            return []
+        seen = np.diff(users.seen_indptr)
+        order = np.argsort(-seen, kind="stable")[:count]
+        return [str(users.user_ids[i]) for i in order]
+
     def rows_of(self, item_ids: tuple[str, ...], field_name: str) -> IntArray:
         """Catalogue rows of `item_ids`, in order; UnknownIdError names the request field and
         the first unknown ids."""
