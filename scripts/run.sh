@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main command: install, train + register the default models when no champion is registered,
-# export champion (and challenger) into the BentoML model store, then serve on port ${PORT:-3000}.
+# export champion (and challenger) into the BentoML model store (what `bentoml build` pins), then
+# serve on port ${PORT:-3000}, following the registry's aliases live (scripts/serve.py).
 #   RECSYS_DATA_PATH=../shared/data/ml-100k bash scripts/run.sh   # MovieLens instead of synthetic
 set -euo pipefail
 cd "$(dirname "$0")/.."

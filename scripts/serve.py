@@ -1,33 +1,73 @@
-"""Serve the exported champion: start a local Redis when RECSYS_REDIS_URL is unset, then
-`bentoml serve service:Recommender`, and stop that Redis again when the server exits."""
+"""Serve the recommender the way the main command does, stopping what it started on exit.
+
+- Redis: a local redis-server when RECSYS_REDIS_URL is unset.
+- Models: by default the service follows the MLflow registry's aliases live
+  (RECSYS_MODEL_SOURCE=registry): a promotion or rollback reaches it without a restart. The
+  registry is read through a tracking server: RECSYS_REGISTRY_URI, else an `mlflow server`
+  started here over the project's store (RECSYS_TRACKING_URI, else mlstore/mlruns.db).
+  RECSYS_MODEL_SOURCE=pinned serves the models file's pinned tags instead, as a built Bento does.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from devtools.local_redis import LocalRedis
+from devtools.processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def tracking_server(store_uri: str, directory: Path) -> ServerProcess:
+    """`mlflow server` on 127.0.0.1 over the store training writes to (artifacts of runs logged
+    through it go to directory/mlartifacts-served)."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
+               "--host", "127.0.0.1", "--port", "{port}", "--workers", "1", "--serve-artifacts",
+               "--artifacts-destination", str(directory / "mlartifacts-served")]
+    return ServerProcess("mlflow server", command, {}, directory / "mlflow-server.log",
+                         ready_path="/health", ready_timeout_s=120)
+
+
+def store_uri() -> str:
+    configured = os.environ.get("RECSYS_TRACKING_URI")
+    if configured:
+        return configured
+    store = Path(os.environ.get("RECSYS_STORE_DIR", ROOT / "mlstore"))
+    return f"sqlite:///{(store / 'mlruns.db').resolve()}"
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
-    parser.add_argument("--redis-dir", type=Path, default=ROOT / ".redis")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run",
+                        help="logs and data of the servers started here")
     args = parser.parse_args()
+    env = dict(os.environ)
+    env.setdefault("RECSYS_MODEL_SOURCE", "registry")
     command = [sys.executable, "-m", "bentoml", "serve", "service:Recommender",
                "--port", str(args.port)]
-    if os.environ.get("RECSYS_REDIS_URL"):
-        return subprocess.call(command, cwd=ROOT)
-    args.redis_dir.mkdir(parents=True, exist_ok=True)
-    with LocalRedis(args.redis_dir) as redis:
-        print(f"==> started a local Redis at {redis.url} (set RECSYS_REDIS_URL to use your own)",
-              flush=True)
+    with ExitStack() as started:
+        if not env.get("RECSYS_REDIS_URL"):
+            redis = started.enter_context(LocalRedis(args.run_dir / "redis"))
+            env["RECSYS_REDIS_URL"] = redis.url
+            print(f"==> started a local Redis at {redis.url} (set RECSYS_REDIS_URL to use your "
+                  "own)", flush=True)
+        if env["RECSYS_MODEL_SOURCE"] == "registry" and not env.get("RECSYS_REGISTRY_URI"):
+            uri = store_uri()
+            if uri.startswith(("http://", "https://")):
+                env["RECSYS_REGISTRY_URI"] = uri
+            else:
+                server = started.enter_context(tracking_server(uri, args.run_dir))
+                env["RECSYS_REGISTRY_URI"] = server.url
+                print(f"==> started an MLflow tracking server at {server.url} over {uri}: the "
+                      "service follows its aliases (set RECSYS_REGISTRY_URI to use your own)",
+                      flush=True)
         try:
-            return subprocess.call(command, cwd=ROOT, env={**os.environ, "RECSYS_REDIS_URL": redis.url})
+            return subprocess.call(command, cwd=ROOT, env=env)
         except KeyboardInterrupt:
             return 0
 
