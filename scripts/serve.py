@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -66,10 +67,13 @@ def main() -> int:
                 print(f"==> started an MLflow tracking server at {server.url} over {uri}: the "
                       "service follows its aliases (set RECSYS_REGISTRY_URI to use your own)",
                       flush=True)
+        service = subprocess.Popen(command, cwd=ROOT, env=env)
+        # SIGTERM (kill, a container stop) stops the service first, then what was started here.
+        signal.signal(signal.SIGTERM, lambda signum, frame: service.terminate())
         try:
-            return subprocess.call(command, cwd=ROOT, env=env)
-        except KeyboardInterrupt:
-            return 0
+            return service.wait()
+        except KeyboardInterrupt:  # Ctrl+C reached the service too: let it finish stopping
+            return service.wait()
 
 
 if __name__ == "__main__":
