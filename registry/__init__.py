@@ -8,7 +8,7 @@ from recsys.models.registry_client import (
     PREVIOUS_CHAMPION,
 )
 from registry.bento_export import bento_models_for_alias, bentoml_home, export_to_bentoml
-from registry.model_registry import Registry, VersionInfo
+from registry.model_registry import AlreadyChampion, Registry, VersionInfo
 from registry.pyfunc import EmbeddingModel, FallbackRankerModel, RankerModel
 from registry.registration import (
     EMBEDDING_MODEL,
@@ -30,6 +30,7 @@ __all__ = [
     "FALLBACK_MODEL",
     "PREVIOUS_CHAMPION",
     "RANKER_MODEL",
+    "AlreadyChampion",
     "EmbeddingModel",
     "FallbackRankerModel",
     "ModelNames",

@@ -29,6 +29,14 @@ from registry.registration import (
 )
 
 
+class AlreadyChampion(RegistryError):
+    """A promotion that would change nothing: refused, nothing moved."""
+
+
+def _versions(model_set: ModelSet) -> str:
+    return ", ".join(f"{name} v{version}" for _, name, version in model_set.items())
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """One registered model version as the CLI and the export show it."""
@@ -120,6 +128,22 @@ class Registry:
                     f"{name} version {version} was trained against embedding {trained_on}, but "
                     f"{model_set.names.embedding} version {model_set.embedding} is {fingerprint}")
 
+    def check_not_champion(self, model_set: ModelSet) -> None:
+        """AlreadyChampion when `model_set` is the champion's versions or bundles."""
+        if not self.champion_exists():
+            return
+        champion = self.resolve(CHAMPION)
+        if champion == model_set:
+            raise AlreadyChampion(f"versions {_versions(model_set)} are the champion already: "
+                                  "nothing to promote")
+        if self.fingerprints(champion) == self.fingerprints(model_set):
+            raise AlreadyChampion(f"versions {_versions(model_set)} hold the champion's models "
+                                  f"bit for bit ({_versions(champion)}): nothing to promote")
+
+    def fingerprints(self, model_set: ModelSet) -> dict[str, str]:
+        return {kind: self._model_version(name, version).tags.get(TAG_FINGERPRINT, "")
+                for kind, name, version in model_set.items()}
+
     # --- moving aliases ------------------------------------------------------------------
     def set_aliases(self, model_set: ModelSet, alias: str) -> None:
         for _, name, version in model_set.items():
@@ -140,8 +164,10 @@ class Registry:
 
     def promote_versions(self, model_set: ModelSet) -> ModelSet:
         """Make explicit versions champion; a model whose champion changes keeps it as
-        previous_champion. Compatibility is checked before any alias moves."""
+        previous_champion. Compatibility is checked before any alias moves; AlreadyChampion
+        (nothing moves) when the set is the champion, or holds the same bundles."""
         self.check_compatible(model_set)
+        self.check_not_champion(model_set)
         for _, name, version in model_set.items():
             current = self._version_by_alias(name, CHAMPION)
             if current is not None and current != version:

@@ -1,10 +1,12 @@
 """Logging bundles to MLflow and registering the three models as one versioned set."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -33,6 +35,7 @@ ARTIFACT_DIR = "mlartifacts"
 TAG_KIND = "kind"
 TAG_EMBEDDING_FINGERPRINT = "embedding_fingerprint"  # rankers: the embedding they were trained on
 
+LOG = logging.getLogger(__name__)
 _RUNTIME_PACKAGES = ("mlflow", "onnxruntime", "numpy", "pandas")
 
 
@@ -61,12 +64,14 @@ class ModelNames:
 
 @dataclass(frozen=True)
 class ModelSet:
-    """Registered versions (strings, as MLflow numbers them) of the three models served together."""
+    """Registered versions (strings, as MLflow numbers them) of the three models served together.
+    `new` is False when registering found these versions already holding the same content."""
 
     embedding: str
     ranker: str
     fallback: str
     names: ModelNames = field(default_factory=ModelNames)
+    new: bool = field(default=True, compare=False)
 
     def items(self) -> Iterator[tuple[str, str, str]]:
         """(kind, registered model name, version) for the embedding, ranker and fallback."""
@@ -179,6 +184,13 @@ def register_model_set(embedding_uri: str, ranker_uri: str, fallback_uri: str, *
             raise IncompatibleModelsError(
                 f"{kind} {uris[kind]} was trained against embedding {trained_on!r}, "
                 f"not {embedding_fingerprint!r} ({embedding_uri})")
+    existing = registered_set(names, {kind: meta[kind]["fingerprint"] for kind in uris})
+    if existing is not None:
+        LOG.info("the models are registered already, bit for bit, as %s: no new versions",
+                 {kind: version for kind, _, version in existing.items()})
+        if alias:
+            set_alias(existing, alias)
+        return existing
     extra = {key: str(value) for key, value in (tags or {}).items()}
     versions: dict[str, str] = {}
     for kind, name in names.by_kind().items():
@@ -191,7 +203,32 @@ def register_model_set(embedding_uri: str, ranker_uri: str, fallback_uri: str, *
     model_set = ModelSet(versions["embedding"], versions["ranker"], versions["fallback_ranker"],
                          names)
     if alias:
-        client = mlflow.MlflowClient()
-        for _, name, version_ in model_set.items():
-            client.set_registered_model_alias(name, alias, version_)
+        set_alias(model_set, alias)
     return model_set
+
+
+def set_alias(model_set: ModelSet, alias: str) -> None:
+    client = mlflow.MlflowClient()
+    for _, name, version_ in model_set.items():
+        client.set_registered_model_alias(name, alias, version_)
+
+
+def registered_set(names: ModelNames, fingerprints: Mapping[str, str]) -> ModelSet | None:
+    """The newest registered versions holding exactly these bundles (kind -> fingerprint), with
+    both rankers paired with that embedding version; None when there are none."""
+    client = mlflow.MlflowClient()
+
+    def versions(kind: str) -> list[Any]:
+        name = names.by_kind()[kind]
+        found = client.search_model_versions(
+            f"name = '{name}' and tags.{TAG_FINGERPRINT} = '{fingerprints[kind]}'")
+        return sorted(found, key=lambda v: int(v.version), reverse=True)
+
+    for embedding in versions("embedding"):
+        paired = {kind: [v for v in versions(kind)
+                         if v.tags.get(TAG_EMBEDDING_VERSION) == str(embedding.version)]
+                  for kind in ("ranker", "fallback_ranker")}
+        if paired["ranker"] and paired["fallback_ranker"]:
+            return ModelSet(str(embedding.version), str(paired["ranker"][0].version),
+                            str(paired["fallback_ranker"][0].version), names, new=False)
+    return None

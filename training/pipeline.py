@@ -17,6 +17,7 @@ import numpy as np
 
 from recsys.models.bundles import EmbeddingBundle
 from registry import (
+    AlreadyChampion,
     ModelSet,
     Registry,
     configure_tracking,
@@ -210,7 +211,11 @@ def run_pipeline(settings: TrainingSettings, config: PipelineConfig | None = Non
             promoted = promote == "always" or (promote == "if-no-champion"
                                                and not registry.champion_exists())
             if promoted:
-                registry.promote_versions(model_set)
+                try:
+                    registry.promote_versions(model_set)
+                except AlreadyChampion as no_op:
+                    log.info("%s", no_op)
+                    promoted = False
         mlflow.log_dict(timings.seconds, "timings.json")
     return PipelineResult(model_set, promoted, report, dict(timings.seconds), uri)
 

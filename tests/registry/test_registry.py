@@ -17,6 +17,7 @@ from registry import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,
+    AlreadyChampion,
     ModelNames,
     ModelSet,
     Registry,
@@ -102,6 +103,49 @@ def test_promote_moves_champion_and_keeps_previous(store: Store, names: ModelNam
     registry.promote(CHALLENGER)
     assert registry.resolve(CHAMPION) == second
     assert registry.resolve(PREVIOUS_CHAMPION) == first
+
+
+def test_registering_the_same_models_again_adds_no_versions(store: Store,
+                                                             names: ModelNames) -> None:
+    registry = Registry(store.uri, names)
+    first = _register(store.set_a, names, alias=None)
+    again = _register(store.set_a, names)  # the same logged models: the same bundles
+
+    assert first.new and not again.new and again == first
+    assert [info.version for info in registry.list_versions(names.ranker)] == [first.ranker]
+    assert registry.resolve(CHALLENGER) == first  # the alias still moves to them
+
+
+def test_promoting_the_champion_is_refused_and_moves_nothing(store: Store,
+                                                             names: ModelNames) -> None:
+    registry = Registry(store.uri, names)
+    champion = _register(store.set_a, names)
+    registry.promote()
+    registry.set_aliases(champion, CHALLENGER)  # a challenger that is the champion
+
+    with pytest.raises(AlreadyChampion, match="are the champion already: nothing to promote"):
+        registry.promote(CHALLENGER)
+    assert registry.resolve(CHAMPION) == champion
+    assert not registry.alias_exists(PREVIOUS_CHAMPION)
+
+
+def test_promoting_the_champions_models_under_other_versions_is_refused(
+        store: Store, names: ModelNames) -> None:
+    """Versions registered bit for bit again (by a store older than the de-duplication, or by
+    hand) are not a new champion either."""
+    registry = Registry(store.uri, names)
+    champion = _register(store.set_a, names)
+    registry.promote()
+    copies: dict[str, str] = {}
+    for kind, name, version in champion.items():  # the embedding first: the rankers pair with it
+        source = registry.client.get_model_version(name, version)
+        tags = {**source.tags, **({"embedding_version": copies["embedding"]} if copies else {})}
+        copies[kind] = str(mlflow.register_model(source.source, name, tags=tags).version)
+    duplicate = ModelSet(copies["embedding"], copies["ranker"], copies["fallback_ranker"], names)
+
+    with pytest.raises(AlreadyChampion, match="hold the champion's models bit for bit"):
+        registry.promote_versions(duplicate)
+    assert registry.resolve(CHAMPION) == champion
 
 
 def test_rollback_twice_restores(store: Store, names: ModelNames) -> None:
