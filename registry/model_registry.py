@@ -22,6 +22,7 @@ from recsys.models.registry_client import (
     TAG_FINGERPRINT,
 )
 from registry.registration import (
+    TAG_DATA_FINGERPRINT,
     TAG_EMBEDDING_FINGERPRINT,
     ModelNames,
     ModelSet,
@@ -139,6 +140,29 @@ class Registry:
         if self.fingerprints(champion) == self.fingerprints(model_set):
             raise AlreadyChampion(f"versions {_versions(model_set)} hold the champion's models "
                                   f"bit for bit ({_versions(champion)}): nothing to promote")
+
+    def data_fingerprint(self, model_set: ModelSet) -> str | None:
+        """The fingerprint of the data the set's embedding was trained on (None: not recorded)."""
+        tags = self._model_version(model_set.names.embedding, model_set.embedding).tags
+        return tags.get(TAG_DATA_FINGERPRINT)
+
+    def sets_trained_on(self, data_fingerprint: str) -> list[ModelSet]:
+        """Every complete set whose models were trained on that data, newest first."""
+        names = self.names
+        embeddings = self.client.search_model_versions(
+            f"name = '{names.embedding}' and tags.{TAG_DATA_FINGERPRINT} = '{data_fingerprint}'")
+        found = []
+        for embedding in sorted(embeddings, key=lambda v: int(v.version), reverse=True):
+            rankers = [self._newest_paired(name, str(embedding.version))
+                       for name in (names.ranker, names.fallback)]
+            if all(rankers):
+                found.append(ModelSet(str(embedding.version), *rankers, names=names))
+        return found
+
+    def _newest_paired(self, name: str, embedding_version: str) -> str:
+        paired = self.client.search_model_versions(
+            f"name = '{name}' and tags.{TAG_EMBEDDING_VERSION} = '{embedding_version}'")
+        return max((str(v.version) for v in paired), key=int, default="")
 
     def fingerprints(self, model_set: ModelSet) -> dict[str, str]:
         return {kind: self._model_version(name, version).tags.get(TAG_FINGERPRINT, "")

@@ -33,6 +33,7 @@ ARTIFACT_DIR = "mlartifacts"
 
 # Model-version tags written at registration (serving reads the first two back).
 TAG_KIND = "kind"
+TAG_DATA_FINGERPRINT = "data_fingerprint"  # the training pipeline's provenance tags
 TAG_EMBEDDING_FINGERPRINT = "embedding_fingerprint"  # rankers: the embedding they were trained on
 
 LOG = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class ModelSet:
     fallback: str
     names: ModelNames = field(default_factory=ModelNames)
     new: bool = field(default=True, compare=False)
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} v{version}" for _, name, version in self.items())
 
     def items(self) -> Iterator[tuple[str, str, str]]:
         """(kind, registered model name, version) for the embedding, ranker and fallback."""

@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
-echo "==> training (skipped when a champion is registered)"
-.venv/bin/python -m training run --if-no-champion
+echo "==> a champion trained on this data (kept, promoted again, or trained now)"
+.venv/bin/python -m training run --ensure-champion
 echo "==> exporting the registered models into the BentoML store"
 .venv/bin/python -m registry export --alias champion --alias challenger \
   --models-file "${RECSYS_MODELS_FILE:-serving-models.json}"

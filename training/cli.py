@@ -21,8 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", type=Path, help="dataset path (default: RECSYS_DATA_PATH, "
                      "else the synthetic generator)")
     run.add_argument("--epochs", type=int, help="two-tower epochs (default from the config)")
-    run.add_argument("--if-no-champion", action="store_true",
-                     help="do nothing when a champion is already registered")
+    run.add_argument("--ensure-champion", action="store_true",
+                     help="the main command's step: keep a champion trained on this data, else "
+                          "promote the newest set trained on it, else train and promote one")
     run.add_argument("--promote", choices=("if-no-champion", "always", "never"),
                      default="if-no-champion", help="when to move the champion alias")
     download = sub.add_parser("download", help="download a public MovieLens dataset")
@@ -32,14 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from training.pipeline import champion_registered, describe, run_pipeline
+    from training.pipeline import describe, ensure_champion, run_pipeline
     from training.settings import TrainingSettings
 
     overrides = {k: v for k, v in (("data_path", args.data), ("epochs", args.epochs)) if v}
     settings = TrainingSettings(**overrides)
-    if args.if_no_champion and champion_registered(settings):
-        print("A champion is registered already: nothing to train "
-              "(python -m registry list shows it).")
+    if args.ensure_champion:
+        print(ensure_champion(settings))
         return 0
     result = run_pipeline(settings, promote=args.promote)
     print(result.report.table)

@@ -17,6 +17,7 @@ import numpy as np
 
 from recsys.models.bundles import EmbeddingBundle
 from registry import (
+    CHAMPION,
     AlreadyChampion,
     ModelSet,
     Registry,
@@ -72,7 +73,8 @@ class Timings:
 
 def load_prepared(settings: TrainingSettings, config: PipelineConfig) -> PreparedData:
     synthetic = None if settings.data_path else SyntheticConfig(
-        n_users=settings.synthetic_users, n_items=settings.synthetic_items, seed=settings.seed)
+        n_users=settings.synthetic_users, n_items=settings.synthetic_items,
+        seed=settings.synthetic_seed)
     return prepare_data(load_dataset(settings.data_path, synthetic=synthetic), config.two_tower)
 
 
@@ -220,9 +222,30 @@ def run_pipeline(settings: TrainingSettings, config: PipelineConfig | None = Non
     return PipelineResult(model_set, promoted, report, dict(timings.seconds), uri)
 
 
-def champion_registered(settings: TrainingSettings) -> bool:
-    return Registry(configure_tracking(settings.tracking_uri, store_dir=settings.store_dir)) \
-        .champion_exists()
+def ensure_champion(settings: TrainingSettings, config: PipelineConfig | None = None) -> str:
+    """The main command's step: serve a champion trained on the data `settings` name. Keeps the
+    champion when it was trained on this data; else promotes the newest set registered for
+    this data before (switching back costs no training); else trains one and promotes it.
+    Returns what it did, in a sentence."""
+    config = apply_overrides(config or PipelineConfig(), settings)
+    registry = Registry(configure_tracking(settings.tracking_uri, store_dir=settings.store_dir))
+    data = load_prepared(settings, config)
+    described = f"{data.dataset.name!r} (data fingerprint {data.fingerprint})"
+    if registry.champion_exists():
+        trained_on = registry.data_fingerprint(registry.resolve(CHAMPION))
+        if trained_on == data.fingerprint:
+            return f"The champion was trained on {described}: nothing to train."
+        if trained_on is None:
+            return ("The champion records no data fingerprint (registered by older code): "
+                    "kept. `python -m training run --promote always` replaces it.")
+        earlier = registry.sets_trained_on(data.fingerprint)
+        if earlier:
+            registry.promote_versions(earlier[0])
+            return (f"The champion was trained on other data ({trained_on}); the newest set "
+                    f"trained on {described} is champion again: {earlier[0].describe()}.")
+    result = run_pipeline(settings, config, promote="always")
+    return (f"Trained on {described} and promoted: {result.model_set.describe()}.\n"
+            f"{result.report.table}")
 
 
 def describe(result: PipelineResult) -> dict[str, Any]:

@@ -20,7 +20,8 @@ class TrainingSettings(BaseSettings):
     ranker_epochs: int | None = None
     synthetic_users: int = 1000
     synthetic_items: int = 2000
-    seed: int = 0
+    synthetic_seed: int = 0  # the synthetic dataset's own seed: the data, not the models
+    seed: int = 0  # the models' seed (initialisation, sampling)
 
     @field_validator("data_path")
     @classmethod

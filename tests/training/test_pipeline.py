@@ -26,7 +26,7 @@ from tests.support.bundle_factory import tracking_store
 from training import cli
 from training.config import EvalConfig, PipelineConfig, RankerConfig, TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
-from training.pipeline import PipelineResult, code_version, run_pipeline
+from training.pipeline import PipelineResult, code_version, ensure_champion, run_pipeline
 from training.settings import TrainingSettings
 from training.steps import data_fingerprint
 
@@ -207,7 +207,7 @@ def test_second_run_registers_a_challenger_and_keeps_the_champion(
     assert registry.resolve(CHALLENGER) == second.model_set
 
 
-def test_cli_if_no_champion_has_nothing_to_train(
+def test_cli_ensure_champion_has_nothing_to_train_for_the_champions_data(
     store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.delenv("RECSYS_DATA_PATH", raising=False)
@@ -217,10 +217,40 @@ def test_cli_if_no_champion_has_nothing_to_train(
     monkeypatch.setenv("RECSYS_SYNTHETIC_USERS", str(USERS))
     monkeypatch.setenv("RECSYS_SYNTHETIC_ITEMS", str(ITEMS))
     before = {name: len(Registry(store.uri).list_versions(name)) for name in MODELS}
-    assert cli.main(["run", "--if-no-champion"]) == 0
+    assert cli.main(["run", "--ensure-champion"]) == 0
     assert "nothing to train" in capsys.readouterr().out
     assert {name: len(Registry(store.uri).list_versions(name)) for name in MODELS} == before
     assert not (store.root / "cli-work").exists()
+
+
+def test_switching_data_trains_for_the_new_data_and_switching_back_trains_nothing(
+        tmp_path: Path) -> None:
+    """The main command's step when RECSYS_DATA_PATH (here: the synthetic data's seed) changes:
+    a champion trained on other data is never kept."""
+    store = tmp_path / "store"
+
+    def settings(data_seed: int) -> TrainingSettings:
+        return TrainingSettings(data_path=None, tracking_uri=None, store_dir=store,
+                                workdir=tmp_path / f"work-{data_seed}", epochs=1,
+                                ranker_epochs=1, synthetic_users=USERS, synthetic_items=ITEMS,
+                                synthetic_seed=data_seed)
+
+    with tracking_store(store) as uri:
+        registry = Registry(uri)
+        said = [ensure_champion(settings(0), CONFIG)]  # an empty store: trains
+        first = registry.resolve(CHAMPION)
+        said.append(ensure_champion(settings(7), CONFIG))  # other data: trains for it
+        second = registry.resolve(CHAMPION)
+        versions = {name: len(registry.list_versions(name)) for name in MODELS}
+        said.append(ensure_champion(settings(0), CONFIG))  # back: the first set again
+        said.append(ensure_champion(settings(0), CONFIG))
+        back = registry.resolve(CHAMPION)
+        assert {name: len(registry.list_versions(name)) for name in MODELS} == versions
+
+    assert said[0].startswith("Trained on 'synthetic'") and said[1].startswith("Trained on")
+    assert second != first and back == first
+    assert registry.data_fingerprint(second) != registry.data_fingerprint(first)
+    assert "is champion again" in said[2] and "nothing to train" in said[3]
 
 
 def test_cli_rejects_a_missing_data_path_naming_the_setting(
