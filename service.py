@@ -13,6 +13,7 @@ with bentoml.importing():
     from recsys.app.heap import freeze_startup_heap
     from recsys.app.models_file import ModelRefs, read_models_file
     from recsys.app.prometheus import PrometheusTelemetry
+    from recsys.experiments.canary import Guards
     from recsys.settings import ServingSettings
     from serving.edge import install_edge
     from serving.errors import answers_errors
@@ -21,6 +22,8 @@ with bentoml.importing():
     from serving.remote import RemoteScorer, RemoteUserTower
     from serving.responses import ResponseEncoder
     from serving.schemas import (
+        AdminCanaryBody,
+        AdminRollbackBody,
         EventBody,
         EventResponse,
         InfoBody,
@@ -101,6 +104,23 @@ class RecommenderApi:
     @bentoml.api(input_spec=InfoBody)
     async def info(self, body: InfoBody) -> dict[str, Any]:
         return self.runtime.info(SETTINGS)
+
+    # The admin endpoints answer only "Authorization: Bearer $RECSYS_ADMIN_TOKEN" (serving/edge.py)
+    @bentoml.api(route="/admin/canary", input_spec=AdminCanaryBody)
+    @answers_errors
+    async def admin_canary(self, body: AdminCanaryBody) -> dict[str, Any]:
+        canary = self.runtime.canary_control()
+        if body.action == "start":
+            await canary.begin(tuple(body.stages) if body.stages else None,
+                               Guards(**body.guards.model_dump()))
+        elif body.action != "status":
+            await canary.command(body.action)
+        return await canary.status(body.verdicts)
+
+    @bentoml.api(route="/admin/rollback", input_spec=AdminRollbackBody)
+    @answers_errors
+    async def admin_rollback(self, body: AdminRollbackBody) -> dict[str, Any]:
+        return {"champion": await self.runtime.canary_control().rollback()}
 
 
 Recommender = bentoml.service(name="recommender", workers=SETTINGS.workers)(

@@ -2,9 +2,11 @@
 ranker raise and the ANN source hang past its timeout. Not part of the runtime package or the
 Bento: service.py loads it only when RECSYS_FAULTS names stages (serving/fault_injection.py).
 
-Stages: user_tower, ranker, fallback (error only: the fallback ranker has no timeout), ann,
-popular, item2item. Faults of the event store are real ones in the tests: a stopped or paused
-Redis.
+Stages: user_tower, ranker, fallback (the fallback ranker has no timeout: no "timeout" there),
+ann, popular, item2item. Modes: "error" raises, "timeout" hangs past any stage timeout, "slow"
+adds SLOW_S and goes on. An entry applies to every model alias, or to one when prefixed with it:
+"challenger/ranker:error" makes a bad challenger (a canary's guards must roll it back). Faults of
+the event store are real ones in the tests: a stopped or paused Redis.
 """
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ from recsys.pipeline.towers import UserTower
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 STAGES = ("user_tower", "ranker", "fallback", "ann", "popular", "item2item")
-MODES = ("error", "timeout")
+MODES = ("error", "timeout", "slow")
 UNTIMED_STAGES = ("fallback",)  # a hang there would hang the request: only "error"
 HANG_S = 5.0  # longer than any stage timeout
+SLOW_S = 0.02  # well past a p99 guard's margin, well within the stage timeouts
+EVERY_ALIAS = "*"
 
 
 class InjectedFault(StageError):
@@ -35,7 +39,7 @@ class InjectedFault(StageError):
 async def inject(stage: str, mode: str) -> None:
     if mode == "error":
         raise InjectedFault(f"injected failure in {stage}")
-    await asyncio.sleep(HANG_S)
+    await asyncio.sleep(SLOW_S if mode == "slow" else HANG_S)
 
 
 class FaultInjectingTower:
@@ -68,38 +72,43 @@ class FaultInjectingSource:
     def __call__(self, query: RetrievalQuery) -> IntArray:
         if self.mode == "error":
             raise InjectedFault(f"injected failure in {self.name}")
-        time.sleep(HANG_S)
+        time.sleep(SLOW_S if self.mode == "slow" else HANG_S)
         return self.inner(query)
 
 
 @dataclass(frozen=True)
 class FaultPlan:
-    """Which stages fail and how; wraps the adapters of those stages (a StageWrapper)."""
+    """Which stages fail and how, per model alias; wraps the adapters of those stages (a
+    StageWrapper)."""
 
-    modes: dict[str, str] = field(default_factory=dict)
+    modes: dict[tuple[str, str], str] = field(default_factory=dict)  # (alias or *, stage) -> mode
 
     @classmethod
     def parse(cls, spec: str) -> FaultPlan:
-        modes: dict[str, str] = {}
+        modes: dict[tuple[str, str], str] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
-            stage, _, mode = part.partition(":")
-            if stage not in STAGES or mode not in MODES:
-                raise ValueError(f"RECSYS_FAULTS entry {part!r}: expected <stage>:<mode> with "
-                                 f"stage in {STAGES} and mode in {MODES}")
-            if stage in UNTIMED_STAGES and mode != "error":
+            target, _, mode = part.partition(":")
+            alias, _, stage = target.rpartition("/")
+            if stage not in STAGES or mode not in MODES or "/" in alias:
+                raise ValueError(f"RECSYS_FAULTS entry {part!r}: expected [<alias>/]<stage>:<mode> "
+                                 f"with stage in {STAGES} and mode in {MODES}")
+            if stage in UNTIMED_STAGES and mode == "timeout":
                 raise ValueError(f"RECSYS_FAULTS entry {part!r}: {stage} runs without a "
-                                 "timeout, so only 'error' can be injected there")
-            modes[stage] = mode
+                                 "timeout, so a hang cannot be injected there")
+            modes[(alias or EVERY_ALIAS, stage)] = mode
         return cls(modes)
 
-    def user_tower(self, tower: UserTower) -> UserTower:
-        mode = self.modes.get("user_tower")
+    def mode(self, alias: str, stage: str) -> str | None:
+        return self.modes.get((alias, stage), self.modes.get((EVERY_ALIAS, stage)))
+
+    def user_tower(self, alias: str, tower: UserTower) -> UserTower:
+        mode = self.mode(alias, "user_tower")
         return tower if mode is None else FaultInjectingTower(tower, mode)
 
-    def scorer(self, stage: str, scorer: Scorer) -> Scorer:
-        mode = self.modes.get(stage)
+    def scorer(self, alias: str, stage: str, scorer: Scorer) -> Scorer:
+        mode = self.mode(alias, stage)
         return scorer if mode is None else FaultInjectingScorer(scorer, stage, mode)
 
-    def source(self, source: CandidateSource) -> CandidateSource:
-        mode = self.modes.get(source.name)
+    def source(self, alias: str, source: CandidateSource) -> CandidateSource:
+        mode = self.mode(alias, source.name)
         return source if mode is None else FaultInjectingSource(source, mode)

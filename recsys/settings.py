@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,11 @@ class ServingSettings(BaseSettings):
     model_cache_dir: Path = Path("~/.cache/recsys/models")
     warm_users: int = Field(200, ge=0, description="most active users cached before a swap")
     warm_seconds: float = Field(10.0, gt=0, description="longest a swap's cache prefill may take")
+    canary_tick_s: float = Field(1.0, gt=0, description="how often workers count, route and judge "
+                                 "a canary")
+    # The admin endpoints (canary control) need this token as "Authorization: Bearer <token>";
+    # without it they are disabled.
+    admin_token: SecretStr | None = None
     # Where the user tower and ranker run: "inline" (in the API process) or "services"
     # (separate BentoML services with adaptive batching).
     topology: Literal["inline", "services"] = "inline"

@@ -1,7 +1,8 @@
 """The HTTP edge: the ASGI layer every request passes before BentoML routes it.
 
-It limits requests in progress (429) and their time (504), refuses bodies over the size limit
-(413), validates each API's body once (400, every field at fault named) and hands the model to
+It limits requests in progress (429) and their time (504), keeps the admin endpoints to holders
+of the admin token (401; 404 when no token is set), refuses bodies over the size limit (413),
+validates each API's body once (400, every field at fault named) and hands the model to
 BentoML, gives every error answer, BentoML's and Starlette's included, the one ErrorBody shape,
 logs each in one line, and documents that body in /docs.json.
 
@@ -11,6 +12,7 @@ those from middleware outside any the service adds, in a body of its own.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
 import sys
@@ -30,6 +32,7 @@ Message = dict[str, Any]
 PROBES = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})  # never limited
 OPENAPI = "/docs.json"
 PICKLE = "application/vnd.bentoml+pickle"
+ADMIN = "/admin/"
 
 
 if sys.version_info >= (3, 11):
@@ -114,8 +117,9 @@ def code_phrase(status: int) -> str:
 class HttpEdge:
     def __init__(self, app: Any, *, bodies: Mapping[str, type[RequestBody]],
                  limits: RequestLimits, max_body_bytes: int, max_concurrency: int,
-                 timeout_s: float) -> None:
+                 timeout_s: float, admin_token: str | None = None) -> None:
         self.app, self.bodies, self.limits = app, dict(bodies), limits
+        self.admin_credentials = f"Bearer {admin_token}".encode() if admin_token else None
         self.max_body_bytes, self.timeout_s = max_body_bytes, timeout_s
         self.in_progress = asyncio.Semaphore(max_concurrency)
 
@@ -147,6 +151,8 @@ class HttpEdge:
         if scope["path"] == OPENAPI and scope["method"] == "GET":
             await self._openapi(scope, receive, reply)
             return
+        if scope["path"].startswith(ADMIN) and not await self._admitted(scope, reply):
+            return
         body_type = self.bodies.get(scope["path"]) if scope["method"] == "POST" else None
         if body_type is None:
             await self.app(scope, receive, reply.send)
@@ -166,6 +172,21 @@ class HttpEdge:
             await reply.error(400, validation_message(fields), fields)
             return
         await self.app(scope, Replay(raw, receive), reply.send)
+
+    async def _admitted(self, scope: Scope, reply: ErrorReply) -> bool:
+        """Whether an admin request carries the token (compared in constant time); answers it
+        when not."""
+        if self.admin_credentials is None:
+            await reply.error(404, f"{scope['path']}: the admin endpoints are disabled "
+                                   "(set RECSYS_ADMIN_TOKEN to enable them)")
+            return False
+        sent = next((bytes(v) for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+        if not hmac.compare_digest(sent, self.admin_credentials):
+            await reply.error(401, "the admin endpoints need 'Authorization: Bearer "
+                                   "<RECSYS_ADMIN_TOKEN>'",
+                              headers=[(b"www-authenticate", b'Bearer realm="recsys admin"')])
+            return False
+        return True
 
     async def _read_body(self, scope: Scope, receive: Any) -> bytes | None:
         """The whole body, or None as soon as it is known to exceed the limit."""
@@ -245,4 +266,5 @@ def install_edge(service: Any, settings: ServingSettings) -> None:
         HttpEdge, bodies=bodies, limits=RequestLimits.from_settings(settings),
         max_body_bytes=settings.max_body_bytes,
         max_concurrency=math.ceil(settings.max_concurrency / settings.workers),
-        timeout_s=settings.request_timeout_s)
+        timeout_s=settings.request_timeout_s,
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None)

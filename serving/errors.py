@@ -17,7 +17,7 @@ from serving.schemas import ErrorBody, FieldError
 
 # BentoML's server logging shows its own "bentoml" logger tree at INFO, and the root at WARNING.
 LOG = logging.getLogger("bentoml.recsys.http")
-CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
          413: "body_too_large", 415: "unsupported_media_type", 429: "too_many_requests",
          500: "internal_error", 503: "unavailable", 504: "timeout"}
 R = TypeVar("R")

@@ -149,6 +149,37 @@ class InfoBody(RequestBody):
     """No fields: an empty body or {}."""
 
 
+class GuardsBody(Strict):
+    """A canary's guards; a field left out keeps its default (recsys/experiments/canary.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)  # 1 for 1.0 in JSON numbers
+    max_error_increase: Annotated[float, Field(ge=0, le=1)] = 0.001
+    max_degraded_increase: Annotated[float, Field(ge=0, le=1)] = 0.01
+    max_p99_increase_ms: Annotated[float, Field(ge=0)] = 5.0
+    max_ctr_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    min_requests: Annotated[int, Field(ge=1)] = 500
+    min_impressions: Annotated[int, Field(ge=1)] = 500
+    min_stage_seconds: Annotated[float, Field(ge=0)] = 60.0
+
+
+class AdminCanaryBody(RequestBody):
+    """POST /admin/canary (needs "Authorization: Bearer $RECSYS_ADMIN_TOKEN")."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+    action: Literal["start", "status", "pause", "resume", "abort", "promote"]
+    stages: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(
+        min_length=1, max_length=20, description="start: shares of users, increasing, the last "
+        "normally 1 (default 0.01, 0.05, 0.2, 0.5, 1)")] | None = None
+    guards: GuardsBody = Field(default_factory=GuardsBody)
+    verdicts: Annotated[int, Field(ge=0, le=5000, description="status: the last judgements "
+                                   "to return")] = 0
+
+
+class AdminRollbackBody(RequestBody):
+    """POST /admin/rollback: the previous champion back on live traffic (no fields)."""
+
+
 class RecommendedItem(Strict):
     item_id: str
     title: str
@@ -218,7 +249,7 @@ class ErrorBody(Strict):
     """Every error answer, 4xx and 5xx alike."""
 
     error: str = Field(description="what went wrong, for a person")
-    code: str = Field(description="what went wrong, for a program: invalid_request, not_found, "
-                      "method_not_allowed, body_too_large, too_many_requests, internal_error, "
-                      "unavailable, timeout, ...")
+    code: str = Field(description="what went wrong, for a program: invalid_request, "
+                      "unauthorized, not_found, method_not_allowed, body_too_large, "
+                      "too_many_requests, internal_error, unavailable, timeout, ...")
     fields: list[FieldError] = Field(default=[], description="the request fields at fault")

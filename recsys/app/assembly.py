@@ -6,10 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from recsys.app.canary_control import CanaryControl
 from recsys.app.live_models import LiveModels
 from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
 from recsys.breaker import CircuitBreaker
+from recsys.experiments.canary_store import CanaryStore
 from recsys.experiments.routing import Router, active_experiment
 from recsys.experiments.shadow import ShadowConfig, ShadowScorer
 from recsys.models.bundles import EmbeddingBundle, RankerBundle, check_compatible
@@ -51,21 +53,21 @@ class StageWrapper(Protocol):
     """Wraps a stage's adapter before a slot uses it. Fault injection (devtools/faults.py) is the
     one implementation; the runtime ships none."""
 
-    def user_tower(self, tower: UserTower) -> UserTower: ...
+    def user_tower(self, alias: str, tower: UserTower) -> UserTower: ...
 
-    def scorer(self, stage: str, scorer: Scorer) -> Scorer: ...
+    def scorer(self, alias: str, stage: str, scorer: Scorer) -> Scorer: ...
 
-    def source(self, source: CandidateSource) -> CandidateSource: ...
+    def source(self, alias: str, source: CandidateSource) -> CandidateSource: ...
 
 
 class NoWrapping:
-    def user_tower(self, tower: UserTower) -> UserTower:
+    def user_tower(self, alias: str, tower: UserTower) -> UserTower:
         return tower
 
-    def scorer(self, stage: str, scorer: Scorer) -> Scorer:
+    def scorer(self, alias: str, stage: str, scorer: Scorer) -> Scorer:
         return scorer
 
-    def source(self, source: CandidateSource) -> CandidateSource:
+    def source(self, alias: str, source: CandidateSource) -> CandidateSource:
         return source
 
 
@@ -96,17 +98,17 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
     for bundle in (embedding, ranker, fallback):  # the sessions as loaded, against training's
         bundle.check_parity()
     retriever = Retriever(
-        sources=[wrap.source(s) for s in candidate_sources(embedding, settings)],
+        sources=[wrap.source(refs.alias, s) for s in candidate_sources(embedding, settings)],
         item_vectors=embedding.item_vectors, timeout_s=settings.retrieval_timeout_ms / 1000,
         on_event=telemetry.event)
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s,
                              on_state_change=BreakerStateEvents(telemetry.event,
                                                                 f"ranker_{refs.alias}"))
     chain = RankerChain(
-        primary=wrap.scorer("ranker", remote.scorer if remote else LocalScorer(ranker)),
-        fallback=wrap.scorer("fallback", LocalScorer(fallback)),
+        primary=wrap.scorer(refs.alias, "ranker", remote.scorer if remote else LocalScorer(ranker)),
+        fallback=wrap.scorer(refs.alias, "fallback", LocalScorer(fallback)),
         breaker=breaker, timeout_s=settings.ranking_timeout_ms / 1000, on_event=telemetry.event)
-    tower = wrap.user_tower(remote.user_tower if remote else LocalUserTower(embedding))
+    tower = wrap.user_tower(refs.alias, remote.user_tower if remote else LocalUserTower(embedding))
     return ModelSlot(alias=refs.alias, versions=refs.versions, embedding=embedding,
                      scaler=ranker.scaler, user_tower=tower,
                      tower_timeout_s=settings.tower_timeout_ms / 1000, retriever=retriever,
@@ -154,8 +156,9 @@ def wanted_aliases(settings: ServingSettings, router: Router) -> set[str]:
 
 
 class ModelSetBuilder:
-    """Builds the model slots of a list of bundles as one ServedModels (with the settings'
-    experiment router); bundles of aliases this process does not serve are left out.
+    """Builds the model slots of a list of bundles as one ServedModels with the router of the
+    moment (the settings' experiment, or a canary's stage); bundles of aliases this process does
+    not serve are left out, and slots of `reuse` whose versions did not change are kept.
     `remote`: alias -> model-service adapters (topology "services")."""
 
     def __init__(self, settings: ServingSettings, telemetry: Telemetry, *,
@@ -165,13 +168,19 @@ class ModelSetBuilder:
         self.remote, self.wrap = dict(remote or {}), wrap
         experiment = active_experiment(settings.experiment_file) \
             if settings.experiment_file else None
-        self.router = Router(experiment)
-        self.aliases = wanted_aliases(settings, self.router)
+        self.default_router = self.router = Router(experiment)
+        self.default_aliases = frozenset(wanted_aliases(settings, self.router))
+        self.aliases = set(self.default_aliases)
 
-    def build(self, refs: list[ModelRefs]) -> ServedModels:
-        slots = {r.alias: build_slot(r, self.settings, self.telemetry, self.remote.get(r.alias),
-                                     self.wrap)
-                 for r in refs if r.alias in self.aliases}
+    def build(self, refs: list[ModelRefs],
+              reuse: Mapping[str, ModelSlot] | None = None) -> ServedModels:
+        slots = {}
+        for r in refs:
+            if r.alias not in self.aliases:
+                continue
+            kept = (reuse or {}).get(r.alias)
+            slots[r.alias] = kept if kept is not None and kept.versions == r.versions else \
+                build_slot(r, self.settings, self.telemetry, self.remote.get(r.alias), self.wrap)
         return ServedModels(slots, self.router)
 
 
@@ -205,8 +214,14 @@ def assemble_runtime(settings: ServingSettings, models: ServedModels, telemetry:
         ranked_candidates=settings.ranked_candidates, diversity=settings.diversity,
         max_per_category=settings.max_per_category, budget_s=settings.budget_ms / 1000,
         degraded_ttl_s=settings.degraded_ttl_s)
+    pipeline = RecommendPipeline(resolver, options, cache, telemetry, shadow)
+    events = EventRecorder(resolver, history, cache)
+    canary = None
+    if live is not None and settings.redis_url:
+        canary = CanaryControl(CanaryStore(settings.redis_url), live, telemetry,
+                               settings.canary_tick_s)
+        pipeline.outcomes = events.clicks = canary
     return Runtime(
-        pipeline=RecommendPipeline(resolver, options, cache, telemetry, shadow),
-        similar_items=SimilarItems(resolver), item_ranker=ItemListRanker(resolver),
-        event_recorder=EventRecorder(resolver, history, cache),
-        cache=cache, history=history, shadow=shadow, live=live)
+        pipeline=pipeline, similar_items=SimilarItems(resolver),
+        item_ranker=ItemListRanker(resolver), event_recorder=events, cache=cache,
+        history=history, shadow=shadow, live=live, canary=canary)

@@ -15,15 +15,18 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from recsys.app.models_file import ModelRefs
 from recsys.errors import ArtifactError
+from recsys.experiments.routing import Router
 from recsys.models.registry_client import CHAMPION, AliasedSet, RegistryClient
 from recsys.pipeline.recommend import RecommendPipeline
 from recsys.pipeline.resolver import ServedModels
+from recsys.pipeline.slots import ModelSlot
 from recsys.settings import ServingSettings
 from recsys.telemetry import Telemetry
 
@@ -33,9 +36,13 @@ Target = dict[str, dict[str, str]]  # alias -> kind -> model tag
 
 
 class SetBuilder(Protocol):
-    aliases: set[str]
+    aliases: set[str]  # what to serve now (a canary adds the challenger)
+    default_aliases: frozenset[str]
+    router: Router  # how to route now (a canary's stage, or the settings' experiment)
+    default_router: Router
 
-    def build(self, refs: list[ModelRefs]) -> ServedModels: ...
+    def build(self, refs: list[ModelRefs],
+              reuse: Mapping[str, ModelSlot] | None = None) -> ServedModels: ...
 
 
 @dataclass
@@ -57,6 +64,7 @@ class LiveModels:
         self.state = LiveState()
         self.failed: Target | None = None  # not tried again until the aliases move
         self.task: asyncio.Task[None] | None = None
+        self.checking = asyncio.Lock()  # the poll and a canary's command never load at once
 
     def initial(self) -> ServedModels:
         """The set the aliases point to now, built at start-up (blocking: before any request)."""
@@ -105,6 +113,10 @@ class LiveModels:
 
     async def check(self, pipeline: RecommendPipeline) -> bool:
         """One poll: True when a new set was swapped in."""
+        async with self.checking:
+            return await self._check(pipeline)
+
+    async def _check(self, pipeline: RecommendPipeline) -> bool:
         self.state.checks += 1
         self.state.last_check = now()
         try:
@@ -117,10 +129,12 @@ class LiveModels:
             return False
         started = time.perf_counter()
         try:
-            models = await asyncio.to_thread(self.load, sets)
+            models = await asyncio.to_thread(self.load, sets, pipeline.resolver.slots)
             await pipeline.warm(models)
-            await pipeline.prefill(models.slots[CHAMPION], self.settings.warm_users,
-                                   self.settings.warm_seconds)
+            champion = models.slots[CHAMPION]
+            if champion is not pipeline.resolver.slots.get(CHAMPION):  # a new champion
+                await pipeline.prefill(champion, self.settings.warm_users,
+                                       self.settings.warm_seconds)
         except Exception as error:  # noqa: BLE001 - whatever fails, the old set keeps serving
             self.record_failure(target, error, "load")
             return False
@@ -128,8 +142,9 @@ class LiveModels:
         self.record_swap(previous.versions, models.versions, time.perf_counter() - started)
         return True
 
-    def load(self, sets: dict[str, AliasedSet]) -> ServedModels:
-        return self.builder.build(self.fetch(sets))
+    def load(self, sets: dict[str, AliasedSet],
+             serving: Mapping[str, ModelSlot] | None = None) -> ServedModels:
+        return self.builder.build(self.fetch(sets), reuse=serving)
 
     def record_swap(self, before: Target, after: Target, seconds: float) -> None:
         self.failed = None

@@ -35,6 +35,17 @@ MODEL_LOAD_FAILURES = Counter("recsys_model_load_failures_total", "Registry poll
                               "that failed (the set serving went on)", ["stage", "error"])
 SERVED_MODEL = Gauge("recsys_served_model", "1 for each model version this worker serves",
                      ["alias", "kind", "version"])
+CANARY_SHARE = Gauge("recsys_canary_share", "Share of users a canary's challenger serves (0: no "
+                     "canary running)", multiprocess_mode="mostrecent")
+CANARY_STAGE = Gauge("recsys_canary_stage", "Stage of the canary (index into its stages)",
+                     multiprocess_mode="mostrecent")
+CANARY_TRANSITIONS = Counter("recsys_canary_transitions_total", "Canary state changes seen by "
+                             "this worker, by the state reached", ["status"])
+CANARY_GUARD = Gauge("recsys_canary_guard", "The guard values of the canary's current stage, by "
+                     "variant (set by the worker that judges)", ["guard", "variant"],
+                     multiprocess_mode="mostrecent")
+CANARY_STORE_ERRORS = Counter("recsys_canary_store_errors_total", "Canary store (Redis) calls "
+                              "that failed")
 
 _BREAKER_VALUES = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
 
@@ -76,6 +87,14 @@ class PrometheusTelemetry(Telemetry):
         elif name == "model_served":
             _child(SERVED_MODEL, labels["alias"], labels["kind"], labels["version"]).set(
                 float(labels["serving"]))
+        elif name == "canary_state":
+            _child(CANARY_TRANSITIONS, labels["status"]).inc()
+            CANARY_SHARE.set(float(labels["share"]))
+            CANARY_STAGE.set(float(labels["stage"]))
+        elif name == "canary_guard":
+            _child(CANARY_GUARD, labels["guard"], labels["variant"]).set(float(labels["value"]))
+        elif name == "canary_store_error":
+            CANARY_STORE_ERRORS.inc()
         elif name.startswith("shadow_"):
             _child(SHADOW, name.removeprefix("shadow_")).inc()
             if "overlap" in labels:

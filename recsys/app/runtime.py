@@ -1,10 +1,13 @@
 """The serving objects of one process, with their lifecycle and what /info reports about them."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from recsys.app.canary_control import CanaryControl, CanaryError
 from recsys.app.live_models import LiveModels
+from recsys.errors import StoreError
 from recsys.experiments.shadow import ShadowScorer
 from recsys.pipeline.event_recording import EventRecorder
 from recsys.pipeline.rank_items import ItemListRanker
@@ -13,6 +16,8 @@ from recsys.pipeline.similar_items import SimilarItems
 from recsys.settings import ServingSettings
 from recsys.stores.cache import ResultCache
 from recsys.stores.history import HistoryStore
+
+LOG = logging.getLogger("bentoml.recsys.runtime")
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Runtime:
     history: HistoryStore | None
     shadow: ShadowScorer | None = None
     live: LiveModels | None = None  # following the registry (None: pinned models)
+    canary: CanaryControl | None = None  # canary releases (following the registry, with Redis)
 
     async def start(self) -> None:
         """Inside the serving event loop: start background workers, warm up, then follow the
@@ -34,6 +40,13 @@ class Runtime:
         if self.shadow is not None:
             self.shadow.start()
         await self.pipeline.warm(self.pipeline.resolver.models, rounds=3)
+        if self.canary is not None:
+            try:  # a canary that was running before a restart resumes at its stage
+                await self.canary.tick(self.pipeline)
+            except StoreError as error:
+                LOG.warning("canary state not read at start-up (read again each tick): %s",
+                            error)
+            self.canary.start(self.pipeline)
         if self.live is not None:
             self.live.start(self.pipeline)
 
@@ -55,9 +68,21 @@ class Runtime:
             "candidates": {"ann": settings.ann_candidates, "popular": settings.popular_candidates,
                            "ranked": settings.ranked_candidates},
             "model_source": self.live.info() if self.live is not None else {"source": "pinned"},
+            "canary": self.canary.info() if self.canary is not None else None,
         }
 
+    def canary_control(self) -> CanaryControl:
+        """The canary control of a service that can run canaries; CanaryError says what a
+        service that cannot lacks."""
+        if self.canary is None:
+            raise CanaryError("action", "canary releases and live rollbacks need a service that "
+                              "follows the registry (RECSYS_MODEL_SOURCE=registry) with Redis "
+                              "(RECSYS_REDIS_URL)")
+        return self.canary
+
     async def aclose(self) -> None:
+        if self.canary is not None:
+            await self.canary.aclose()
         if self.live is not None:
             await self.live.aclose()
         if self.shadow is not None:

@@ -109,8 +109,32 @@ class RegistryClient:
         artifacts.read_manifest(target, expected_kind=kind, verify=True)
         return target
 
+    def promote(self, aliased: AliasedSet) -> None:
+        """Make `aliased` the champion, as `python -m registry promote` does: the champion's
+        versions become previous_champion, and the promoted alias is removed."""
+        current = self.aliased_set(CHAMPION)
+        for kind, name in self.names.items():
+            version = aliased.versions[kind].version
+            if current is not None and current.versions[kind].version != version:
+                self._write("POST", name, PREVIOUS_CHAMPION, current.versions[kind].version)
+            self._write("POST", name, CHAMPION, version)
+            if aliased.alias not in (CHAMPION, PREVIOUS_CHAMPION):
+                self._write("DELETE", name, aliased.alias)
+
     def close(self) -> None:
         self.http.close()
+
+    def _write(self, method: str, name: str, alias: str, version: str | None = None) -> None:
+        body = {"name": name, "alias": alias, **({"version": version} if version else {})}
+        try:
+            response = self.http.request(method, "/api/2.0/mlflow/registered-models/alias",
+                                         json=body)
+        except httpx.HTTPError as error:
+            raise RegistryUnavailableError(f"registry {self.uri}: {error!r}") from error
+        if response.status_code != 200:
+            raise RegistryUnavailableError(f"registry {self.uri}: {method} alias {alias!r} of "
+                                           f"{name} answered {response.status_code}: "
+                                           f"{response.text[:300]}")
 
     def _alias_version(self, name: str, alias: str) -> RegisteredVersion | None:
         body = self._get("/api/2.0/mlflow/registered-models/alias",

@@ -1,12 +1,18 @@
 """POST /events: append a user's event to their history and invalidate their cached results."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from recsys.errors import StoreError
 from recsys.pipeline.resolver import RequestResolver
 from recsys.stores.cache import ResultCache
 from recsys.stores.history import HistoryStore
+
+
+class ClickRecorder(Protocol):
+    """Told of each recorded event (a canary attributes clicks to the variant that served)."""
+
+    async def clicked(self, user_id: str, item_id: str, event_type: str) -> None: ...
 
 
 class EventRecorder:
@@ -15,6 +21,7 @@ class EventRecorder:
     def __init__(self, resolver: RequestResolver, history: HistoryStore | None,
                  cache: ResultCache | None) -> None:
         self.resolver, self.history, self.cache = resolver, history, cache
+        self.clicks: ClickRecorder | None = None
 
     async def record_event(self, user_id: str, item_id: str, event_type: str,
                            timestamp: float) -> dict[str, Any]:
@@ -24,6 +31,8 @@ class EventRecorder:
         if self.history is None:
             raise StoreError("no event store configured (RECSYS_REDIS_URL)")
         kept = await self.history.append(user_id, item_id, event_type, timestamp)
+        if self.clicks is not None:
+            await self.clicks.clicked(user_id, item_id, event_type)
         invalidated = True
         if self.cache is not None:
             try:

@@ -9,7 +9,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +55,15 @@ class PipelineOptions:
     degraded_ttl_s: float = 5.0
 
 
+class OutcomeRecorder(Protocol):
+    """Told what each request's variant served (a canary counts it, recsys/app/canary_control.py)."""
+
+    def served(self, variant: str, user_id: str, result: dict[str, Any],
+               latency_ms: float) -> None: ...
+
+    def failed(self, variant: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Answer:
     """`result` is the cached object itself (the same dict on every L1 hit: never modify it);
@@ -75,6 +84,7 @@ class RecommendPipeline:
         self.resolver, self.options = resolver, options
         self.cache, self.telemetry, self.shadow = cache, telemetry, shadow
         self.recent: deque[RecommendRequest] = deque(maxlen=RECENT_REQUESTS)
+        self.outcomes: OutcomeRecorder | None = None
 
     async def warm(self, models: ServedModels, rounds: int = 1) -> None:
         """Run a new user's request and the last ones this worker served on every slot of
@@ -119,8 +129,15 @@ class RecommendPipeline:
         resolved = self.resolver.resolve(request)
         self.recent.append(request)  # what a new set of models is warmed with
         self.telemetry.event("exposure", variant=resolved.variant)  # only requests served
-        result, level = await self._cached_result(resolved, start)
+        try:
+            result, level = await self._cached_result(resolved, start)
+        except Exception:
+            if self.outcomes is not None:
+                self.outcomes.failed(resolved.variant)
+            raise
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        if self.outcomes is not None:
+            self.outcomes.served(resolved.variant, request.user_id, result, latency_ms)
         if self.shadow is not None and resolved.slot.alias == CHAMPION and \
                 CHALLENGER in self.resolver.slots and self.shadow.should_shadow(request_id):
             await self._submit_shadow(self.shadow, request_id, request, result, latency_ms)

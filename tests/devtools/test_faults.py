@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from devtools.faults import (
+    HANG_S,
+    SLOW_S,
     STAGES,
     FaultInjectingScorer,
     FaultInjectingSource,
@@ -32,32 +34,44 @@ class ZeroTower:
 def test_spec_parses_stages_and_modes() -> None:
     plan = FaultPlan.parse(" ranker:error , ann:timeout,,user_tower:error ")
 
-    assert plan.modes == {"ranker": "error", "ann": "timeout", "user_tower": "error"}
+    assert plan.modes == {("*", "ranker"): "error", ("*", "ann"): "timeout",
+                          ("*", "user_tower"): "error"}
     assert FaultPlan.parse("").modes == {}
-    assert set(STAGES) >= set(plan.modes)
+    assert set(STAGES) >= {stage for _, stage in plan.modes}
+
+
+def test_an_entry_can_name_one_alias() -> None:
+    plan = FaultPlan.parse("challenger/ranker:slow,ann:error,champion/ann:timeout")
+
+    assert plan.mode("challenger", "ranker") == "slow" and plan.mode("champion", "ranker") is None
+    assert plan.mode("challenger", "ann") == "error"  # every alias
+    assert plan.mode("champion", "ann") == "timeout"  # its own entry first
 
 
 @pytest.mark.parametrize("spec, bad", [
     ("ranker", "'ranker'"), ("ranker:explode", "'ranker:explode'"),
-    ("history:error", "'history:error'"), ("ann:error,ranker:slow", "'ranker:slow'"),
+    ("history:error", "'history:error'"), ("ann:error,ranker:late", "'ranker:late'"),
+    ("a/b/ranker:error", "'a/b/ranker:error'"),
 ])
 def test_bad_spec_names_the_entry(spec: str, bad: str) -> None:
-    with pytest.raises(ValueError, match=f"RECSYS_FAULTS entry {bad}: expected <stage>:<mode>"):
+    with pytest.raises(ValueError, match=rf"RECSYS_FAULTS entry {bad}: expected \[<alias>/\]"):
         FaultPlan.parse(spec)
 
 
 def test_the_fallback_ranker_cannot_be_made_to_hang() -> None:
     with pytest.raises(ValueError, match="fallback runs without a timeout"):
         FaultPlan.parse("fallback:timeout")
+    assert FaultPlan.parse("fallback:slow").mode("champion", "fallback") == "slow"
 
 
 def test_only_named_stages_are_wrapped() -> None:
     plan = FaultPlan.parse("ranker:error,popular:error")
     scorer, tower, source = EchoScorer(), ZeroTower(), PopularSource(np.arange(1, 9), 5)
 
-    assert plan.scorer("fallback", scorer) is scorer and plan.user_tower(tower) is tower
-    assert isinstance(plan.scorer("ranker", scorer), FaultInjectingScorer)
-    wrapped = plan.source(source)
+    assert plan.scorer("champion", "fallback", scorer) is scorer
+    assert plan.user_tower("champion", tower) is tower
+    assert isinstance(plan.scorer("champion", "ranker", scorer), FaultInjectingScorer)
+    wrapped = plan.source("challenger", source)
     assert isinstance(wrapped, FaultInjectingSource)
     assert (wrapped.name, wrapped.inline) == ("popular", False)  # a hang runs in a thread
 
@@ -85,3 +99,16 @@ def test_an_injected_hang_outlasts_a_stage_timeout() -> None:
         return time.perf_counter() - started
 
     assert asyncio.run(scenario()) < 1.0
+
+
+def test_a_slow_stage_answers_what_the_stage_answers_later() -> None:
+    features = np.ones((3, 2), np.float32)
+
+    async def scenario() -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        scores = await FaultInjectingScorer(EchoScorer(), "ranker", "slow").score(features)
+        return scores, time.perf_counter() - started
+
+    scores, took = asyncio.run(scenario())
+    np.testing.assert_array_equal(scores, asyncio.run(EchoScorer().score(features)))
+    assert SLOW_S <= took < HANG_S

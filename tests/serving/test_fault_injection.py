@@ -13,7 +13,7 @@ from serving.fault_injection import fault_plan
 def test_a_plan_only_when_faults_are_named() -> None:
     assert fault_plan("") is None and fault_plan("  ") is None
     plan = fault_plan("ann:error")
-    assert isinstance(plan, FaultPlan) and plan.modes == {"ann": "error"}
+    assert isinstance(plan, FaultPlan) and plan.modes == {("*", "ann"): "error"}
 
 
 def test_without_devtools_the_setting_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
