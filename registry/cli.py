@@ -1,4 +1,5 @@
-"""`python -m registry`: list, show, promote, roll back and export the registered model set."""
+"""`python -m registry`: list, show, promote, roll back and export the registered model set,
+and run a canary release on a running service."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,7 @@ from recsys.models.registry_client import (
     TAG_EMBEDDING_VERSION,
     TAG_FINGERPRINT,
 )
+from registry.admin_client import AdminClient
 from registry.bento_export import export_to_bentoml
 from registry.model_registry import Registry
 from registry.registration import (
@@ -75,10 +77,41 @@ def _promote(registry: Registry, args: argparse.Namespace) -> None:
 
 
 def _rollback(registry: Registry, args: argparse.Namespace) -> None:
+    if args.url:  # through the service: a canary that runs is aborted first
+        print(f"rolled back {CHAMPION!r} to {AdminClient(args.url).rollback()}")
+        return
     before = _champion_or_none(registry)
     restored = registry.rollback()
     print(f"rolled back {CHAMPION!r} to the previous champion:")
     print(_set_table(registry, restored, before=before))
+
+
+def _canary(registry: Registry, args: argparse.Namespace) -> None:
+    admin = AdminClient(args.url)
+    guards = {name: value for name, value in (
+        ("min_requests", args.min_requests), ("min_impressions", args.min_impressions),
+        ("min_stage_seconds", args.min_stage_seconds)) if value is not None}
+    stages = [float(s) for s in args.stages.split(",")] if args.stages else None
+    status = admin.canary(args.action, stages=stages, guards=guards or None, verdicts=1)
+    print(describe_canary(status))
+    if args.watch and status["canary"] is not None:
+        shown = [describe_canary(status)]
+
+        def show(update: dict[str, object]) -> None:
+            line = describe_canary(update)
+            if line != shown[-1]:
+                print(line, flush=True)
+                shown.append(line)
+        admin.watch(timeout_s=args.watch, on_status=show)
+
+
+def describe_canary(status: dict[str, object]) -> str:
+    canary = status.get("canary")
+    if not isinstance(canary, dict):
+        return "no canary"
+    line = (f"canary {canary['id']}: {canary['status']} at stage {canary['stage']} "
+            f"({float(canary['share']):.0%} of users)")
+    return line + (f": {canary['reason']}" if canary.get("reason") else "")
 
 
 def _export(registry: Registry, args: argparse.Namespace) -> None:
@@ -112,8 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--from", dest="source", default=CHALLENGER,
                          help=f"alias to promote (default {CHALLENGER})")
     promote.set_defaults(run=_promote)
-    commands.add_parser("rollback", help="swap champion and previous_champion"
-                        ).set_defaults(run=_rollback)
+    rollback = commands.add_parser("rollback", help="swap champion and previous_champion")
+    rollback.add_argument("--url", help="through this service's admin endpoint (aborts a "
+                          "running canary too); RECSYS_ADMIN_TOKEN holds the token")
+    rollback.set_defaults(run=_rollback)
+    canary = commands.add_parser("canary", help="start, watch or steer a canary of the "
+                                 "challenger on a running service (RECSYS_ADMIN_TOKEN)")
+    canary.add_argument("action", choices=("start", "status", "pause", "resume", "abort",
+                                           "promote"))
+    canary.add_argument("--url", default="http://127.0.0.1:3000")
+    canary.add_argument("--stages", help="start: shares of users, e.g. 0.01,0.05,0.2,0.5,1")
+    canary.add_argument("--min-requests", type=int, help="start: per variant and stage")
+    canary.add_argument("--min-impressions", type=int, help="start: per variant and stage")
+    canary.add_argument("--min-stage-seconds", type=float, help="start: per stage")
+    canary.add_argument("--watch", type=float, metavar="SECONDS", default=0,
+                        help="print each change until the canary ends or this many seconds")
+    canary.set_defaults(run=_canary)
     export = commands.add_parser("export", help="copy an aliased set into the BentoML store")
     export.add_argument("--alias", action="append",
                         help=f"alias to export; repeat for several (default {CHAMPION})")

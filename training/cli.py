@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "promote the newest set trained on it, else train and promote one")
     run.add_argument("--promote", choices=("if-no-champion", "always", "never"),
                      default="if-no-champion", help="when to move the champion alias")
+    replay = sub.add_parser("replay", help="replay held-out interactions against a running "
+                            "service (127.0.0.1 only): /recommend, then a click or view event")
+    replay.add_argument("--url", default="http://127.0.0.1:3000")
+    replay.add_argument("--data", type=Path, help="dataset path (default: RECSYS_DATA_PATH, "
+                        "else the synthetic generator): the data the served models trained on")
+    replay.add_argument("--rate", type=float, default=100.0, help="requests a second at most")
+    replay.add_argument("--count", type=int, default=2000, help="requests to send")
+    replay.add_argument("--k", type=int, default=10, help="items asked for per request")
+    replay.add_argument("--report", type=Path, help="write the replay's counts here as JSON")
     download = sub.add_parser("download", help="download a public MovieLens dataset")
     download.add_argument("variant", choices=("ml-100k", "ml-latest-small", "ml-latest"))
     download.add_argument("--dest", type=Path, default=Path("data"))
@@ -47,6 +56,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from training.pipeline import load_dataset_of
+    from training.replay import held_out, replay, write_report
+    from training.settings import TrainingSettings
+
+    settings = TrainingSettings(**({"data_path": args.data} if args.data else {}))
+    interactions = held_out(load_dataset_of(settings).interactions, settings.replay_holdout)
+    report = asyncio.run(replay(args.url, interactions, rate=args.rate, count=args.count,
+                                k=args.k))
+    print(report.summary())
+    if args.report is not None:
+        write_report(report, str(args.report))
+    return 0 if report.failed == 0 else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for var in ("MLFLOW_DISABLE_TELEMETRY", "BENTOML_DO_NOT_TRACK", "DO_NOT_TRACK"):
@@ -58,8 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(download_movielens(args.variant, args.dest))
             return 0
+        if args.command == "replay":
+            return _replay(args)
         return _run(args)
-    except (RecsysError, ValidationError) as error:
+    except (RecsysError, ValidationError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -27,8 +27,9 @@ from registry import (
 )
 from training import plots
 from training.config import PipelineConfig, flatten
-from training.data import SyntheticConfig, load_dataset
+from training.data import Dataset, SyntheticConfig, load_dataset
 from training.evaluate import format_table
+from training.replay import replay_cut
 from training.settings import TrainingSettings
 from training.steps import (
     PreparedData,
@@ -71,11 +72,22 @@ class Timings:
             log.info("%s took %.1f s", name, self.seconds[name])
 
 
-def load_prepared(settings: TrainingSettings, config: PipelineConfig) -> PreparedData:
+def load_dataset_of(settings: TrainingSettings) -> Dataset:
+    """The dataset the settings name (RECSYS_DATA_PATH, else the synthetic one of its seed),
+    whole: the replay holdout included."""
     synthetic = None if settings.data_path else SyntheticConfig(
         n_users=settings.synthetic_users, n_items=settings.synthetic_items,
         seed=settings.synthetic_seed)
-    return prepare_data(load_dataset(settings.data_path, synthetic=synthetic), config.two_tower)
+    return load_dataset(settings.data_path, synthetic=synthetic)
+
+
+def load_prepared(settings: TrainingSettings, config: PipelineConfig) -> PreparedData:
+    """The data models train on: the dataset less its replay holdout, split and encoded."""
+    dataset = load_dataset_of(settings)
+    if settings.replay_holdout:
+        training, _ = replay_cut(dataset.interactions, settings.replay_holdout)
+        dataset = replace(dataset, interactions=training)
+    return prepare_data(dataset, config.two_tower)
 
 
 def apply_overrides(config: PipelineConfig, settings: TrainingSettings) -> PipelineConfig:

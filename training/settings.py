@@ -22,6 +22,9 @@ class TrainingSettings(BaseSettings):
     synthetic_items: int = 2000
     synthetic_seed: int = 0  # the synthetic dataset's own seed: the data, not the models
     seed: int = 0  # the models' seed (initialisation, sampling)
+    # The latest share of the interactions, kept out of training and out of the served models'
+    # user histories, for `python -m training replay` to send as live traffic (0: none).
+    replay_holdout: float = 0.0
 
     @field_validator("data_path")
     @classmethod
@@ -29,6 +32,13 @@ class TrainingSettings(BaseSettings):
         if value is not None and not value.exists():
             raise ValueError(f"RECSYS_DATA_PATH={value} does not exist; point it at a MovieLens "
                              "directory, an interactions CSV/Parquet file or a directory of them")
+        return value
+
+    @field_validator("replay_holdout")
+    @classmethod
+    def _a_share(cls, value: float) -> float:
+        if not 0 <= value < 1:
+            raise ValueError(f"RECSYS_REPLAY_HOLDOUT must be in [0, 1), got {value}")
         return value
 
     @field_validator("epochs", "ranker_epochs", "synthetic_users", "synthetic_items")

@@ -48,6 +48,7 @@ class CanaryControl:
         self.holder = f"{os.getpid()}-{id(self)}"
         self.state: CanaryState | None = None
         self.verdict: dict[str, Any] | None = None  # the last judgement of the current stage
+        self.routing = False  # whether this worker routes by the canary (its challenger loaded)
         self.tally: dict[tuple[str, int, str], dict[str, int]] = defaultdict(
             lambda: defaultdict(int))
         self.pending: set[asyncio.Future[Any]] = set()
@@ -56,7 +57,7 @@ class CanaryControl:
     # --- on the request path: local counting only ------------------------------------------
     def served(self, variant: str, user_id: str, result: dict[str, Any], latency_ms: float) -> None:
         state = self.state
-        if state is None or state.status != "running" or variant not in (CONTROL, CANARY):
+        if state is None or state.status != "running" or not self.routing:
             return
         counts = self.tally[(state.id, state.stage, variant)]
         counts["requests"] += 1
@@ -69,7 +70,7 @@ class CanaryControl:
 
     def failed(self, variant: str) -> None:
         state = self.state
-        if state is not None and state.status == "running" and variant in (CONTROL, CANARY):
+        if state is not None and state.status == "running" and self.routing:
             counts = self.tally[(state.id, state.stage, variant)]
             counts["requests"] += 1
             counts["errors"] += 1
@@ -174,6 +175,10 @@ class CanaryControl:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*self.pending, return_exceptions=True)
+        try:  # what this worker counted since its last tick
+            await self.flush()
+        except StoreError as error:
+            LOG.warning("canary counts of the last tick lost at shutdown: %s", error)
         await self.store.aclose()
 
     async def follow(self, pipeline: RecommendPipeline) -> None:
@@ -187,8 +192,8 @@ class CanaryControl:
     async def tick(self, pipeline: RecommendPipeline) -> None:
         await self.flush()
         state = await self.store.load()
-        if state != self.state:
-            await self.apply(pipeline, state)
+        if state != self.state or (state is not None and state.active and not self.routing):
+            await self.apply(pipeline, state)  # (the challenger not loaded yet: try again)
         if state is not None and state.status == "running" and \
                 await self.store.lease(self.holder, self.tick_s * LEASE_TICKS):
             await self.judge(pipeline, state)
@@ -203,6 +208,8 @@ class CanaryControl:
 
     async def judge(self, pipeline: RecommendPipeline, state: CanaryState) -> None:
         counts = await self.store.counts(state.id, state.stage)
+        if state.share >= 1.0 and state.stage > 0:  # no control left: the champion as last seen
+            counts[CONTROL] = (await self.store.counts(state.id, state.stage - 1))[CONTROL]
         verdict = judge(counts[CONTROL], counts[CANARY], state.guards,
                         time.time() - state.stage_started, len(state.stages))
         self.verdict = {"at": time.time(), "stage": state.stage, "share": state.share,
@@ -237,10 +244,9 @@ class CanaryControl:
         builder.aliases = {*builder.default_aliases, CHALLENGER} if active else \
             set(builder.default_aliases)
         await self.live.check(pipeline)  # loads or drops the challenger when the aliases changed
-        if state is not None and active and CHALLENGER in pipeline.resolver.slots:
-            builder.router = Router(state.experiment())
-        else:
-            builder.router = builder.default_router
+        self.routing = state is not None and active and CHALLENGER in pipeline.resolver.slots
+        builder.router = Router(state.experiment()) if state is not None and self.routing \
+            else builder.default_router
         pipeline.resolver.serve(replace(pipeline.resolver.models, router=builder.router))
         self.state = state
         if previous is None or state is None or (previous.status, previous.stage) != \

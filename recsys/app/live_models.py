@@ -32,6 +32,7 @@ from recsys.telemetry import Telemetry
 
 LOG = logging.getLogger("bentoml.recsys.live")  # BentoML shows its logger tree at INFO
 JITTER = 0.2  # each wait is the poll interval +- 20%
+RETRY_FAILED_S = 60.0  # a set that failed to load is tried again after this (a transient fault)
 Target = dict[str, dict[str, str]]  # alias -> kind -> model tag
 
 
@@ -62,7 +63,8 @@ class LiveModels:
         self.client, self.builder = client, builder
         self.settings, self.telemetry = settings, telemetry
         self.state = LiveState()
-        self.failed: Target | None = None  # not tried again until the aliases move
+        self.failed: Target | None = None  # not tried again until the aliases move, or ...
+        self.failed_at = 0.0  # ... RETRY_FAILED_S after this (monotonic) time
         self.task: asyncio.Task[None] | None = None
         self.checking = asyncio.Lock()  # the poll and a canary's command never load at once
 
@@ -125,7 +127,8 @@ class LiveModels:
             self.record_failure(None, error, "registry")
             return False
         target = {alias: aliased.tags for alias, aliased in sets.items()}
-        if CHAMPION not in target or target == self.state.serving or target == self.failed:
+        if CHAMPION not in target or target == self.state.serving or (
+                target == self.failed and time.monotonic() - self.failed_at < RETRY_FAILED_S):
             return False
         started = time.perf_counter()
         try:
@@ -156,7 +159,8 @@ class LiveModels:
         self.report_serving(before, after)
 
     def record_failure(self, target: Target | None, error: Exception, stage: str) -> None:
-        self.failed = target if target is not None else self.failed
+        if target is not None:
+            self.failed, self.failed_at = target, time.monotonic()
         self.state.last_failure = {"at": now(), "stage": stage, "target": target,
                                    "error": f"{type(error).__name__}: {error}"}
         LOG.warning("still serving %s: %s of %s failed: %s: %s", self.state.serving, stage,

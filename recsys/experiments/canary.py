@@ -2,7 +2,8 @@
 20% → 50% → 100% by default); at each stage guards compare it with the champion on live traffic
 (error and degraded rates, p99 latency, click-through), each with a minimum sample and a one-sided
 test so that noise does not decide. A failing guard rolls the canary back; passing every stage
-promotes the challenger. The state is a plain value, saved where every worker and replica reads
+promotes the challenger. A stage that gives the challenger every user has no control of its own:
+it is compared with the champion as the stage before measured it. The state is a plain value, saved where every worker and replica reads
 it (recsys/experiments/canary_store.py); the decisions are pure functions of it and the counts.
 """
 from __future__ import annotations
@@ -197,8 +198,10 @@ class CanaryState:
     def begin(cls, champion: dict[str, str], challenger: dict[str, str], now: float,
               stages: tuple[float, ...] = DEFAULT_STAGES,
               guards: Guards | None = None) -> CanaryState:
-        if not stages or any(not 0 < s <= 1 for s in stages) or list(stages) != sorted(stages):
-            raise ValueError(f"canary stages must be increasing shares in (0, 1], got {stages}")
+        if not stages or any(not 0 < s <= 1 for s in stages) or list(stages) != sorted(stages) \
+                or stages[0] >= 1:
+            raise ValueError(f"canary stages must be increasing shares in (0, 1], the first "
+                             f"below 1 (a control to compare with), got {stages}")
         if challenger == champion:
             raise ValueError("the challenger is the champion: nothing to release")
         state = cls(uuid.uuid4().hex[:12], "running", 0, tuple(stages), dict(champion),

@@ -158,7 +158,13 @@ class RegistryClient:
                 path = staging / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(store.read(f"{bundle}/{name}"))
-            staging.replace(target)  # whole or not at all
+            try:
+                staging.replace(target)  # whole or not at all
+            except OSError:
+                # another worker sharing the cache renamed its own download there first: that
+                # one is used (and verified) instead
+                if not (target / artifacts.MANIFEST).is_file():
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

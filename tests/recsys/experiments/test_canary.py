@@ -152,6 +152,8 @@ def test_stages_must_grow_and_the_challenger_must_differ() -> None:
         start(stages=(0.5, 0.2))
     with pytest.raises(ValueError, match="increasing shares"):
         start(stages=(0.0, 1.0))
+    with pytest.raises(ValueError, match="the first below 1"):
+        start(stages=(1.0,))
     with pytest.raises(ValueError, match="the challenger is the champion"):
         CanaryState.begin(CHAMPION, dict(CHAMPION), now=0.0)
 

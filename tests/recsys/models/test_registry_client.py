@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -64,6 +65,25 @@ def test_a_bundle_is_fetched_verified_and_kept(client: RegistryClient) -> None:
         altered.write(" ")
     with pytest.raises(ArtifactError, match="checksum mismatch for scaler.json"):
         client.fetch(ranker, "ranker")
+
+
+def test_workers_sharing_a_cache_fetch_the_same_bundle_at_once(server: RegistryServer,
+                                                               tmp_path: Path) -> None:
+    """Every worker of a service polls alone: two of them download a new version together, and
+    the one that renames its download second uses the first one's."""
+    clients = [RegistryClient(server.url, tmp_path / "shared") for _ in range(4)]
+    try:
+        aliased = clients[0].aliased_set("challenger")
+        assert aliased is not None
+        version = aliased.versions["embedding"]
+        with ThreadPoolExecutor(len(clients)) as pool:
+            paths = list(pool.map(lambda c: c.fetch(version, "embedding"), clients))
+    finally:
+        for client in clients:
+            client.close()
+
+    assert len(set(paths)) == 1
+    assert [p.name for p in (tmp_path / "shared").iterdir()] == [paths[0].name]  # no leftovers
 
 
 def test_a_bundle_of_another_kind_is_refused(client: RegistryClient) -> None:
