@@ -48,9 +48,14 @@ async def livez(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+async def admin(request: Request) -> Response:
+    return JSONResponse({"done": True})
+
+
 APP = Starlette(routes=[Route("/recommend", recommend, methods=["POST"]),
                        Route("/broken", broken, methods=["POST"]),
                        Route("/listed", listed, methods=["POST"]),
+                       Route("/admin/canary", admin, methods=["POST"]),
                        Route("/docs.json", spec), Route("/livez", livez)])
 
 
@@ -179,3 +184,32 @@ def test_the_schema_patch_leaves_other_routes_alone() -> None:
     assert patched["paths"] == spec["paths"]
     assert json.dumps(spec) == json.dumps({"paths": {"/metrics": {"get": {"responses":
                                                                          {"200": {}}}}}})
+
+
+def admin_call(token: str | None, **headers: str) -> httpx.Response:
+    async def send() -> httpx.Response:
+        async with client(admin_token=token) as http:
+            return await http.post("/admin/canary", json={}, headers=headers)
+    return asyncio.run(send())
+
+
+def test_admin_endpoints_are_disabled_without_a_token() -> None:
+    response = admin_call(None, authorization="Bearer anything")
+
+    assert response.status_code == 404
+    assert "set RECSYS_ADMIN_TOKEN" in error_of(response).error
+
+
+@pytest.mark.parametrize("sent", ["", "s3cret", "Bearer s3cre", "Bearer s3cret ", "bearer s3cret",
+                                  "Bearer S3CRET"])
+def test_admin_endpoints_refuse_any_other_credentials(sent: str) -> None:
+    response = admin_call("s3cret", **({"authorization": sent} if sent else {}))
+
+    assert response.status_code == 401 and error_of(response).code == "unauthorized"
+    assert response.headers["www-authenticate"] == 'Bearer realm="recsys admin"'
+
+
+def test_admin_endpoints_answer_the_token() -> None:
+    response = admin_call("s3cret", authorization="Bearer s3cret")
+
+    assert response.status_code == 200 and response.json() == {"done": True}
