@@ -67,14 +67,19 @@ def ranking_metrics(ranks: np.ndarray, cutoffs: Sequence[int]) -> dict[str, floa
     return out
 
 
-def evaluate_scorer(scorer: CatalogueScorer, eval_set: EvalSet, cutoffs: Sequence[int],
-                    batch_size: int = 256) -> dict[str, float]:
-    ranks = []
+def scorer_ranks(scorer: CatalogueScorer, eval_set: EvalSet, batch_size: int = 256) -> np.ndarray:
+    """[U] 0-based rank of each user's held-out item under `scorer` (known items excluded)."""
+    ranks = [np.zeros(0, dtype=np.int64)]
     for start in range(0, len(eval_set.targets), batch_size):
         positions = np.arange(start, min(start + batch_size, len(eval_set.targets)))
         scores = mask_known(scorer(positions), [eval_set.known[i] for i in positions])
         ranks.append(target_ranks(scores, eval_set.targets[positions]))
-    return ranking_metrics(np.concatenate(ranks), cutoffs)
+    return np.concatenate(ranks)
+
+
+def evaluate_scorer(scorer: CatalogueScorer, eval_set: EvalSet, cutoffs: Sequence[int],
+                    batch_size: int = 256) -> dict[str, float]:
+    return ranking_metrics(scorer_ranks(scorer, eval_set, batch_size), cutoffs)
 
 
 def candidate_recall(scorer: CatalogueScorer, eval_set: EvalSet, size: int,

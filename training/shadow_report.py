@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy.stats import binomtest
 
 from recsys.experiments.shadow_records import ShadowRecord
 from recsys.models.bundles import EmbeddingBundle, check_compatible
@@ -21,7 +22,7 @@ from training import plots
 from training.config import EvalConfig, PipelineConfig
 from training.pipeline import load_prepared
 from training.settings import TrainingSettings
-from training.steps import PreparedData, Rankers, evaluate_models
+from training.steps import PreparedData, Rankers, evaluate_models, pipeline_ranks
 
 AGREEMENT = ("overlap_at_k", "spearman", "kendall", "mean_score_delta")
 COLUMNS = ("request_id", "user_id", "k", *AGREEMENT, "champion_ms", "challenger_ms", "error",
@@ -158,6 +159,46 @@ def offline_metrics(offline: Offline) -> dict[str, float]:
             for name, value in metrics.items()}
 
 
+@dataclass(frozen=True)
+class PairedTest:
+    """Champion and challenger pipelines on the same users: HR@k of each, the users only one of
+    them hit (wins: the challenger), the one-sided sign test of wins against losses (exact
+    McNemar: is the challenger better?) and a paired bootstrap 95% interval of the HR@k gain."""
+
+    k: int
+    users: int
+    champion_hr: float
+    challenger_hr: float
+    wins: int
+    losses: int
+    p_value: float
+    gain_low: float  # absolute HR@k difference, 2.5th percentile of the bootstrap
+    gain_high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.__dict__.items()}
+
+
+def paired_test(data: PreparedData, champion: Models, challenger: Models,
+                eval_config: EvalConfig, k: int = 10, resamples: int = 2000,
+                seed: int = 0) -> PairedTest:
+    """The per-user comparison of the two model sets on ``data.test`` (see PairedTest)."""
+    hits = {alias: pipeline_ranks(_as_seen_by(data, embedding, alias), embedding, rankers,
+                                  eval_config) < k
+            for alias, (embedding, rankers) in (("champion", champion),
+                                                ("challenger", challenger))}
+    old, new = hits["champion"], hits["challenger"]
+    wins, losses = int((new & ~old).sum()), int((old & ~new).sum())
+    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    rng = np.random.default_rng(seed)
+    diff = new.astype(np.float64) - old.astype(np.float64)
+    draws = rng.integers(0, len(diff), size=(resamples, len(diff))) if len(diff) else None
+    gains = diff[draws].mean(axis=1) if draws is not None else np.zeros(1)
+    return PairedTest(k, len(diff), float(old.mean()) if len(old) else 0.0,
+                      float(new.mean()) if len(new) else 0.0, wins, losses, float(p),
+                      float(np.quantile(gains, 0.025)), float(np.quantile(gains, 0.975)))
+
+
 # --- verdict -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VerdictRules:
@@ -165,6 +206,7 @@ class VerdictRules:
     max_p95_latency_ratio: float = 1.25  # challenger p95 / champion p95 in the shadow log
     max_error_rate: float = 0.01  # share of shadowed requests the challenger failed
     min_records: int = 50
+    max_p_value: float = 0.05  # the per-user sign test of the HR@10 gain must be this sure
     model: str = "pipeline"  # which offline model's HR@10 is compared
 
 
@@ -178,8 +220,10 @@ class Verdict:
         return {"promote": self.promote, "reasons": self.reasons, "failed": self.failed}
 
 
-def verdict(summary: Mapping[str, float], offline: Offline, rules: VerdictRules) -> Verdict:
-    """Promote only when every rule passes; a rule whose number is undefined (NaN) fails.
+def verdict(summary: Mapping[str, float], offline: Offline, rules: VerdictRules,
+            paired: PairedTest) -> Verdict:
+    """Promote only when every rule passes; a rule whose number is undefined (NaN) fails. A gain
+    counts only when the per-user sign test finds it significant (``max_p_value``).
 
     Each reason starts "Passes:" or "Blocks promotion:" and gives the measured numbers.
     """
@@ -200,6 +244,11 @@ def verdict(summary: Mapping[str, float], offline: Offline, rules: VerdictRules)
         ("min_hr10_gain", gain >= rules.min_hr10_gain,
          (f"the challenger's offline {rules.model} HR@10 is {new:.4f} against the champion's "
           f"{base:.4f} ({gain:+.1%}) and the minimum gain is {rules.min_hr10_gain:+.1%}.")),
+        ("max_p_value", paired.p_value <= rules.max_p_value,
+         (f"on the same {paired.users} users the challenger's pipeline alone hit {paired.wins} "
+          f"and the champion's alone {paired.losses} (sign test p={paired.p_value:.3g}, HR@"
+          f"{paired.k} gain 95% CI [{paired.gain_low:+.4f}, {paired.gain_high:+.4f}]) and the "
+          f"gain must be significant at p <= {rules.max_p_value:g}.")),
     ]
     reasons = [f"{'Passes' if passed else 'Blocks promotion'}: {text}"
                for _, passed, text in checks]

@@ -32,6 +32,7 @@ from training.evaluate import (
     evaluate_scorer,
     make_eval_set,
     rerank_scorer,
+    scorer_ranks,
 )
 from training.fallback import train_fallback
 from training.index_tuning import recall_at_k
@@ -289,6 +290,16 @@ def evaluate_models(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
         results["als"] = {**evaluate_scorer(als.scorer, eval_set, cutoffs),
                           "factors": float(als.factors), "regularization": als.regularization}
     return results
+
+
+def pipeline_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers,
+                   config: EvalConfig, eval_set: EvalSet | None = None) -> np.ndarray:
+    """[U] rank of each user's held-out item under the served pipeline (retrieval, then the
+    ranker), user by user: what a paired test of two model sets compares."""
+    eval_set = eval_set or data.test
+    users = _EvalUsers(data, embedding, eval_set)
+    size = min(config.candidates, data.catalog.size)
+    return scorer_ranks(users.reranked(rankers.ranker, size), eval_set)
 
 
 def retrieval_diagnostics(data: PreparedData, embedding: EmbeddingBundle,

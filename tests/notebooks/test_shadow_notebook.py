@@ -21,7 +21,7 @@ NOTEBOOK = "05_shadow_comparison.ipynb"
 REQUESTS = 60
 NEVER = {"min_records": 10**6}  # more records than the log holds: the verdict must be "keep"
 ALWAYS = {"min_hr10_gain": -1.0, "max_p95_latency_ratio": 1e6, "max_error_rate": 1.0,
-          "min_records": 1}
+          "min_records": 1, "max_p_value": 1.0}
 
 
 def test_notebook_is_committed_clean() -> None:
@@ -86,7 +86,8 @@ def test_notebook_logs_the_comparison_and_promotes_iff_the_verdict_says_so(
     recorded = json.loads(Path(client.download_artifacts(run.info.run_id, "verdict.json",
                                                          str(tmp_path))).read_text())
     assert recorded["promote"] is expected
-    assert len(recorded["reasons"]) == 4
+    assert len(recorded["reasons"]) == 5
+    assert 0.0 <= metrics["paired_p_value"] <= 1.0
     assert run.data.tags["verdict"] == ("promote" if expected else "keep")
     assert metrics["verdict_promote"] == float(expected)
     assert run.data.tags["promoted"] == str(expected).lower()

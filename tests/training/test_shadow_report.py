@@ -23,11 +23,13 @@ from training import plots
 from training.config import EvalConfig
 from training.shadow_report import (
     COLUMNS,
+    PairedTest,
     VerdictRules,
     load_comparison_data,
     load_registered,
     offline_comparison,
     offline_metrics,
+    paired_test,
     plot_latency,
     plot_offline,
     plot_overlap,
@@ -67,6 +69,12 @@ def offline(champion_hr: float = 0.20, challenger_hr: float = 0.22) -> dict:
 
 
 # --- frame and summary ---------------------------------------------------------------------
+def paired(p_value: float = 0.01, champion_hr: float = 0.20,
+           challenger_hr: float = 0.22) -> PairedTest:
+    """A sign test's outcome on 500 users (what `paired_test` measures on real models)."""
+    return PairedTest(10, 500, champion_hr, challenger_hr, 30, 20, p_value, 0.001, 0.04)
+
+
 def test_frame_has_one_row_per_record_and_nan_where_the_challenger_failed() -> None:
     frame = shadow_frame([record(0), record(1, error="TimeoutError: too slow")])
     assert list(frame.columns) == list(COLUMNS)
@@ -98,21 +106,23 @@ def test_an_empty_log_summarises_to_nan_and_blocks_promotion() -> None:
     summary = summarize(shadow_frame([]))
     assert summary["n"] == 0 and math.isnan(summary["error_rate"])
     assert math.isnan(summary["p95_latency_ratio"])
-    result = verdict(summary, offline(), VerdictRules())
+    result = verdict(summary, offline(), VerdictRules(), paired())
     assert not result.promote
     assert result.failed == ["min_records", "max_error_rate", "max_p95_latency_ratio"]
 
 
 # --- verdict -------------------------------------------------------------------------------
 def test_a_challenger_passing_every_rule_is_promoted_with_a_reason_per_rule() -> None:
-    result = verdict(summarize(shadow_frame(healthy())), offline(), VerdictRules())
+    result = verdict(summarize(shadow_frame(healthy())), offline(), VerdictRules(), paired())
     assert result.promote and result.failed == []
-    assert len(result.reasons) == 4
+    assert len(result.reasons) == 5
     assert all(r.startswith("Passes: ") and r.endswith(".") for r in result.reasons)
     assert "60 shadow records" in result.reasons[0]
     assert "0 of 60 shadowed requests (0.0%)" in result.reasons[1]
     assert "(1.10x) and the limit is 1.25x" in result.reasons[2]
     assert "0.2200 against the champion's 0.2000 (+10.0%)" in result.reasons[3]
+    assert "500 users the challenger's pipeline alone hit 30 and the champion's alone 20 " \
+        "(sign test p=0.01" in result.reasons[4]
 
 
 @pytest.mark.parametrize(("rule", "records", "hr", "rules", "numbers"), [
@@ -129,12 +139,14 @@ def test_a_challenger_passing_every_rule_is_promoted_with_a_reason_per_rule() ->
     ("min_hr10_gain", healthy(60), (0.2, 0.19), VerdictRules(), "(-5.0%)"),
     ("min_hr10_gain", healthy(60), (0.2, 0.22), VerdictRules(min_hr10_gain=0.15),
      "(+10.0%) and the minimum gain is +15.0%"),
+    ("max_p_value", healthy(60), (0.2, 0.22), VerdictRules(max_p_value=0.005),
+     "significant at p <= 0.005"),
 ], ids=["few-records", "min-records-raised", "errors", "error-limit-lowered", "slow",
-        "latency-limit-lowered", "worse-offline", "gain-raised"])
+        "latency-limit-lowered", "worse-offline", "gain-raised", "not-significant"])
 def test_each_rule_alone_can_block_promotion(rule: str, records: list[ShadowRecord],
                                              hr: tuple[float, float], rules: VerdictRules,
                                              numbers: str) -> None:
-    result = verdict(summarize(shadow_frame(records)), offline(*hr), rules)
+    result = verdict(summarize(shadow_frame(records)), offline(*hr), rules, paired())
     assert not result.promote
     assert result.failed == [rule]
     blocking = [r for r in result.reasons if r.startswith("Blocks promotion: ")]
@@ -143,9 +155,11 @@ def test_each_rule_alone_can_block_promotion(rule: str, records: list[ShadowReco
 
 def test_no_champion_hits_counts_any_challenger_hit_as_a_gain() -> None:
     summary = summarize(shadow_frame(healthy()))
-    assert verdict(summary, offline(0.0, 0.01), VerdictRules(min_hr10_gain=0.5)).promote
-    assert verdict(summary, offline(0.0, 0.0), VerdictRules()).promote  # 0 gain meets 0.0
-    assert not verdict(summary, offline(0.0, 0.0), VerdictRules(min_hr10_gain=0.01)).promote
+    assert verdict(summary, offline(0.0, 0.01), VerdictRules(min_hr10_gain=0.5),
+                   paired()).promote
+    # no gain at all is never significant: "gain >= 0.0" alone no longer promotes
+    assert not verdict(summary, offline(0.0, 0.0), VerdictRules(), paired(1.0)).promote
+    assert verdict(summary, offline(0.0, 0.0), VerdictRules(max_p_value=1.0), paired(1.0)).promote
 
 
 def test_offline_metrics_are_flat_mlflow_names() -> None:
@@ -216,8 +230,19 @@ def test_report_on_a_real_shadow_log_and_registered_models(trained_models: Train
     for model, metrics in own.items():
         assert result["champion"][model] == pytest.approx(metrics)
 
-    decision = verdict(summary, result, VerdictRules())
-    assert len(decision.reasons) == 4 and decision.promote == (decision.failed == [])
+    test = paired_test(data, champion, challenger, config)
+    assert test.users > 0 and test.champion_hr == pytest.approx(result["champion"]["pipeline"]["hr@10"])
+    assert test.challenger_hr == pytest.approx(result["challenger"]["pipeline"]["hr@10"])
+    assert test.challenger_hr - test.champion_hr == pytest.approx(
+        (test.wins - test.losses) / test.users)
+    assert test.gain_low <= test.challenger_hr - test.champion_hr <= test.gain_high
+    assert 0.0 < test.p_value <= 1.0
+    itself = paired_test(data, champion, champion, config)
+    assert (itself.wins, itself.losses, itself.p_value, itself.gain_low, itself.gain_high) == (
+        0, 0, 1.0, 0.0, 0.0)
+
+    decision = verdict(summary, result, VerdictRules(), test)
+    assert len(decision.reasons) == 5 and decision.promote == (decision.failed == [])
     for figure in (plot_overlap(frame), plot_latency(frame), plot_offline(result)):
         assert isinstance(figure, Figure)
         plots.close(figure)
