@@ -101,9 +101,9 @@ def check_loopback(url: str) -> str:
 async def replay(url: str, interactions: list[Interaction], *, rate: float, count: int,
                  k: int = 10, concurrency: int = 32, timeout_s: float = 10.0,
                  on_answer: Callable[[dict[str, object]], None] | None = None,
-                 progress: bool = True) -> ReplayReport:
-    """Send `count` replayed interactions at `rate` a second at most; `on_answer` sees every
-    /recommend answer."""
+                 stop: Callable[[], bool] | None = None, progress: bool = True) -> ReplayReport:
+    """Send `count` replayed interactions at `rate` a second at most (fewer when `stop()` turns
+    true first); `on_answer` sees every /recommend answer."""
     url = check_loopback(url)
     if not 0 < rate <= MAX_RATE or not 0 < count <= MAX_COUNT:
         raise ValueError(f"rate must be in (0, {MAX_RATE:g}] and count in (0, {MAX_COUNT}], "
@@ -153,6 +153,8 @@ async def replay(url: str, interactions: list[Interaction], *, rate: float, coun
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
         tasks = set()
         for n, step in enumerate(itertools.islice(cycled(interactions), count)):
+            if stop is not None and stop():
+                break
             delay = started + n / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
