@@ -1,10 +1,13 @@
 """The service's admin endpoints (POST /admin/canary, /admin/rollback) for the CLI and the
-notebooks; the token is RECSYS_ADMIN_TOKEN's, as the service reads it."""
+notebooks. The token: RECSYS_ADMIN_TOKEN, as the service reads it, else the file
+RECSYS_ADMIN_TOKEN_FILE names (default .run/admin-token of the project, where the main command
+keeps the one it made)."""
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +15,15 @@ import httpx
 from recsys.errors import RecsysError
 
 ENDED = ("promoted", "rolled_back", "aborted")
+DEFAULT_TOKEN_FILE = Path(__file__).resolve().parent.parent / ".run" / "admin-token"
+
+
+def configured_token() -> str | None:
+    token = os.environ.get("RECSYS_ADMIN_TOKEN")
+    if token:
+        return token
+    path = Path(os.environ.get("RECSYS_ADMIN_TOKEN_FILE", DEFAULT_TOKEN_FILE))
+    return path.read_text().strip() if path.is_file() else None
 
 
 class AdminError(RecsysError):
@@ -20,10 +32,11 @@ class AdminError(RecsysError):
 
 class AdminClient:
     def __init__(self, url: str, token: str | None = None, timeout_s: float = 30.0) -> None:
-        token = token if token is not None else os.environ.get("RECSYS_ADMIN_TOKEN")
+        token = token if token is not None else configured_token()
         if not token:
-            raise AdminError("the admin endpoints need a token: set RECSYS_ADMIN_TOKEN (the "
-                             "service's own)")
+            raise AdminError("the admin endpoints need the service's token: set "
+                             "RECSYS_ADMIN_TOKEN, or RECSYS_ADMIN_TOKEN_FILE to a file holding it "
+                             f"(the main command keeps one in {DEFAULT_TOKEN_FILE})")
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, timeout=timeout_s,
                                  headers={"Authorization": f"Bearer {token}"})

@@ -6,11 +6,15 @@
   registry is read through a tracking server: RECSYS_REGISTRY_URI, else an `mlflow server`
   started here over the project's store (RECSYS_TRACKING_URI, else mlstore/mlruns.db).
   RECSYS_MODEL_SOURCE=pinned serves the models file's pinned tags instead, as a built Bento does.
+- Admin token: the admin endpoints (canary, rollback) need RECSYS_ADMIN_TOKEN; when it is unset,
+  a random one is made and kept in .run/admin-token (readable by this user only), where the CLI
+  and the notebooks find it (RECSYS_ADMIN_TOKEN_FILE).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -41,6 +45,16 @@ def store_uri() -> str:
     return f"sqlite:///{(store / 'mlruns.db').resolve()}"
 
 
+def admin_token(run_dir: Path) -> str:
+    """A token kept across restarts in run_dir/admin-token (mode 600), made on first use."""
+    path = run_dir / "admin-token"
+    if not path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
@@ -51,6 +65,10 @@ def main() -> int:
     env.setdefault("RECSYS_MODEL_SOURCE", "registry")
     command = [sys.executable, "-m", "bentoml", "serve", "service:Recommender",
                "--port", str(args.port)]
+    if not env.get("RECSYS_ADMIN_TOKEN"):
+        env["RECSYS_ADMIN_TOKEN"] = admin_token(args.run_dir)
+        print(f"==> admin endpoints: the token is in {args.run_dir / 'admin-token'} (python -m "
+              "registry canary ... and notebooks/06_canary.ipynb read it there)", flush=True)
     with ExitStack() as started:
         if not env.get("RECSYS_REDIS_URL"):
             redis = started.enter_context(LocalRedis(args.run_dir / "redis"))
