@@ -128,19 +128,21 @@ class CanaryControl:
             raise CanaryError("action", f"no canary is running to {action}")
         now = time.time()
         if action == "pause":
-            state = state.moved("paused by an operator", "paused", now)
+            moved = state.moved("paused by an operator", "paused", now)
         elif action == "resume":
-            state = state.moved("resumed by an operator", "running", now)
+            moved = state.moved("resumed by an operator", "running", now)
         elif action == "abort":
-            state = state.moved("aborted by an operator", "aborted", now, reason="aborted")
+            moved = state.moved("aborted by an operator", "aborted", now, reason="aborted")
         elif action == "promote":
-            state = state.moved("promoted by an operator", "promoted", now,
+            moved = state.moved("promoted by an operator", "promoted", now,
                                 reason="promoted by an operator")
-            await self.promote(state)
+            await self.promote(moved)
         else:
             raise CanaryError("action", f"unknown canary action {action!r}")
-        await self.store.save(state)
-        return state
+        if not await self.store.save(moved, replacing=state):
+            raise CanaryError("action", f"canary {state.id} moved while this {action} was "
+                                        "made: look at its status and try again")
+        return moved
 
     async def rollback(self) -> dict[str, str]:
         """Put the previous champion back (the followers load it within a poll); a canary that
@@ -187,6 +189,8 @@ class CanaryControl:
                 await self.tick(pipeline)
             except StoreError as error:  # Redis is down: route as last read, count again later
                 LOG.warning("canary tick skipped: %s", error)
+            except Exception:  # e.g. the registry unreachable: tried again next tick
+                LOG.exception("canary tick failed")
             await asyncio.sleep(self.tick_s)
 
     async def tick(self, pipeline: RecommendPipeline) -> None:
@@ -224,11 +228,19 @@ class CanaryControl:
         if moved == state:
             return
         if moved.status == "promoted":
-            await self.promote(moved)
-        await self.store.save(moved)
-        await self.apply(pipeline, moved)
+            try:
+                await self.promote(moved)
+            except CanaryError as error:  # the challenger alias moved: nothing to promote
+                moved = state.moved("challenger alias moved", "aborted", time.time(),
+                                    reason=str(error))
+        if await self.store.save(moved, replacing=state):  # else an operator came first
+            await self.apply(pipeline, moved)
 
     async def promote(self, state: CanaryState) -> None:
+        """Make the challenger under test the champion in the registry (done already: nothing)."""
+        champion = await asyncio.to_thread(self.live.client.aliased_set, CHAMPION)
+        if champion is not None and champion.tags == state.challenger:
+            return  # a judge that promoted, then failed to save, judged again
         challenger = await asyncio.to_thread(self.live.client.aliased_set, CHALLENGER)
         if challenger is None or challenger.tags != state.challenger:
             raise CanaryError("canary", "the challenger alias moved during the canary: "

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from recsys.errors import StoreError
 from recsys.experiments.canary import CANARY, CONTROL, CanaryState, Counts
@@ -29,9 +29,28 @@ class CanaryStore:
         raw = await self._call(lambda: self.redis.get(self.prefix + "state"))
         return None if raw is None else CanaryState.from_json(json.loads(raw))
 
-    async def save(self, state: CanaryState) -> None:
-        document = json.dumps(state.to_json())
-        await self._call(lambda: self.redis.set(self.prefix + "state", document))
+    async def save(self, state: CanaryState, replacing: CanaryState | None = None) -> bool:
+        """Save `state`; with `replacing`, only if the saved state is still that one (False
+        otherwise: another worker or an operator moved it first, and nothing is written)."""
+        key, document = self.prefix + "state", json.dumps(state.to_json())
+        if replacing is None:
+            await self._call(lambda: self.redis.set(key, document))
+            return True
+
+        async def swap() -> bool:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None or CanaryState.from_json(json.loads(raw)) != replacing:
+                        return False
+                    pipe.multi()
+                    pipe.set(key, document)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    return False
+        return bool(await self._call(swap))
 
     async def add_counts(self, canary_id: str, stage: int, variant: str,
                          fields: dict[str, int]) -> None:

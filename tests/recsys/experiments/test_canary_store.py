@@ -95,3 +95,19 @@ def test_a_store_without_redis_raises_a_store_error_quickly() -> None:
 
     with pytest.raises(StoreError, match="canary store: ConnectionError"):
         with_store(f"redis://127.0.0.1:{free_port()}/0", scenario)
+
+
+def test_a_state_moved_by_someone_else_is_not_overwritten(redis_url: str) -> None:
+    """The judging worker and an operator both move the canary from what they read: the second
+    to save finds it moved and writes nothing."""
+    state = a_canary()
+    judged = state.moved("stage 0 passed", "running", 200.0, stage=1)
+    paused = state.moved("paused by an operator", "paused", 201.0)
+
+    async def scenario(store: CanaryStore) -> tuple[bool, bool, CanaryState | None]:
+        await store.save(state)
+        first = await store.save(paused, replacing=state)
+        second = await store.save(judged, replacing=state)
+        return first, second, await store.load()
+
+    assert with_store(redis_url, scenario) == (True, False, paused)
