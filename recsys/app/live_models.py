@@ -67,6 +67,7 @@ class LiveModels:
         self.failed_at = 0.0  # ... RETRY_FAILED_S after this (monotonic) time
         self.task: asyncio.Task[None] | None = None
         self.checking = asyncio.Lock()  # the poll and a canary's command never load at once
+        self.mismatches = 0  # polls in a row that found an alias's models mispaired
 
     def initial(self) -> ServedModels:
         """The set the aliases point to now, built at start-up (blocking: before any request)."""
@@ -123,9 +124,17 @@ class LiveModels:
         self.state.last_check = now()
         try:
             sets = await asyncio.to_thread(self.aliased_sets)
+        except ArtifactError as error:  # a set whose rankers pair with another embedding
+            self.mismatches += 1
+            if self.mismatches == 1:  # likely read mid-move (three aliases, three writes)
+                LOG.info("aliases read while moving, read again next poll: %s", error)
+            else:
+                self.record_failure(None, error, "registry")
+            return False
         except Exception as error:  # noqa: BLE001 - the registry is down: keep serving, try again
             self.record_failure(None, error, "registry")
             return False
+        self.mismatches = 0
         target = {alias: aliased.tags for alias, aliased in sets.items()}
         if CHAMPION not in target or target == self.state.serving or (
                 target == self.failed and time.monotonic() - self.failed_at < RETRY_FAILED_S):

@@ -148,7 +148,8 @@ def test_a_set_that_fails_to_load_is_not_served_and_says_why(
                             "recsys_model_load_failures_total{")
 
     live.registry.registry().promote(CHALLENGER)
-    failure = wait_for(lambda: info(live)["last_failure"], SWITCH_WINDOW_S,
+    failure = wait_for(lambda: (info(live)["last_failure"] or {}).get("stage") == "load"
+                       and info(live)["last_failure"], SWITCH_WINDOW_S,
                        "/info reporting the failed load")
 
     assert failure["stage"] == "load" and "checksum mismatch for scaler.json" in failure["error"]

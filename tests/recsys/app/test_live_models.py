@@ -138,6 +138,35 @@ def test_a_set_that_fails_to_load_is_not_served_and_says_why(
     assert telemetry.named("model_load_failed") == [{"stage": "load", "error": "ArtifactError"}]
 
 
+def test_aliases_read_mid_move_are_read_again_before_they_count_as_a_failure(
+        server: RegistryServer, trained_models: TrainedModels, tmp_path: Path) -> None:
+    """A promotion moves three aliases in three writes: a poll between them reads a ranker
+    paired with another embedding. That is read again next poll; only a mismatch that stays is a
+    failure."""
+    registry = server.registry()
+    challenger = registry.resolve(CHALLENGER)
+
+    async def scenario() -> list[Any]:
+        runtime = build_live_runtime(settings(server, tmp_path), Recorder())
+        assert runtime.live is not None
+        seen: list[Any] = []
+        try:
+            registry.client.set_registered_model_alias(challenger.names.ranker, CHAMPION,
+                                                       challenger.ranker)  # one of three
+            seen.append((await follow(runtime), runtime.live.state.last_failure))
+            seen.append((await follow(runtime), runtime.live.state.last_failure["stage"]))
+            registry.promote(CHALLENGER)  # the other two: the set is whole again
+            seen.append((await follow(runtime), (await answer(runtime))["model_versions"]))
+        finally:
+            await runtime.aclose()
+        return seen
+
+    first, second, third = asyncio.run(scenario())
+    assert first == (False, None)
+    assert second == (False, "registry")
+    assert third == (True, tags(trained_models, CHALLENGER))
+
+
 def test_a_registry_that_stops_answering_leaves_the_set_serving(
         trained_models: TrainedModels, tmp_path: Path) -> None:
     async def scenario() -> tuple[bool, dict[str, Any], dict[str, Any]]:
