@@ -167,8 +167,9 @@ def test_a_user_in_the_canary_stays_in_it_as_it_grows() -> None:
         in_canary.append({u for u in users if assign(experiment, u).name == "canary"})
 
     assert all(a <= b for a, b in itertools.pairwise(in_canary))
-    assert [round(len(s) / len(users), 2) for s in in_canary] == pytest.approx(
-        [0.05, 0.2, 0.5, 1.0], abs=0.02)
+    # each canary draws its users afresh (its id salts the hash): within 4.5 sd of 4,000 users
+    assert [len(s) / len(users) for s in in_canary] == pytest.approx([0.05, 0.2, 0.5, 1.0],
+                                                                     abs=0.035)
     other = start(stages=(0.05, 0.2, 0.5, 1.0)).experiment()
     again = {u for u in users if assign(other, u).name == "canary"}
     assert again != in_canary[0]  # a new canary draws its own users
