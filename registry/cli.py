@@ -90,7 +90,8 @@ def _canary(registry: Registry, args: argparse.Namespace) -> None:
     admin = AdminClient(args.url)
     guards = {name: value for name, value in (
         ("min_requests", args.min_requests), ("min_impressions", args.min_impressions),
-        ("min_stage_seconds", args.min_stage_seconds)) if value is not None}
+        ("min_stage_seconds", args.min_stage_seconds),
+        ("warmup_seconds", args.warmup_seconds)) if value is not None}
     stages = [float(s) for s in args.stages.split(",")] if args.stages else None
     status = admin.canary(args.action, stages=stages, guards=guards or None, verdicts=1)
     print(describe_canary(status))
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     canary.add_argument("--min-requests", type=int, help="start: per variant and stage")
     canary.add_argument("--min-impressions", type=int, help="start: per variant and stage")
     canary.add_argument("--min-stage-seconds", type=float, help="start: per stage")
+    canary.add_argument("--warmup-seconds", type=float,
+                        help="start: latency is timed after each stage's first seconds (10)")
     canary.add_argument("--watch", type=float, metavar="SECONDS", default=0,
                         help="print each change until the canary ends or this many seconds")
     canary.set_defaults(run=_canary)

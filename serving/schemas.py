@@ -161,6 +161,8 @@ class GuardsBody(Strict):
     min_requests: Annotated[int, Field(ge=1)] = 500
     min_impressions: Annotated[int, Field(ge=1)] = 500
     min_stage_seconds: Annotated[float, Field(ge=0)] = 60.0
+    warmup_seconds: Annotated[float, Field(ge=0, description="latency is timed after a "
+                              "stage's first seconds")] = 10.0
 
 
 class AdminCanaryBody(RequestBody):

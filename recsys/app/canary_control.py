@@ -55,7 +55,8 @@ class CanaryControl:
         self.task: asyncio.Task[None] | None = None
 
     # --- on the request path: local counting only ------------------------------------------
-    def served(self, variant: str, user_id: str, result: dict[str, Any], latency_ms: float) -> None:
+    def served(self, variant: str, user_id: str, result: dict[str, Any], latency_ms: float,
+               computed: bool) -> None:
         state = self.state
         if state is None or state.status != "running" or not self.routing:
             return
@@ -63,7 +64,8 @@ class CanaryControl:
         counts["requests"] += 1
         counts["impressions"] += 1
         counts["degraded"] += bool(result["degraded"])
-        counts[f"latency_{latency_bucket(latency_ms)}"] += 1
+        if computed and time.time() - state.stage_started >= state.guards.warmup_seconds:
+            counts[f"latency_{latency_bucket(latency_ms)}"] += 1
         record = {"variant": variant, "canary": state.id, "stage": state.stage,
                   "items": [item["item_id"] for item in result["items"]]}
         self.background(self.store.remember_served(user_id, record))
@@ -212,10 +214,11 @@ class CanaryControl:
 
     async def judge(self, pipeline: RecommendPipeline, state: CanaryState) -> None:
         counts = await self.store.counts(state.id, state.stage)
-        if state.share >= 1.0 and state.stage > 0:  # no control left: the champion as last seen
+        concurrent = not (state.share >= 1.0 and state.stage > 0)
+        if not concurrent:  # no control left: the champion as the stage before counted it
             counts[CONTROL] = (await self.store.counts(state.id, state.stage - 1))[CONTROL]
         verdict = judge(counts[CONTROL], counts[CANARY], state.guards,
-                        time.time() - state.stage_started, len(state.stages))
+                        time.time() - state.stage_started, len(state.stages), concurrent)
         self.verdict = {"at": time.time(), "stage": state.stage, "share": state.share,
                         "decision": verdict.decision, "reasons": list(verdict.reasons),
                         "values": verdict.values, "counts": counts_json(counts)}

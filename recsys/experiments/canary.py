@@ -38,9 +38,13 @@ class Guards:
     max_p99_increase_ms: float = 5.0
     max_ctr_drop: float = 0.01  # relative: -1%
     alpha: float = 0.05  # chance of rolling back a challenger within the margins, whole canary
-    min_requests: int = 500  # per variant per stage
+    min_requests: int = 500  # per variant per stage (and timed answers, before p99 is judged)
     min_impressions: int = 500  # per variant per stage, before click-through is judged
     min_stage_seconds: float = 60.0
+    # Latency is timed on answers the variant's models computed (cache hits say nothing of a
+    # model, and the canary's users' caches are colder than the control's as it grows) after
+    # the first `warmup_seconds` of a stage (the users it moved all miss the cache at once).
+    warmup_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class Counts:
     degraded: int = 0
     impressions: int = 0
     clicks: int = 0
-    latency: tuple[int, ...] = (0,) * (len(LATENCY_EDGES_MS) + 1)  # per bucket of the edges
+    # computed answers after the stage's warm-up, per bucket of the edges
+    latency: tuple[int, ...] = (0,) * (len(LATENCY_EDGES_MS) + 1)
 
     @classmethod
     def from_fields(cls, fields: dict[str, int]) -> Counts:
@@ -75,6 +80,10 @@ class Counts:
     @property
     def ctr(self) -> float:
         return self.rate(self.clicks, self.impressions)
+
+    @property
+    def timed(self) -> int:
+        return sum(self.latency)
 
     def p99_ms(self) -> float:
         """The upper edge of the bucket that holds the 99th percentile (the last edge for the
@@ -118,11 +127,28 @@ def worse_proportion(control: tuple[int, int], canary: tuple[int, int], margin: 
 
 
 def above_share(count: int, trials: int, share: float) -> float:
-    """One-sided p-value that `count` of `trials` is more than a `share` of them."""
-    if not trials:
+    """One-sided p-value that `count` of `trials` is more than a `share` of them: the exact
+    binomial tail P(X >= count), X ~ Binomial(trials, share) (exact, as a small sample of timed
+    answers is common and the normal approximation is far too bold there)."""
+    if count <= 0:
         return 1.0
-    se = math.sqrt(share * (1 - share) / trials)
-    return upper_tail((count / trials - share) / se)
+    if count > trials:
+        return 0.0
+
+    def term(i: int) -> float:
+        return math.exp(math.lgamma(trials + 1) - math.lgamma(i + 1) - math.lgamma(trials - i + 1)
+                        + i * math.log(share) + (trials - i) * math.log1p(-share))
+
+    if count <= trials * share:  # at or below the mean: one minus the (short) lower tail
+        return max(0.0, 1.0 - sum(term(i) for i in range(count)))
+    total, i = 0.0, count
+    while i <= trials:  # past the mean the terms fall geometrically: stop once they are nothing
+        t = term(i)
+        total += t
+        if t < total * 1e-15:
+            break
+        i += 1
+    return min(1.0, total)
 
 
 @dataclass(frozen=True)
@@ -133,9 +159,13 @@ class Verdict:
 
 
 def judge(control: Counts, canary: Counts, guards: Guards, stage_seconds: float,
-          stages: int = len(DEFAULT_STAGES)) -> Verdict:
+          stages: int = len(DEFAULT_STAGES), concurrent: bool = True) -> Verdict:
     """A stage's verdict: "fail" when a guard is worse beyond its margin, significantly; else
     "wait" until the minimum duration and samples are reached; else "pass".
+
+    `concurrent=False`: the control was counted in an earlier stage (a 100% stage has none of
+    its own). Its rates still compare, but not its latency, which moves with load and with the
+    caches as users change variant: p99 is judged only against a control served alongside.
 
     Significantly: at a stage's end, p < alpha / (guards × stages) (Bonferroni: a challenger
     within every margin is rolled back with probability at most alpha over the whole canary);
@@ -146,6 +176,7 @@ def judge(control: Counts, canary: Counts, guards: Guards, stage_seconds: float,
         "p99_ms": {CONTROL: control.p99_ms(), CANARY: canary.p99_ms()},
         "ctr": {CONTROL: control.ctr, CANARY: canary.ctr},
         "requests": {CONTROL: float(control.requests), CANARY: float(canary.requests)},
+        "timed": {CONTROL: float(control.timed), CANARY: float(canary.timed)},
         "impressions": {CONTROL: float(control.impressions), CANARY: float(canary.impressions)}}
     enough = min(control.requests, canary.requests) >= guards.min_requests
     ready = enough and stage_seconds >= guards.min_stage_seconds
@@ -159,10 +190,11 @@ def judge(control: Counts, canary: Counts, guards: Guards, stage_seconds: float,
             if p < alpha:
                 failed.append(f"{name} {getattr(canary, count)}/{canary.requests} against "
                               f"{getattr(control, count)}/{control.requests} (p={p:.3g})")
+    if concurrent and min(control.timed, canary.timed) >= guards.min_requests:
         threshold = control.p99_ms() + guards.max_p99_increase_ms
         if canary.p99_ms() > threshold:
             # were the canary no slower than allowed, at most 1% of it would be past threshold
-            p = above_share(canary.slower_than(threshold), canary.requests, 0.01)
+            p = above_share(canary.slower_than(threshold), canary.timed, 0.01)
             if p < alpha:
                 failed.append(f"p99 {canary.p99_ms():g} ms against {control.p99_ms():g} ms "
                               f"(+{guards.max_p99_increase_ms:g} allowed, p={p:.3g})")

@@ -58,8 +58,8 @@ class PipelineOptions:
 class OutcomeRecorder(Protocol):
     """Told what each request's variant served (a canary counts it, recsys/app/canary_control.py)."""
 
-    def served(self, variant: str, user_id: str, result: dict[str, Any],
-               latency_ms: float) -> None: ...
+    def served(self, variant: str, user_id: str, result: dict[str, Any], latency_ms: float,
+               computed: bool) -> None: ...  # computed: by the variant's models, not cached
 
     def failed(self, variant: str) -> None: ...
 
@@ -137,7 +137,8 @@ class RecommendPipeline:
             raise
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
         if self.outcomes is not None:
-            self.outcomes.served(resolved.variant, request.user_id, result, latency_ms)
+            self.outcomes.served(resolved.variant, request.user_id, result, latency_ms,
+                                 computed=level in ("miss", "none"))
         if self.shadow is not None and resolved.slot.alias == CHAMPION and \
                 CHALLENGER in self.resolver.slots and self.shadow.should_shadow(request_id):
             await self._submit_shadow(self.shadow, request_id, request, result, latency_ms)

@@ -62,7 +62,8 @@ def test_the_notebook_releases_the_challenger_through_its_stages(
         NOTEBOOK_DIR / NOTEBOOK, out, kernel_name="python3", cwd=str(tmp_path),
         progress_bar=False,
         parameters={"service_url": server.url, "admin_token": TOKEN, "stages": [0.3, 1.0],
-                    "min_requests": 80, "min_impressions": 10**6, "min_stage_seconds": 2.0,
+                    "min_requests": 80, "min_impressions": 10**6, "min_stage_seconds": 3.0,
+                    "warmup_seconds": 2.0,
                     "replay_rate": 150.0, "replay_count": 5000, "timeout_s": 120.0})
 
     executed = nbformat.read(out, as_version=4)
@@ -70,9 +71,9 @@ def test_the_notebook_releases_the_challenger_through_its_stages(
                      for o in c.outputs)
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
-    assert "running at stage 0 (30% of users)" in text
-    assert "promoted at stage 1" in text and "every stage passed" in text
-    assert "sent " in text and " 0 failed" in text
+    assert "running at stage 0 (30% of users)" in text, text
+    assert "promoted at stage 1" in text and "every stage passed" in text, text
+    assert "sent " in text and " 0 failed" in text, text
     assert len(images) == 1  # the guards per variant over time
     now = registry.registry()
     assert now.resolve(CHAMPION) == before[CHALLENGER]

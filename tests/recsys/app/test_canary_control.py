@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,42 @@ def test_clicks_count_for_the_variant_that_recommended_the_item(
     assert counts[CONTROL].clicks == by_variant[CONTROL] and counts[CANARY].clicks == by_variant[
         CANARY]
     assert counts[CONTROL].impressions + counts[CANARY].impressions == 20
+
+
+def test_latency_is_timed_on_computed_answers_after_the_stage_warm_up(
+        settings: ServingSettings) -> None:
+    """A cache hit is counted but not timed, and neither is an answer in a stage's first
+    `warmup_seconds`: the p99 guard compares the variants' models, not their caches."""
+    async def scenario() -> tuple[Any, ...]:
+        runtime = build_live_runtime(settings, Recorder())
+        canary = control_of(runtime)
+
+        async def counted(users: list[str], rounds: int) -> dict[str, Any]:
+            for _ in range(rounds):
+                for user in users:
+                    await runtime.pipeline.respond(RecommendRequest(user, 5))
+            await canary.flush()
+            assert canary.state is not None
+            return await canary.store.counts(canary.state.id, 0)
+
+        try:
+            await canary.begin((0.5, 1.0), replace(QUICK, warmup_seconds=3600.0))
+            await canary.tick(runtime.pipeline)
+            in_warm_up = await counted(USERS[:50], rounds=1)
+            await canary.command("abort")
+            await canary.begin((0.5, 1.0), replace(QUICK, warmup_seconds=0.0))
+            await canary.tick(runtime.pipeline)
+            warmed = await counted(USERS[50:], rounds=2)  # the second round: cache hits
+            return in_warm_up, warmed
+        finally:
+            await runtime.aclose()
+
+    in_warm_up, warmed = asyncio.run(scenario())
+    assert sum(c.requests for c in in_warm_up.values()) == 50
+    assert sum(c.timed for c in in_warm_up.values()) == 0
+    assert sum(c.requests for c in warmed.values()) == 200
+    assert sum(c.timed for c in warmed.values()) == 100  # the first round's, computed
+    assert all(c.timed for c in warmed.values())  # both variants timed
 
 
 def test_operators_pause_resume_abort_and_roll_back(

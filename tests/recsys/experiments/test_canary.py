@@ -13,6 +13,7 @@ from recsys.experiments.canary import (
     CanaryState,
     Counts,
     Guards,
+    above_share,
     judge,
     latency_bucket,
 )
@@ -82,6 +83,43 @@ def test_each_guard_fails_a_real_regression_at_once(regression: dict[str, float]
     verdict = judge(control, canary, GUARDS, stage_seconds=1)  # no need to wait out the stage
     assert verdict.decision == "fail"
     assert len(verdict.reasons) == 1 and verdict.reasons[0].startswith(reason)
+
+
+@pytest.mark.parametrize("count, trials, share", [
+    (0, 10, 0.01), (1, 10, 0.01), (3, 10, 0.01), (10, 1000, 0.01), (20, 1000, 0.01),
+    (40, 1000, 0.01), (150, 10_000, 0.01), (500, 20_000, 0.01), (5, 5, 0.01), (6, 5, 0.01)])
+def test_the_share_test_is_the_exact_binomial_tail(count: int, trials: int,
+                                                   share: float) -> None:
+    from scipy.stats import binom
+
+    expected = binom.sf(count - 1, trials, share) if count <= trials else 0.0
+    assert above_share(count, trials, share) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def test_few_timed_answers_leave_latency_unjudged() -> None:
+    """Mostly cache hits: the requests are many, the answers timed (computed after the warm-up)
+    too few for a p99; a slow tail among them is not judged until min_requests are timed."""
+    control = counts(3000, seed=1)
+    slow = counts(3000, seed=2, slow_share=0.05, slow_ms=40.0)
+    few = Counts(slow.requests, slow.errors, slow.degraded, slow.impressions, slow.clicks,
+                 tuple(c * 200 // 3000 for c in slow.latency))
+    assert 0 < few.timed < GUARDS.min_requests
+
+    verdict = judge(control, few, GUARDS, stage_seconds=60)
+    assert verdict.decision == "pass" and verdict.values["timed"]["canary"] == few.timed
+    assert judge(control, slow, GUARDS, stage_seconds=60).decision == "fail"
+
+
+def test_a_control_from_an_earlier_stage_compares_rates_but_not_latency() -> None:
+    """The 100% stage: the champion as the stage before counted it. Latency then was under
+    another load and other caches, so a slower tail is not judged; a worse error rate is."""
+    control = counts(3000, seed=1)
+    slower = counts(3000, seed=2, slow_share=0.05, slow_ms=40.0)
+    failing = counts(3000, seed=2, error_rate=0.01, slow_share=0.05, slow_ms=40.0)
+
+    assert judge(control, slower, GUARDS, stage_seconds=60, concurrent=False).decision == "pass"
+    verdict = judge(control, failing, GUARDS, stage_seconds=60, concurrent=False)
+    assert verdict.decision == "fail" and [r.split(" ")[0] for r in verdict.reasons] == ["error"]
 
 
 def test_a_regression_within_the_margins_passes() -> None:
