@@ -64,6 +64,10 @@ def verdict_frame(verdicts: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["seconds"] = frame["at"] - frame["at"].iloc[0]
+    for variant in ("control", "canary"):  # no answer timed yet (a stage's warm-up): no p99
+        if f"timed.{variant}" in frame and f"p99_ms.{variant}" in frame:
+            frame[f"p99_ms.{variant}"] = frame[f"p99_ms.{variant}"].where(
+                frame[f"timed.{variant}"] > 0)
     return frame
 
 
