@@ -25,7 +25,9 @@ from tests.support.registry_server import RegistryServer, registry_copy
 from tests.support.runtime import Recorder
 
 USERS = [f"u{n}" for n in range(150)]
-QUICK = Guards(min_requests=40, min_impressions=10**6, min_stage_seconds=0.0,
+# 30% of USERS is 23-65 users over 4000 salts (measured): a stage passes on the first judgement
+# with counts, whatever the salt (at 40, 17% of salts waited a tick more)
+QUICK = Guards(min_requests=20, min_impressions=10**6, min_stage_seconds=0.0,
                max_p99_increase_ms=1000.0)
 
 
