@@ -82,6 +82,22 @@ def evaluate_scorer(scorer: CatalogueScorer, eval_set: EvalSet, cutoffs: Sequenc
     return ranking_metrics(scorer_ranks(scorer, eval_set, batch_size), cutoffs)
 
 
+def tied_to_history(eval_set: EvalSet) -> np.ndarray:
+    """[U] whether the held-out event shares its timestamp with the last event of the user's
+    history: the users whose last events fall in the same second, where the order of those
+    events is the split's tie rule rather than time (training/data/order.py)."""
+    return np.array([len(times) > 0 and times[-1] == when for times, when in
+                     zip(eval_set.histories.timestamps, eval_set.timestamps)], dtype=bool)
+
+
+def metrics_by_group(ranks: dict[str, np.ndarray], groups: dict[str, np.ndarray],
+                     cutoffs: Sequence[int]) -> dict[str, dict[str, dict[str, float]]]:
+    """{group: {model: metrics over the group's users}} ({"users": n} for every group)."""
+    return {group: {"users": {"n": float(mask.sum())},
+                    **{name: ranking_metrics(r[mask], cutoffs) for name, r in ranks.items()}}
+            for group, mask in groups.items() if mask.any()}
+
+
 def candidate_recall(scorer: CatalogueScorer, eval_set: EvalSet, size: int,
                      batch_size: int = 256) -> float:
     """Share of held-out items found among the top-`size` candidates of `scorer`."""

@@ -28,13 +28,13 @@ from registry import (
 from training import plots
 from training.config import PipelineConfig, flatten
 from training.data import Dataset, SyntheticConfig, load_dataset
-from training.evaluate import format_table
+from training.evaluate import format_table, metrics_by_group, tied_to_history
 from training.replay import replay_cut
 from training.settings import TrainingSettings
 from training.steps import (
     PreparedData,
     Rankers,
-    evaluate_models,
+    model_ranks,
     padded_histories,
     prepare_data,
     retrieval_diagnostics,
@@ -156,6 +156,9 @@ class EvalReport:
     results: dict[str, dict[str, float]]
     diagnostics: dict[str, float]
     table: str
+    # {"tied" | "untied": {model: metrics}}: the test users whose last two events share a
+    # timestamp (their order is the split's tie rule), and the rest
+    by_tie: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def hr10_ratio(self, model: str = "pipeline", baseline: str = "popularity") -> float:
         return self.results[model]["hr@10"] / max(self.results[baseline]["hr@10"], 1e-12)
@@ -165,16 +168,22 @@ def evaluation_step(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
                     config: PipelineConfig, workdir: Path) -> EvalReport:
     """Offline evaluation on the test split, logged to the active run (or a new one)."""
     with mlflow.start_run(run_name="evaluation", nested=mlflow.active_run() is not None):
-        results = evaluate_models(data, embedding, rankers, config.evaluation)
-        diagnostics = retrieval_diagnostics(data, embedding, config.evaluation)
+        ranks = model_ranks(data, embedding, rankers, config.evaluation)
+        results = ranks.metrics(config.evaluation.cutoffs)
+        tied = tied_to_history(data.test)
+        by_tie = metrics_by_group(ranks.ranks, {"tied": tied, "untied": ~tied},
+                                  config.evaluation.cutoffs)
+        diagnostics = {**retrieval_diagnostics(data, embedding, config.evaluation),
+                       "tied_user_share": float(tied.mean())}
         table = format_table(results, TABLE_COLUMNS)
-        report = EvalReport(results, diagnostics, table)
+        report = EvalReport(results, diagnostics, table, by_tie)
         for model, metrics in results.items():
             mlflow.log_metrics({f"test_{model}_{k.replace('@', '_at_')}": v
                                 for k, v in metrics.items()})
         mlflow.log_metrics(diagnostics)
         mlflow.log_metric("pipeline_over_popularity_hr10", report.hr10_ratio())
-        payload = {"results": results, "diagnostics": diagnostics, "data": data.summary()}
+        payload = {"results": results, "diagnostics": diagnostics, "by_tie": by_tie,
+                   "data": data.summary()}
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "evaluation.json").write_text(json.dumps(payload, indent=2))
         (workdir / "evaluation.md").write_text(table + "\n")

@@ -27,7 +27,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from recsys.errors import DataError
-from training.data.schema import ITEM_ID, TIMESTAMP, USER_ID
+from training.data.order import time_ordered
+from training.data.schema import ITEM_ID, USER_ID
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_RATE = 2000.0  # requests a second
@@ -70,9 +71,9 @@ class ReplayReport:
 
 
 def replay_cut(interactions: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the earlier interactions, the latest `share` of them), both in time order (ties keep
-    the input's order)."""
-    ordered = interactions.sort_values(TIMESTAMP, kind="stable").reset_index(drop=True)
+    """(the earlier interactions, the latest `share` of them), both in the one time order
+    (training/data/order.py): the same cut whatever the input's row order."""
+    ordered = time_ordered(interactions, per_user=False).reset_index(drop=True)
     cut = len(ordered) - round(len(ordered) * share)
     return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
 

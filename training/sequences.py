@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from training.data.order import time_ordered
 from training.data.schema import ITEM_ID, TIMESTAMP, USER_ID
 
 
@@ -24,12 +25,12 @@ class UserSequences:
 def build_sequences(
     interactions: pd.DataFrame, item_rows: dict[str, int], user_ids: list[str] | None = None
 ) -> UserSequences:
-    """Group `interactions` by user in time order (stable: ties keep row order).
+    """Group `interactions` by user in the one time order (training/data/order.py).
 
     Items without a catalogue row are dropped. With `user_ids`, users come in that order and
     users with no events get empty sequences.
     """
-    ordered = interactions.sort_values([USER_ID, TIMESTAMP], kind="stable")
+    ordered = time_ordered(interactions)
     rows = ordered[ITEM_ID].astype(str).map(item_rows)
     known = rows.notna().to_numpy()
     users = ordered[USER_ID].astype(str).to_numpy()[known]

@@ -25,12 +25,14 @@ from training.bundles import write_embedding_bundle, write_fallback_bundle, writ
 from training.catalog import build_attribute_encoder, build_catalog, user_attribute_matrix
 from training.config import EvalConfig, FallbackConfig, RankerConfig, TwoTowerConfig
 from training.data import Dataset, leave_last_out
-from training.data.schema import TIMESTAMP, USER_ID
+from training.data.order import time_ordered
+from training.data.schema import USER_ID
 from training.evaluate import (
     CatalogueScorer,
     EvalSet,
     evaluate_scorer,
     make_eval_set,
+    ranking_metrics,
     rerank_scorer,
     scorer_ranks,
 )
@@ -85,8 +87,8 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def without_last_events(events: pd.DataFrame, n: int) -> pd.DataFrame:
-    """`events` minus each user's last n events (time order, ties by row order)."""
-    ordered = events.sort_values([USER_ID, TIMESTAMP], kind="stable")
+    """`events` minus each user's last n events (in the one time order, training/data/order.py)."""
+    ordered = time_ordered(events)
     return ordered[ordered.groupby(USER_ID).cumcount(ascending=False) >= n]
 
 
@@ -268,28 +270,48 @@ class _EvalUsers:
         return rerank_scorer(self.retrieval, rerank, self.eval_set, size)
 
 
-def evaluate_models(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers,
-                    config: EvalConfig, eval_set: EvalSet | None = None,
-                    baselines: bool = True) -> dict[str, dict[str, float]]:
-    """Metrics per model on `eval_set` (default: test), all through the exported ONNX models."""
+@dataclass(frozen=True)
+class ModelRanks:
+    """Per model, the [U] rank of each user's held-out item on one eval set (and the settings a
+    tuned baseline chose)."""
+
+    ranks: dict[str, np.ndarray]
+    chosen: dict[str, dict[str, float]]
+
+    def metrics(self, cutoffs: tuple[int, ...]) -> dict[str, dict[str, float]]:
+        return {name: {**ranking_metrics(r, cutoffs), **self.chosen.get(name, {})}
+                for name, r in self.ranks.items()}
+
+
+def model_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers,
+                config: EvalConfig, eval_set: EvalSet | None = None,
+                baselines: bool = True) -> ModelRanks:
+    """Ranks per model on `eval_set` (default: test), all through the exported ONNX models."""
     eval_set = eval_set or data.test
     users = _EvalUsers(data, embedding, eval_set)
-    cutoffs = config.cutoffs
     size = min(config.candidates, data.catalog.size)
-    results = {"retrieval": evaluate_scorer(users.retrieval, eval_set, cutoffs)}
+    ranks = {"retrieval": scorer_ranks(users.retrieval, eval_set)}
+    chosen: dict[str, dict[str, float]] = {}
     scored = [("pipeline", rankers.ranker), ("fallback", rankers.fallback)]
     if rankers.ranker_int8 is not None:  # the int8 ranker that CPU serving uses
         scored.insert(1, ("pipeline_int8", rankers.ranker_int8))
     for name, ranker in scored:
-        results[name] = evaluate_scorer(users.reranked(ranker, size), eval_set, cutoffs)
+        ranks[name] = scorer_ranks(users.reranked(ranker, size), eval_set)
     if baselines:
-        results["popularity"] = evaluate_scorer(popularity_scorer(data.catalog.popularity),
-                                                eval_set, cutoffs)
+        ranks["popularity"] = scorer_ranks(popularity_scorer(data.catalog.popularity), eval_set)
         als = tuned_als(data.validation, eval_set, data.catalog.size + 1, config.als_factors,
                         config.als_regularization, config.als_iterations)
-        results["als"] = {**evaluate_scorer(als.scorer, eval_set, cutoffs),
-                          "factors": float(als.factors), "regularization": als.regularization}
-    return results
+        ranks["als"] = scorer_ranks(als.scorer, eval_set)
+        chosen["als"] = {"factors": float(als.factors), "regularization": als.regularization}
+    return ModelRanks(ranks, chosen)
+
+
+def evaluate_models(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers,
+                    config: EvalConfig, eval_set: EvalSet | None = None,
+                    baselines: bool = True) -> dict[str, dict[str, float]]:
+    """Metrics per model on `eval_set` (default: test), all through the exported ONNX models."""
+    return model_ranks(data, embedding, rankers, config, eval_set, baselines).metrics(
+        config.cutoffs)
 
 
 def pipeline_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers,

@@ -13,9 +13,11 @@ from training.evaluate import (
     format_table,
     make_eval_set,
     mask_known,
+    metrics_by_group,
     ranking_metrics,
     rerank_scorer,
     target_ranks,
+    tied_to_history,
 )
 from training.sequences import UserSequences
 
@@ -125,3 +127,19 @@ def test_format_table_has_one_row_per_model() -> None:
     assert lines[0] == "| model | hr@10 | ndcg@10 |"
     assert lines[2] == "| pipeline | 0.2500 | nan |"
     assert lines[3].startswith("| popularity | nan")
+
+
+def test_tied_users_are_those_whose_held_out_event_shares_the_last_history_second() -> None:
+    def seqs(times: list[list[int]]) -> UserSequences:
+        return UserSequences(["a", "b", "c"], [np.arange(1, len(t) + 1) for t in times],
+                             [np.array(t, dtype=np.int64) for t in times])
+
+    eval_set = make_eval_set(seqs([[1, 5], [1, 5], [7]]), seqs([[5], [6], [7]]))
+    tied = tied_to_history(eval_set)
+    assert tied.tolist() == [True, False, True]
+
+    groups = metrics_by_group({"m": np.array([0, 20, 3])}, {"tied": tied, "untied": ~tied,
+                                                           "none": np.zeros(3, dtype=bool)}, (10,))
+    assert set(groups) == {"tied", "untied"}  # an empty group is left out
+    assert groups["tied"]["users"]["n"] == 2 and groups["tied"]["m"]["hr@10"] == 1.0
+    assert groups["untied"]["m"]["hr@10"] == 0.0

@@ -158,6 +158,15 @@ def test_evaluation_report_is_written_and_logged(store: Store) -> None:
     for metrics in payload["results"].values():
         assert 0.0 <= metrics["hr@10"] <= metrics["hr@50"] <= 1.0
     assert payload["data"]["users"] == USERS and payload["data"]["items"] == ITEMS
+    groups = payload["by_tie"]  # the test users whose last two events share a second, apart
+    assert sum(g["users"]["n"] for g in groups.values()) == payload["data"]["test_users"]
+    assert set(groups) <= {"tied", "untied"} and "untied" in groups
+    share = payload["diagnostics"]["tied_user_share"]
+    assert share == pytest.approx(groups.get("tied", {"users": {"n": 0}})["users"]["n"]
+                                  / payload["data"]["test_users"])
+    n = {group: g["users"]["n"] for group, g in groups.items()}
+    whole = sum(g["pipeline"]["hr@10"] * n[group] for group, g in groups.items()) / sum(n.values())
+    assert whole == pytest.approx(payload["results"]["pipeline"]["hr@10"])
     for model, metrics in store.first.report.results.items():
         assert payload["results"][model] == pytest.approx(metrics), model
     table = (workdir / "evaluation.md").read_text()

@@ -5,17 +5,18 @@ import numpy as np
 import pandas as pd
 
 from recsys.errors import DataError
+from training.data.order import time_ordered
 from training.data.schema import TIMESTAMP, USER_ID, Split
 
 MIN_EVENTS_TO_SPLIT = 3
-_ROW = "__row__"
 
 
 def leave_last_out(interactions: pd.DataFrame) -> Split:
     """Per user, in time order: last event → test, the one before → validation, the rest → train.
 
-    Ties on timestamp keep the input row order (the later row counts as the later event). Users
-    with fewer than 3 events stay entirely in train. Each part is sorted by (user, time) with a
+    Ties on timestamp are broken by a salted hash of (user, item) (training/data/order.py), so
+    the split is the same whatever the input's row order. Users with fewer than 3 events stay
+    entirely in train. Each part is sorted by (user, time) with a
     fresh RangeIndex and the input's columns.
     """
     missing = [c for c in (USER_ID, TIMESTAMP) if c not in interactions.columns]
@@ -32,10 +33,7 @@ def leave_last_out(interactions: pd.DataFrame) -> Split:
 
 
 def _time_ordered(interactions: pd.DataFrame) -> pd.DataFrame:
-    """Sorted by user, timestamp, then original position, so equal timestamps keep row order."""
-    numbered = interactions.reset_index(drop=True)
-    numbered[_ROW] = np.arange(len(numbered))
-    return numbered.sort_values([USER_ID, TIMESTAMP, _ROW], kind="stable")
+    return time_ordered(interactions.reset_index(drop=True))
 
 
 def _positions_from_end(ordered: pd.DataFrame) -> np.ndarray:
@@ -47,4 +45,4 @@ def _positions_from_end(ordered: pd.DataFrame) -> np.ndarray:
 
 
 def _part(ordered: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
-    return ordered.loc[mask].drop(columns=_ROW).reset_index(drop=True)
+    return ordered.loc[mask].reset_index(drop=True)
