@@ -197,8 +197,9 @@ class RecommendResponse(Strict):
     user_id: str
     items: list[RecommendedItem]
     model_versions: dict[str, str] = Field(description="model kind -> BentoML tag that served")
-    ranker: Literal["ranker", "fallback", "retrieval"] = Field(
-        description="what ordered the items: the ranker, the fallback ranker or retrieval")
+    ranker: Literal["ranker", "fallback", "retrieval", "popularity"] = Field(
+        description="what ordered the items: the ranker, the fallback ranker, retrieval, or "
+                    "popularity (a user without history)")
     degraded: bool
     degraded_reasons: list[str]
     variant: str = Field(description="experiment variant the user is routed to")

@@ -14,6 +14,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from recsys.models.bundles import EmbeddingBundle
 from registry import (
@@ -26,6 +27,7 @@ from registry import (
     register_model_set,
 )
 from training import plots
+from training.cold_start import cold_start_curve, plot_cold_start
 from training.config import PipelineConfig, flatten
 from training.data import Dataset, SyntheticConfig, load_dataset
 from training.evaluate import format_table, metrics_by_group, tied_to_history
@@ -159,6 +161,8 @@ class EvalReport:
     # {"tied" | "untied": {model: metrics}}: the test users whose last two events share a
     # timestamp (their order is the split's tie rule), and the rest
     by_tie: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # a new user's metrics with 0, 1, 3, 5, 10 events (training/cold_start.py)
+    cold_start: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def hr10_ratio(self, model: str = "pipeline", baseline: str = "popularity") -> float:
         return self.results[model]["hr@10"] / max(self.results[baseline]["hr@10"], 1e-12)
@@ -176,14 +180,15 @@ def evaluation_step(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
         diagnostics = {**retrieval_diagnostics(data, embedding, config.evaluation),
                        "tied_user_share": float(tied.mean())}
         table = format_table(results, TABLE_COLUMNS)
-        report = EvalReport(results, diagnostics, table, by_tie)
+        curve = cold_start_curve(data, embedding, rankers, config.evaluation)
+        report = EvalReport(results, diagnostics, table, by_tie, curve)
         for model, metrics in results.items():
             mlflow.log_metrics({f"test_{model}_{k.replace('@', '_at_')}": v
                                 for k, v in metrics.items()})
         mlflow.log_metrics(diagnostics)
         mlflow.log_metric("pipeline_over_popularity_hr10", report.hr10_ratio())
         payload = {"results": results, "diagnostics": diagnostics, "by_tie": by_tie,
-                   "data": data.summary()}
+                   "cold_start": curve.to_dict(orient="records"), "data": data.summary()}
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "evaluation.json").write_text(json.dumps(payload, indent=2))
         (workdir / "evaluation.md").write_text(table + "\n")
@@ -192,6 +197,10 @@ def evaluation_step(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
         fig = plots.metrics_bar(results)
         fig.savefig(workdir / "evaluation.png", dpi=110)
         mlflow.log_figure(fig, "evaluation.png")
+        plots.close(fig)
+        fig = plot_cold_start(curve)
+        fig.savefig(workdir / "cold_start.png", dpi=110)
+        mlflow.log_figure(fig, "cold_start.png")
         plots.close(fig)
     return report
 

@@ -79,10 +79,12 @@ class PreparedData:
 
 
 def data_fingerprint(dataset: Dataset) -> str:
-    """sha256 (first 16 hex) over the interaction and item tables' content."""
+    """sha256 (first 16 hex) over the interaction and item tables' content: their rows' hashes
+    sorted, so the same data in another row order (a re-sorted file) has the same fingerprint."""
     digest = hashlib.sha256()
     for frame in (dataset.interactions, dataset.items):
-        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        digest.update(np.sort(rows).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -206,7 +208,7 @@ def _train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config
         if log is not None:
             log({f"ranker_{k}": v for k, v in stats.items()}, epoch)
 
-    validation = _EvalUsers(data, embedding, data.validation)
+    validation = EvalUsers(data, embedding, data.validation)
     size = min(eval_config.candidates, data.catalog.size)
 
     def validate(model: DCNRanker, scaler: FeatureScaler) -> float:
@@ -248,7 +250,7 @@ class TorchScorer:
         return score_torch(self.model, features)
 
 
-class _EvalUsers:
+class EvalUsers:
     """User vectors and histories of an eval set, encoded once through the exported user tower."""
 
     def __init__(self, data: PreparedData, embedding: EmbeddingBundle, eval_set: EvalSet) -> None:
@@ -288,7 +290,7 @@ def model_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers
                 baselines: bool = True) -> ModelRanks:
     """Ranks per model on `eval_set` (default: test), all through the exported ONNX models."""
     eval_set = eval_set or data.test
-    users = _EvalUsers(data, embedding, eval_set)
+    users = EvalUsers(data, embedding, eval_set)
     size = min(config.candidates, data.catalog.size)
     ranks = {"retrieval": scorer_ranks(users.retrieval, eval_set)}
     chosen: dict[str, dict[str, float]] = {}
@@ -319,7 +321,7 @@ def pipeline_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rank
     """[U] rank of each user's held-out item under the served pipeline (retrieval, then the
     ranker), user by user: what a paired test of two model sets compares."""
     eval_set = eval_set or data.test
-    users = _EvalUsers(data, embedding, eval_set)
+    users = EvalUsers(data, embedding, eval_set)
     size = min(config.candidates, data.catalog.size)
     return scorer_ranks(users.reranked(rankers.ranker, size), eval_set)
 

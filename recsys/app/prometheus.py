@@ -19,6 +19,8 @@ SOURCE_FAILURES = Counter("recsys_source_failures_total", "Candidate source fail
                           ["source", "error"])
 CANDIDATES = Histogram("recsys_candidates", "Candidates retrieved per request",
                        buckets=(10, 50, 100, 200, 500, 1000, 2000, 5000))
+COLD_STARTS = Counter("recsys_cold_starts_total", "Requests from users without history (the "
+                      "popular items answered them)")
 EXPOSURES = Counter("recsys_variant_exposures_total", "Requests served per experiment variant",
                     ["variant"])
 BREAKER_STATE = Gauge("recsys_circuit_breaker_open", "1 when a circuit breaker is open "
@@ -68,6 +70,8 @@ class PrometheusTelemetry(Telemetry):
             _child(EXPOSURES, labels["variant"]).inc()
         elif name == "fallback":
             _child(FALLBACKS, labels["reason"]).inc()
+        elif name == "cold_start":
+            COLD_STARTS.inc()
         elif name == "candidates":
             CANDIDATES.observe(float(labels["count"]))
         elif name == "source_failed":

@@ -30,10 +30,11 @@ def fallback_user_vector(catalog: ItemCatalog, item_vectors: FloatArray,
     return (mean / norm if norm > 0 else mean).astype(np.float32)
 
 
-def popularity_candidates(catalog: ItemCatalog, item_vectors: FloatArray,
-                          user: FloatArray) -> Candidates:
-    """Last resort when every retrieval source failed: the most popular items, in popularity
-    order with their similarity to the user vector [D]."""
+def popularity_candidates(catalog: ItemCatalog) -> Candidates:
+    """The most popular items in popularity order, scored by their share of the training
+    interactions: a cold-start user's list, and the last resort when every retrieval source
+    failed (then scored by the user vector, `Candidates.scored_by`)."""
     items = catalog.popular_rows[:FALLBACK_CANDIDATES]
-    similarity = (item_vectors[items] @ user).astype(np.float32)
-    return Candidates(items, similarity, ("popular",), np.ones((len(items), 1), dtype=bool), ())
+    counts = catalog.popularity[items]
+    share = (counts / max(float(catalog.popularity.sum()), 1.0)).astype(np.float32)
+    return Candidates(items, share, ("popular",), np.ones((len(items), 1), dtype=bool), ())

@@ -94,8 +94,11 @@ class RecommendPipeline:
         reported: those metrics describe served requests. Components report their own failures
         (a source or ranker error) as always."""
         silent = Telemetry()
-        requests = [RecommendRequest(WARMUP_USER, 10), *self.recent]
         for alias, slot in models.slots.items():
+            # a new user (the cold-start path) and one with an event (every model and source)
+            popular = str(slot.catalog.item_ids[slot.catalog.popular_rows[0]])
+            requests = [RecommendRequest(WARMUP_USER, 10),
+                        RecommendRequest(WARMUP_USER, 10, recent_items=(popular,)), *self.recent]
             for request in requests:
                 try:
                     resolved = self.resolver.resolve(request, Routed(alias, slot))
@@ -172,6 +175,8 @@ class RecommendPipeline:
         t = time.perf_counter()
         state = await self.resolver.user_state(slot, request.user_id, resolved.recent, reasons)
         telemetry.observe("history", time.perf_counter() - t)
+        if recent_rows(state.history).size == 0:
+            return self._cold_start(resolved, state, reasons, telemetry)
         t = time.perf_counter()
         user = await self.resolver.user_vector(slot, state, reasons)
         telemetry.observe("user_tower", time.perf_counter() - t)
@@ -200,6 +205,26 @@ class RecommendPipeline:
                 "model_versions": slot.versions, "ranker": outcome.ranker,
                 "degraded": bool(reasons), "degraded_reasons": reasons}
 
+    def _cold_start(self, resolved: ResolvedRequest, state: UserState, reasons: list[str],
+                    telemetry: Telemetry) -> dict[str, Any]:
+        """A user without history (unknown, or no event yet): the most popular items, filtered
+        and diversified like any list. The two-tower's vector of an empty history ranks the
+        catalogue far below popularity (the cold-start curve, training/cold_start.py)."""
+        slot, request = resolved.slot, resolved.request
+        t = time.perf_counter()
+        popular = popularity_candidates(slot.catalog)
+        ranked = self._to_rank(resolved, popular, state)
+        order = rerank(ranked.similarity, ranked.items, slot.embedding.item_vectors, slot.catalog,
+                       request.k, self.options.diversity, self.options.max_per_category)
+        telemetry.observe("reranking", time.perf_counter() - t)
+        telemetry.event("cold_start")
+        for reason in reasons:
+            telemetry.event("fallback", reason=reason.split(":")[0])
+        return {"user_id": request.user_id,
+                "items": items(slot, ranked, ranked.similarity, order),
+                "model_versions": slot.versions, "ranker": "popularity",
+                "degraded": bool(reasons), "degraded_reasons": reasons}
+
     @staticmethod
     async def _retrieve(slot: ModelSlot, user: FloatArray, state: UserState,
                         reasons: list[str]) -> Candidates:
@@ -207,7 +232,8 @@ class RecommendPipeline:
             candidates = await slot.retriever.retrieve(
                 RetrievalQuery(user, recent_rows(state.history)))
         except RetrievalError:
-            candidates = popularity_candidates(slot.catalog, slot.embedding.item_vectors, user)
+            candidates = popularity_candidates(slot.catalog).scored_by(slot.embedding.item_vectors,
+                                                                        user)
             reasons.append("retrieval_failed")
         reasons += [f"source_failed:{name}" for name in candidates.failed]
         return candidates

@@ -43,6 +43,12 @@ class Candidates:
     def sources_of(self, position: int) -> list[str]:
         return [n for n, hit in zip(self.source_names, self.source_mask[position]) if hit]
 
+    def scored_by(self, item_vectors: FloatArray, user: FloatArray) -> Candidates:
+        """The same items in the same order, their similarity to the user vector [D]."""
+        similarity = (item_vectors[self.items] @ user).astype(np.float32)
+        return Candidates(self.items, similarity, self.source_names, self.source_mask,
+                          self.failed)
+
     def select(self, keep: npt.NDArray[np.bool_] | IntArray) -> Candidates:
         """A subset (boolean mask or positions), order preserved."""
         return Candidates(self.items[keep], self.similarity[keep], self.source_names,

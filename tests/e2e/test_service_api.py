@@ -112,9 +112,11 @@ def test_info_lists_models_limits_and_topology(http: httpx.Client,
 
 # ---- the response contract ----------------------------------------------------------------
 
-def test_recommend_response_fields(http: httpx.Client, champion_tags: dict[str, str]) -> None:
-    user = _user("fields")
-    body = _recommend(http, user_id=user, k=7, context={"device": "mobile", "hour": 21})
+def test_recommend_response_fields(http: httpx.Client, champion_tags: dict[str, str],
+                                   item_ids: list[str]) -> None:
+    user = _user("fields")  # one recent item: the models answer
+    body = _recommend(http, user_id=user, k=7, context={"device": "mobile", "hour": 21},
+                      recent_item_ids=item_ids[:1])
 
     assert body["user_id"] == user
     assert len(body["items"]) == 7
@@ -146,8 +148,11 @@ def test_the_openapi_schema_documents_the_recommend_response(http: httpx.Client)
 
 def test_unknown_user_is_a_cold_start_not_an_error(http: httpx.Client) -> None:
     body = _recommend(http, user_id=f"never-seen-{uuid.uuid4().hex}", k=5)
+    other = _recommend(http, user_id=f"never-seen-{uuid.uuid4().hex}", k=5)
 
     assert len(body["items"]) == 5 and body["degraded"] is False
+    assert body["ranker"] == "popularity" and body["items"] == other["items"]  # the popular items
+    assert all(item["sources"] == ["popular"] for item in body["items"])
 
 
 def test_recent_and_excluded_items_are_not_recommended(http: httpx.Client,
@@ -374,9 +379,10 @@ def test_client_errors_are_logged_in_one_line_without_a_traceback(
 
 # ---- metrics ------------------------------------------------------------------------------
 
-def test_metrics_for_one_recommend_request(http: httpx.Client, tmp_path: Path) -> None:
+def test_metrics_for_one_recommend_request(http: httpx.Client, tmp_path: Path,
+                                           item_ids: list[str]) -> None:
     before = http.get("/metrics").text
-    _recommend(http, user_id=_user("metrics"), k=10)
+    _recommend(http, user_id=_user("metrics"), k=10, recent_item_ids=item_ids[:1])
     after = http.get("/metrics")
 
     assert after.status_code == 200

@@ -5,6 +5,7 @@ request path, into a JSONL file; challenger-served requests are never shadowed.
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -66,8 +67,17 @@ def first_pass(served: Served) -> dict[str, dict[str, Any]]:
     return {user: _recommend(served.client, user) for user in USERS}
 
 
+@functools.cache
+def _popular_item(client: httpx.Client) -> str:
+    """The first item a user without history is shown (the popular items: no model involved)."""
+    return str(client.post("/recommend", json={"user_id": "ab-newcomer", "k": 1}).json()
+               ["items"][0]["item_id"])
+
+
 def _recommend(client: httpx.Client, user: str) -> dict[str, Any]:
-    response = client.post("/recommend", json={"user_id": user, "k": 5})
+    """The user with one recent item: the variant's models answer (not the popular items)."""
+    response = client.post("/recommend", json={"user_id": user, "k": 5,
+                                               "recent_item_ids": [_popular_item(client)]})
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["items"]) == 5

@@ -225,8 +225,9 @@ def test_batching_off_serves_through_the_model_services_one_request_per_call(
         first = client.post("/recommend", json={"user_id": "unbatched-catalogue", "k": 30})
     items = [item["item_id"] for item in first.json()["items"]]
 
-    def call(n: int) -> httpx.Response:  # its own recent item: its own user vector
-        body = {"user_id": f"unbatched-{n}", "k": 10, "recent_item_ids": [items[n]]}
+    def call(n: int) -> httpx.Response:  # its own recent item: its own user vector (not the
+        # most popular item's, items[0], which the warm-up encoded and cached already)
+        body = {"user_id": f"unbatched-{n}", "k": 10, "recent_item_ids": [items[n + 1]]}
         with httpx.Client(base_url=unbatched.url, timeout=30.0) as client:
             return client.post("/recommend", json=body)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -133,6 +133,14 @@ def test_ranker_run_logs_ranker_and_fallback_params(store: Store) -> None:
     assert 0.0 <= run.data.metrics["val_pipeline_hr_at_10"] <= 1.0
 
 
+def test_the_data_fingerprint_is_the_same_for_the_same_rows_in_another_order() -> None:
+    dataset = generate_synthetic(SyntheticConfig(n_users=50, n_items=80))
+    shuffled = replace(dataset, interactions=dataset.interactions.sample(frac=1.0, random_state=1),
+                       items=dataset.items.iloc[::-1])
+    fewer = replace(dataset, interactions=dataset.interactions.iloc[1:])
+    assert data_fingerprint(shuffled) == data_fingerprint(dataset) != data_fingerprint(fewer)
+
+
 def test_runs_and_versions_carry_the_data_fingerprint_and_code_version(store: Store) -> None:
     expected = data_fingerprint(generate_synthetic(SyntheticConfig(n_users=USERS, n_items=ITEMS)))
     version = code_version()
@@ -167,6 +175,11 @@ def test_evaluation_report_is_written_and_logged(store: Store) -> None:
     n = {group: g["users"]["n"] for group, g in groups.items()}
     whole = sum(g["pipeline"]["hr@10"] * n[group] for group, g in groups.items()) / sum(n.values())
     assert whole == pytest.approx(payload["results"]["pipeline"]["hr@10"])
+    curve = {(row["history"], row["model"]): row["hr@10"] for row in payload["cold_start"]}
+    assert {h for h, _ in curve} == {0, 1, 3, 5, 10}
+    assert curve[(0, "pipeline")] == curve[(0, "popularity")]  # the served cold-start path
+    assert (0, "item_to_item") not in curve and (1, "item_to_item") in curve
+    assert (workdir / "cold_start.png").read_bytes()[:4] == b"\x89PNG"
     for model, metrics in store.first.report.results.items():
         assert payload["results"][model] == pytest.approx(metrics), model
     table = (workdir / "evaluation.md").read_text()
@@ -177,7 +190,7 @@ def test_evaluation_report_is_written_and_logged(store: Store) -> None:
     pipeline_id = _two_tower_run(store).data.tags["mlflow.parentRunId"]
     evaluation = _child(pipeline_id, "evaluation")
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(evaluation.info.run_id)}
-    assert {"evaluation.json", "evaluation.md", "evaluation.png"} <= logged
+    assert {"evaluation.json", "evaluation.md", "evaluation.png", "cold_start.png"} <= logged
     assert evaluation.data.metrics["test_pipeline_hr_at_10"] == pytest.approx(
         store.first.report.results["pipeline"]["hr@10"])
     assert "pipeline_over_popularity_hr10" in evaluation.data.metrics

@@ -45,16 +45,22 @@ def test_event_for_unknown_item_is_rejected(redis_url: str, refs: list[ModelRefs
     serve(settings(redis_url), refs, scenario)
 
 
-def test_cold_start_user_gets_k_items_and_their_events_count(redis_url: str,
-                                                             refs: list[ModelRefs]) -> None:
-    async def scenario(runtime: Runtime) -> tuple[dict[str, Any], ...]:
+def test_cold_start_user_gets_the_popular_items_then_the_models_once_events_arrive(
+        redis_url: str, refs: list[ModelRefs]) -> None:
+    async def scenario(runtime: Runtime) -> tuple[Any, ...]:
         first = await recommend(runtime, "never-seen-before")
         await runtime.event_recorder.record_event("never-seen-before", ids(first)[0], "view", 1.0)
-        return first, await recommend(runtime, "never-seen-before")
+        catalog = runtime.pipeline.resolver.champion.catalog
+        popular = [str(catalog.item_ids[row]) for row in catalog.popular_rows[:K]]
+        return first, await recommend(runtime, "never-seen-before"), popular
 
-    first, second = serve(settings(redis_url), refs, scenario)
-    assert len(first["items"]) == K and not first["degraded"] and first["ranker"] == "ranker"
-    assert ids(first)[0] not in ids(second) and len(second["items"]) == K
+    first, second, popular = serve(settings(redis_url), refs, scenario)
+    assert ids(first) == popular and not first["degraded"] and first["ranker"] == "popularity"
+    assert all(item["sources"] == ["popular"] for item in first["items"])
+    assert [i["score"] for i in first["items"]] == sorted((i["score"] for i in first["items"]),
+                                                          reverse=True)
+    assert second["ranker"] == "ranker" and len(second["items"]) == K
+    assert ids(first)[0] not in ids(second)  # the viewed item is never recommended again
 
 
 def test_without_an_event_store_every_event_is_refused(refs: list[ModelRefs]) -> None:

@@ -65,11 +65,16 @@ def test_a_user_with_history_gets_the_mean_of_their_items() -> None:
 def test_popularity_candidates_come_in_popularity_order() -> None:
     catalog, vectors = catalog_of(5000)
     user = vectors[3]
-    candidates = popularity_candidates(catalog, vectors, user)
+    candidates = popularity_candidates(catalog)
+    scored = candidates.scored_by(vectors, user)
 
     assert candidates.items.tolist() == catalog.popular_rows[:FALLBACK_CANDIDATES].tolist()
-    np.testing.assert_allclose(candidates.similarity, vectors[candidates.items] @ user, rtol=1e-6)
-    assert candidates.source_names == ("popular",) and candidates.source_mask.all()
+    shares = catalog.popularity[candidates.items] / catalog.popularity.sum()
+    np.testing.assert_allclose(candidates.similarity, shares, rtol=1e-6)
+    assert (np.diff(candidates.similarity) <= 0).all()  # the cold-start order, best first
+    assert scored.items is candidates.items
+    np.testing.assert_allclose(scored.similarity, vectors[candidates.items] @ user, rtol=1e-6)
+    assert scored.source_names == ("popular",) and scored.source_mask.all()
 
 
 def test_the_degraded_path_at_1m_items_does_not_sort_the_catalogue() -> None:
@@ -84,7 +89,7 @@ def test_the_degraded_path_at_1m_items_does_not_sort_the_catalogue() -> None:
     started = time.perf_counter()
     for _ in range(20):
         user = fallback_user_vector(catalog, vectors, history)
-        candidates = popularity_candidates(catalog, vectors, user)
+        candidates = popularity_candidates(catalog).scored_by(vectors, user)
     per_request_s = (time.perf_counter() - started) / 20
 
     assert np.shares_memory(candidates.items, order)  # a view of the sorted order, no copy
