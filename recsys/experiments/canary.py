@@ -88,7 +88,7 @@ class Counts:
     def p99_ms(self) -> float:
         """The upper edge of the bucket that holds the 99th percentile (the last edge for the
         open bucket: a lower bound there)."""
-        total = sum(self.latency)
+        total = self.timed
         running = 0
         for i, count in enumerate(self.latency[:-1]):
             running += count

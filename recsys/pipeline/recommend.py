@@ -19,7 +19,6 @@ from recsys.experiments.shadow import ShadowScorer
 from recsys.experiments.shadow_records import ScoredList
 from recsys.features import recent_rows, user_ranker_inputs
 from recsys.models.registry_client import CHALLENGER, CHAMPION
-from recsys.pipeline.fallbacks import popularity_candidates
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.reranking import filter_candidates, rerank
 from recsys.pipeline.resolver import (
@@ -195,34 +194,29 @@ class RecommendPipeline:
         if outcome.reason:
             reasons.append(outcome.reason)
         telemetry.observe("ranking", time.perf_counter() - t)
-        t = time.perf_counter()
-        order = rerank(outcome.scores, ranked.items, slot.embedding.item_vectors, slot.catalog,
-                       request.k, self.options.diversity, self.options.max_per_category)
-        telemetry.observe("reranking", time.perf_counter() - t)
-        for reason in reasons:
-            telemetry.event("fallback", reason=reason.split(":")[0])
-        return {"user_id": request.user_id, "items": items(slot, ranked, outcome.scores, order),
-                "model_versions": slot.versions, "ranker": outcome.ranker,
-                "degraded": bool(reasons), "degraded_reasons": reasons}
+        return self._shown(resolved, ranked, outcome.scores, outcome.ranker, reasons, telemetry)
 
     def _cold_start(self, resolved: ResolvedRequest, state: UserState, reasons: list[str],
                     telemetry: Telemetry) -> dict[str, Any]:
         """A user without history (unknown, or no event yet): the most popular items, filtered
         and diversified like any list. The two-tower's vector of an empty history ranks the
         catalogue far below popularity (the cold-start curve, training/cold_start.py)."""
+        telemetry.event("cold_start")
+        ranked = self._to_rank(resolved, resolved.slot.popular, state)
+        return self._shown(resolved, ranked, ranked.similarity, "popularity", reasons, telemetry)
+
+    def _shown(self, resolved: ResolvedRequest, ranked: Candidates, scores: FloatArray,
+               ranker: str, reasons: list[str], telemetry: Telemetry) -> dict[str, Any]:
+        """The result: the k items to show of the `ranked` candidates by `scores`, re-ranked."""
         slot, request = resolved.slot, resolved.request
         t = time.perf_counter()
-        popular = popularity_candidates(slot.catalog)
-        ranked = self._to_rank(resolved, popular, state)
-        order = rerank(ranked.similarity, ranked.items, slot.embedding.item_vectors, slot.catalog,
+        order = rerank(scores, ranked.items, slot.embedding.item_vectors, slot.catalog,
                        request.k, self.options.diversity, self.options.max_per_category)
         telemetry.observe("reranking", time.perf_counter() - t)
-        telemetry.event("cold_start")
         for reason in reasons:
             telemetry.event("fallback", reason=reason.split(":")[0])
-        return {"user_id": request.user_id,
-                "items": items(slot, ranked, ranked.similarity, order),
-                "model_versions": slot.versions, "ranker": "popularity",
+        return {"user_id": request.user_id, "items": items(slot, ranked, scores, order),
+                "model_versions": slot.versions, "ranker": ranker,
                 "degraded": bool(reasons), "degraded_reasons": reasons}
 
     @staticmethod
@@ -232,8 +226,7 @@ class RecommendPipeline:
             candidates = await slot.retriever.retrieve(
                 RetrievalQuery(user, recent_rows(state.history)))
         except RetrievalError:
-            candidates = popularity_candidates(slot.catalog).scored_by(slot.embedding.item_vectors,
-                                                                        user)
+            candidates = slot.popular.scored_by(slot.embedding.item_vectors, user)
             reasons.append("retrieval_failed")
         reasons += [f"source_failed:{name}" for name in candidates.failed]
         return candidates

@@ -11,9 +11,10 @@ from cachetools import LRUCache
 from recsys.errors import UnknownIdError
 from recsys.features import FeatureScaler, ItemCatalog
 from recsys.models.bundles import EmbeddingBundle
+from recsys.pipeline.fallbacks import popularity_candidates
 from recsys.pipeline.ranking import RankerChain
 from recsys.pipeline.request import RecommendRequest
-from recsys.pipeline.retrieval import Retriever
+from recsys.pipeline.retrieval import Candidates, Retriever
 from recsys.pipeline.towers import UserTower
 
 IntArray = npt.NDArray[np.int64]
@@ -36,6 +37,8 @@ class ModelSlot:
     item_rows: dict[str, int] = field(init=False)
     genre_index: dict[str, int] = field(init=False)
     user_rows: dict[str, int] = field(init=False)
+    # the most popular items, scored by popularity: the cold-start list, built once per slot
+    popular: Candidates = field(init=False)
     # request -> its result cache key: a repeat (every cache hit) skips hashing the request.
     result_keys: LRUCache[RecommendRequest, str] = field(
         init=False, default_factory=lambda: LRUCache(maxsize=RESULT_KEYS_KEPT))
@@ -45,6 +48,7 @@ class ModelSlot:
         self.genre_index = {g: i for i, g in enumerate(self.catalog.genre_vocab)}
         users = self.embedding.users
         self.user_rows = {} if users is None else {u: i for i, u in enumerate(users.user_ids)}
+        self.popular = popularity_candidates(self.catalog)
 
     @property
     def catalog(self) -> ItemCatalog:

@@ -5,7 +5,6 @@ request path, into a JSONL file; challenger-served requests are never shadowed.
 """
 from __future__ import annotations
 
-import functools
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from devtools.processes import bentoml_serve
 from recsys.experiments.shadow_records import ShadowRecord
 from recsys.experiments.shadow_sinks import read_shadow_log
 from tests.support.fixtures_models import TrainedModels
-from tests.support.http import RELAXED_LATENCY, wait_for
+from tests.support.http import RELAXED_LATENCY, popular_item, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,17 +66,10 @@ def first_pass(served: Served) -> dict[str, dict[str, Any]]:
     return {user: _recommend(served.client, user) for user in USERS}
 
 
-@functools.cache
-def _popular_item(client: httpx.Client) -> str:
-    """The first item a user without history is shown (the popular items: no model involved)."""
-    return str(client.post("/recommend", json={"user_id": "ab-newcomer", "k": 1}).json()
-               ["items"][0]["item_id"])
-
-
 def _recommend(client: httpx.Client, user: str) -> dict[str, Any]:
     """The user with one recent item: the variant's models answer (not the popular items)."""
     response = client.post("/recommend", json={"user_id": user, "k": 5,
-                                               "recent_item_ids": [_popular_item(client)]})
+                                               "recent_item_ids": [popular_item(client)]})
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["items"]) == 5

@@ -10,7 +10,6 @@ Two servers keep the start-up cost down:
 """
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pytest
 from devtools.local_redis import LocalRedis
 from devtools.processes import ServerProcess, bentoml_serve
 from tests.support.fixtures_models import TrainedModels
-from tests.support.http import metric_samples, wait_for
+from tests.support.http import metric_samples, popular_item, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -61,18 +60,10 @@ def _user(tag: str) -> str:
     return f"faults-{tag}-{uuid.uuid4().hex[:8]}"
 
 
-@functools.cache
-def _popular_item(client: httpx.Client) -> str:
-    """The first item a user without history is shown: the popular items, no model involved
-    (so it answers under every fault here)."""
-    return str(client.post("/recommend", json={"user_id": "faults-newcomer", "k": 1}).json()
-               ["items"][0]["item_id"])
-
-
 def _recommend(client: httpx.Client, user: str, k: int = 10, **body: Any) -> dict[str, Any]:
     """With one recent item unless told otherwise: the models answer, as they do for anyone
     with history (a user without any is shown the popular items)."""
-    body.setdefault("recent_item_ids", [_popular_item(client)])
+    body.setdefault("recent_item_ids", [popular_item(client)])
     response = client.post("/recommend", json={"user_id": user, "k": k, **body})
     assert response.status_code == 200, response.text
     result = response.json()

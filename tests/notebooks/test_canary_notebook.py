@@ -21,15 +21,6 @@ NOTEBOOK = "06_canary.ipynb"
 TOKEN = "notebook-token"
 
 
-def test_notebook_is_committed_clean() -> None:
-    notebook = nbformat.read(NOTEBOOK_DIR / NOTEBOOK, as_version=4)
-    nbformat.validate(notebook)
-    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert notebook.metadata.kernelspec.name == "python3"
-    assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
-    assert sum("parameters" in cell.metadata.get("tags", []) for cell in code) == 1
-
-
 @pytest.fixture
 def service(trained_models: TrainedModels, redis_server: LocalRedis,
             tmp_path: Path) -> Iterator[tuple[ServerProcess, RegistryServer]]:

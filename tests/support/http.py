@@ -2,6 +2,7 @@
 relaxed stage timeouts, error bodies, Prometheus samples, polling."""
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -64,3 +65,13 @@ def wait_for(condition: Callable[[], T], timeout_s: float, what: str,
             return last
         time.sleep(interval_s)
     raise AssertionError(f"{what} not met within {timeout_s} s (last: {last!r})")
+
+
+@functools.cache
+def popular_item(client: httpx.Client) -> str:
+    """The first item a user without history is shown: the popular items, no model involved
+    (so it answers under any model fault). Sent as a request's recent item, it makes the models
+    answer, as they do for anyone with history."""
+    response = client.post("/recommend", json={"user_id": "newcomer-for-an-item", "k": 1})
+    assert response.status_code == 200, response.text
+    return str(response.json()["items"][0]["item_id"])
