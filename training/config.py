@@ -10,6 +10,11 @@ class TwoTowerConfig:
     dim: int = 64
     hidden: int = 128
     history_len: int = 20
+    user_encoder: str = "pooled"  # "pooled": recency-weighted mean; "sequence": causal attention
+    layers: int = 2  # sequence encoder only: transformer blocks, heads and dropout
+    heads: int = 2
+    dropout: float = 0.5
+    patience: int = 10  # epochs without a better validation NDCG@10 before training stops
     attribute_dim: int = 8
     title_buckets: int = 8192
     title_tokens: int = 16
@@ -24,6 +29,12 @@ class TwoTowerConfig:
     ranker_holdout_events: int = 5
     seed: int = 0
     threads: int = 1  # torch threads: a fixed count keeps a seed's model identical across machines
+
+
+# The sequence encoder's own optimisation: it trains on whole windows (up to history_len targets
+# each), so it needs far smaller batches for as many steps, and it overfits without dropout 0.5.
+SEQUENCE_TOWER = TwoTowerConfig(user_encoder="sequence", history_len=50, epochs=40, batch_size=32,
+                                learning_rate=1e-3)
 
 
 @dataclass(frozen=True)
@@ -61,9 +72,16 @@ class EvalConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    # Tried beside two_tower; the encoder with the better validation NDCG@10 is kept. None: only
+    # two_tower. Which one wins depends on the data (on ML-100K the pooled one, see the README).
+    sequence_tower: TwoTowerConfig | None = SEQUENCE_TOWER
     ranker: RankerConfig = field(default_factory=RankerConfig)
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    def user_encoders(self) -> list[TwoTowerConfig]:
+        """The embedding configurations to train, in order; the best on validation is kept."""
+        return [self.two_tower] + ([self.sequence_tower] if self.sequence_tower else [])
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import time
 from collections import defaultdict
@@ -28,7 +29,7 @@ from registry import (
 )
 from training import plots
 from training.cold_start import cold_start_curve, plot_cold_start
-from training.config import PipelineConfig, flatten
+from training.config import PipelineConfig, TwoTowerConfig, flatten
 from training.data import Dataset, SyntheticConfig, load_dataset
 from training.evaluate import format_table, metrics_by_group, tied_to_history
 from training.replay import replay_cut
@@ -93,11 +94,13 @@ def load_prepared(settings: TrainingSettings, config: PipelineConfig) -> Prepare
 
 
 def apply_overrides(config: PipelineConfig, settings: TrainingSettings) -> PipelineConfig:
-    two_tower = replace(config.two_tower, seed=settings.seed,
-                        epochs=settings.epochs or config.two_tower.epochs)
+    def tower(c: TwoTowerConfig) -> TwoTowerConfig:
+        return replace(c, seed=settings.seed, epochs=settings.epochs or c.epochs)
     ranker = replace(config.ranker, seed=settings.seed,
                      epochs=settings.ranker_epochs or config.ranker.epochs)
-    return replace(config, two_tower=two_tower, ranker=ranker)
+    sequence = tower(config.sequence_tower) if config.sequence_tower else None
+    return replace(config, two_tower=tower(config.two_tower), sequence_tower=sequence,
+                   ranker=ranker)
 
 
 class _EpochLog:
@@ -118,21 +121,43 @@ def _provenance(data: PreparedData) -> dict[str, str]:
 
 
 def embedding_step(data: PreparedData, config: PipelineConfig, workdir: Path) -> tuple[EmbeddingBundle, str]:
-    """Train the two-tower model in an MLflow run; returns the loaded bundle and its model URI."""
+    """Train each user encoder of `config` in a nested MLflow run and keep the one with the best
+    validation NDCG@10 (its bundle in workdir/embedding); returns it and its model URI."""
     with mlflow.start_run(run_name="two-tower", nested=mlflow.active_run() is not None):
-        mlflow.log_params(flatten(config.two_tower, "two_tower."))
         mlflow.set_tags(_provenance(data))
         mlflow.log_dict(data.summary(), "data_summary.json")
         mlflow.log_dict(dict(data.dataset.repairs), "data_repairs.json")
-        epochs = _EpochLog()
-        embedding = train_embedding(data, config.two_tower, workdir / "embedding", log=epochs)
+        towers = {tower.user_encoder: tower for tower in config.user_encoders()}
+        tried = {name: _train_encoder(data, tower, workdir) for name, tower in towers.items()}
+        chosen = max(tried, key=lambda name: tried[name][1])
+        mlflow.log_params({**flatten(towers[chosen], "two_tower."),
+                           "two_tower.chosen_user_encoder": chosen})
+        mlflow.log_metrics({f"val_ndcg_at_10_{name}": score for name, (_, score) in tried.items()})
+        log.info("user encoder: %s (validation NDCG@10 %s)", chosen,
+                 {name: round(score, 4) for name, (_, score) in tried.items()})
+        target = workdir / "embedding"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(tried[chosen][0].path, target)
+        embedding = EmbeddingBundle.load(target)
         history = padded_histories(data.validation, embedding.history_len)[:3]
         example = {"history": history, "attributes": data.eval_attributes(data.validation)[:3]}
         uri = log_bundle(embedding.path, "embedding", example)
-        fig = plots.training_curves(dict(epochs.series), "two-tower training")
+    return embedding, uri
+
+
+def _train_encoder(data: PreparedData, tower: TwoTowerConfig,
+                   workdir: Path) -> tuple[EmbeddingBundle, float]:
+    """One user encoder in its own nested run: its bundle and its best validation NDCG@10."""
+    with mlflow.start_run(run_name=f"two-tower: {tower.user_encoder} user encoder", nested=True):
+        mlflow.log_params(flatten(tower, "two_tower."))
+        epochs = _EpochLog()
+        embedding = train_embedding(data, tower, workdir / f"embedding-{tower.user_encoder}",
+                                    log=epochs)
+        fig = plots.training_curves(dict(epochs.series), f"two-tower ({tower.user_encoder})")
         mlflow.log_figure(fig, "two_tower_curves.png")
         plots.close(fig)
-    return embedding, uri
+    return embedding, max(epochs.series["two_tower_val_ndcg_at_10"])
 
 
 def ranker_step(data: PreparedData, embedding: EmbeddingBundle, config: PipelineConfig,

@@ -48,8 +48,8 @@ from training.two_tower import (
     encode_users,
     load_model_state,
     model_state,
-    next_item_examples,
     train_two_tower,
+    training_examples,
 )
 
 MetricLogger = Callable[[dict[str, float], int], None]  # (metrics, step) -> None
@@ -141,14 +141,13 @@ def train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path
 def _train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path,
                      log: MetricLogger | None) -> EmbeddingBundle:
     model = build_model(data.catalog, data.attributes.cardinalities(), config)
-    examples = next_item_examples(data.train, data.train_attributes, config.history_len,
-                                  config.ranker_holdout_events)
+    examples = training_examples(data.train, data.train_attributes, config)
     history = padded_histories(data.validation, config.history_len)
     attrs = data.eval_attributes(data.validation)
 
     best: dict[str, Any] = {"ndcg": -1.0}
 
-    def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
+    def on_epoch_end(epoch: int, stats: dict[str, float]) -> bool:
         users = encode_users(model, history, attrs)
         items = encode_items(model, data.catalog)
         metrics = evaluate_scorer(lambda p: users[p] @ items.T, data.validation, (10,))
@@ -158,6 +157,7 @@ def _train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Pat
             best.update(ndcg=metrics["ndcg@10"], epoch=epoch, state=model_state(model))
         if log is not None:
             log({f"two_tower_{k}": v for k, v in stats.items()}, epoch)
+        return epoch - best["epoch"] >= config.patience  # early stopping
 
     train_two_tower(model, data.catalog, examples, on_epoch_end)
     load_model_state(model, best["state"])

@@ -1,4 +1,5 @@
-"""Two-tower embedding model: an item tower over id + content, a user tower over recent history."""
+"""Two-tower embedding model: an item tower over id + content, a user tower over recent history
+(causal self-attention over the ordered history, training/sequence_tower.py, or a pooled one)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from torch.nn import functional as F
 from recsys.features import PAD, ItemCatalog, encode_history
 from training.config import TwoTowerConfig
 from training.loop import run_epoch
+from training.sequence_tower import SequenceUserTower, Windows, sequence_windows
 from training.sequences import UserSequences
 
 _MASKED = -1e4  # large negative instead of -inf: keeps softmax finite when a row is all padding
@@ -35,7 +37,7 @@ class ItemTower(nn.Module):
         return F.normalize(self.mlp(x), dim=-1)
 
 
-class UserTower(nn.Module):
+class PooledUserTower(nn.Module):
     """(padded history [B, H], attribute ids [B, A]) → L2-normalised vector [B, D].
 
     History items are pooled with learned recency weights, so a new event moves the vector at once;
@@ -66,6 +68,10 @@ class UserTower(nn.Module):
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 
+USER_ENCODERS = {"sequence": SequenceUserTower, "pooled": PooledUserTower}
+UserTower = SequenceUserTower | PooledUserTower
+
+
 @dataclass
 class TwoTowerModel:
     user_tower: UserTower
@@ -74,11 +80,14 @@ class TwoTowerModel:
 
 
 def build_model(catalog: ItemCatalog, cardinalities: list[int], config: TwoTowerConfig) -> TwoTowerModel:
+    if config.user_encoder not in USER_ENCODERS:
+        raise ValueError(f"user_encoder {config.user_encoder!r}: expected one of "
+                         f"{sorted(USER_ENCODERS)}")
     n_rows = catalog.size + 1
     genres = torch.from_numpy(catalog.genres)
     torch.manual_seed(config.seed)  # initial weights too follow the seed: same config, same model
     return TwoTowerModel(
-        UserTower(n_rows, genres, cardinalities or [1], config),
+        USER_ENCODERS[config.user_encoder](n_rows, genres, cardinalities or [1], config),
         ItemTower(n_rows, catalog.genres.shape[1], config),
         config,
     )
@@ -91,6 +100,17 @@ class Examples:
     history: np.ndarray
     attributes: np.ndarray
     target: np.ndarray
+
+    def target_rows(self) -> np.ndarray:
+        return self.target
+
+
+def training_examples(sequences: UserSequences, attributes: np.ndarray,
+                      config: TwoTowerConfig) -> Examples | Windows:
+    """What the configured user tower trains on: whole windows for the sequence encoder (a target
+    at every position), one history per target for the pooled one."""
+    make = sequence_windows if config.user_encoder == "sequence" else next_item_examples
+    return make(sequences, attributes, config.history_len, config.ranker_holdout_events)
 
 
 def next_item_examples(sequences: UserSequences, attributes: np.ndarray, history_len: int,
@@ -119,28 +139,29 @@ def load_model_state(model: TwoTowerModel, state: dict[str, dict[str, torch.Tens
     model.item_tower.load_state_dict(state["item"])
 
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+EpochCallback = Callable[[int, dict[str, float]], bool | None]  # True: stop training
 
 
 def train_two_tower(
-    model: TwoTowerModel, catalog: ItemCatalog, examples: Examples,
+    model: TwoTowerModel, catalog: ItemCatalog, examples: Examples | Windows,
     on_epoch_end: EpochCallback | None = None,
 ) -> list[dict[str, float]]:
-    """In-batch sampled softmax with logQ correction; returns per-epoch stats."""
+    """Softmax over the batch's distinct target items with a logQ correction; returns per-epoch
+    stats. Stops early when `on_epoch_end` returns True."""
     config = model.config
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     params = list(model.user_tower.parameters()) + list(model.item_tower.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    counts = np.bincount(examples.target, minlength=catalog.size + 1).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
+    counts = np.bincount(examples.target_rows(), minlength=catalog.size + 1).astype(np.float64)
+    frequency = torch.from_numpy(counts / counts.sum())
     with torch.no_grad():  # ids never trained on (cold items) would keep their random init:
         model.item_tower.item.weight[torch.from_numpy(counts == 0)] = 0.0  # make them unknown (PAD)
     genres = torch.from_numpy(catalog.genres)
     titles = torch.from_numpy(catalog.title_tokens)
+
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
-        target = torch.from_numpy(examples.target[idx])
-        return _batch_loss(model, examples, idx, target, genres, titles, log_q, rng)
+        return _batch_loss(model, examples, idx, genres, titles, frequency, rng)
 
     history = []
     for epoch in range(config.epochs):
@@ -148,27 +169,38 @@ def train_two_tower(
         model.item_tower.train()
         stats = {"loss": run_epoch(batch_loss, optimizer, len(examples.target), config.batch_size,
                                    rng, f"two-tower epoch {epoch + 1}/{config.epochs}")}
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, stats)
+        stop = on_epoch_end(epoch, stats) if on_epoch_end is not None else None
         history.append(stats)
+        if stop:
+            break
     model.user_tower.eval()
     model.item_tower.eval()
     return history
 
 
-def _batch_loss(model: TwoTowerModel, examples: Examples, idx: np.ndarray, target: torch.Tensor,
-                genres: torch.Tensor, titles: torch.Tensor, log_q: torch.Tensor,
+def _batch_loss(model: TwoTowerModel, examples: Examples | Windows, idx: np.ndarray,
+                genres: torch.Tensor, titles: torch.Tensor, frequency: torch.Tensor,
                 rng: np.random.Generator) -> torch.Tensor:
+    """Cross-entropy of each target against the batch's distinct targets. The logQ correction
+    subtracts the log probability that an item is among them (1 - (1 - q)^N for N targets drawn
+    with its training frequency q), so popular items are not punished for being sampled often;
+    with a small catalogue nearly every item is in every batch and this is a full softmax."""
     config = model.config
-    users = model.user_tower(torch.from_numpy(examples.history[idx]),
-                             torch.from_numpy(examples.attributes[idx]))
-    hidden = torch.from_numpy(rng.random(len(idx)) < config.item_id_dropout)
-    item_ids = target.masked_fill(hidden, PAD)
-    items = model.item_tower(item_ids, genres[target], titles[target])
-    logits = users @ items.T / config.temperature - log_q[target].unsqueeze(0)
-    duplicate = (target.unsqueeze(0) == target.unsqueeze(1)) & ~torch.eye(len(idx), dtype=torch.bool)
-    logits = logits.masked_fill(duplicate, _MASKED)
-    return F.cross_entropy(logits, torch.arange(len(idx)))
+    history = torch.from_numpy(examples.history[idx])
+    attributes = torch.from_numpy(examples.attributes[idx])
+    target = torch.from_numpy(examples.target[idx])
+    if target.dim() == 2:  # windows: a next-item target at every real position
+        real = target != PAD
+        users = model.user_tower.states(history, attributes)[real]
+        target = target[real]
+    else:
+        users = model.user_tower(history, attributes)
+    items, labels = torch.unique(target, return_inverse=True)
+    hidden = torch.from_numpy(rng.random(len(items)) < config.item_id_dropout)
+    vectors = model.item_tower(items.masked_fill(hidden, PAD), genres[items], titles[items])
+    log_inclusion = torch.log(-torch.expm1(len(target) * torch.log1p(-frequency[items])))
+    logits = users @ vectors.T / config.temperature - log_inclusion.float()
+    return F.cross_entropy(logits, labels)
 
 
 @torch.no_grad()

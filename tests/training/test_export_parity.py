@@ -25,6 +25,7 @@ from training.two_tower import (
     encode_users,
     next_item_examples,
     train_two_tower,
+    training_examples,
 )
 
 CONFIG = TwoTowerConfig(dim=16, hidden=32, epochs=1, history_len=8)
@@ -104,6 +105,24 @@ def test_user_tower_parity(exported: Exported, source: str, n: int) -> None:
     actual = export.onnx_outputs(exported.user_tower, {"history": history, "attributes": attributes})
     assert actual.shape == (n, CONFIG.dim)
     assert export.check_parity(expected, actual, "user tower") <= export.PARITY_TOLERANCE
+
+
+def test_sequence_user_tower_parity(exported: Exported, tmp_path: Path) -> None:
+    """The causal-attention user tower, trained an epoch: ONNX gives the eager model's vectors for
+    real and random histories, full, short and empty ones, one row and many."""
+    config = TwoTowerConfig(dim=16, hidden=32, epochs=1, history_len=8, user_encoder="sequence")
+    data = exported.data
+    model = build_model(data.catalog, data.attributes.cardinalities(), config)
+    windows = training_examples(data.train, data.train_attributes, config)
+    train_two_tower(model, data.catalog, windows)
+    path = export.export_user_tower(model, tmp_path / "user_tower.onnx")
+    random_history, attributes = _random_user_inputs(exported, 257)
+    random_history[1] = 0  # an empty history: a new user
+    for history in (windows.history[:257], random_history, random_history[:1]):
+        feeds = {"history": history, "attributes": attributes[:len(history)]}
+        expected = encode_users(model, *feeds.values())
+        assert export.check_parity(expected, export.onnx_outputs(path, feeds),
+                                   "sequence user tower") <= export.PARITY_TOLERANCE
 
 
 @pytest.mark.parametrize("n", BATCHES)

@@ -24,7 +24,7 @@ from registry import (
 )
 from tests.support.bundle_factory import tracking_store
 from training import cli
-from training.config import EvalConfig, PipelineConfig, RankerConfig, TwoTowerConfig
+from training.config import SEQUENCE_TOWER, EvalConfig, PipelineConfig, RankerConfig, TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
 from training.pipeline import PipelineResult, code_version, ensure_champion, run_pipeline
 from training.settings import TrainingSettings
@@ -33,6 +33,7 @@ from training.steps import data_fingerprint
 USERS, ITEMS = 150, 300
 CONFIG = PipelineConfig(
     two_tower=TwoTowerConfig(dim=16, hidden=32, history_len=8),
+    sequence_tower=replace(SEQUENCE_TOWER, dim=16, hidden=32, history_len=6),
     ranker=RankerConfig(retrieval_candidates=50, hard_negatives=7, random_negatives=4, hidden=32),
     evaluation=EvalConfig(candidates=50, als_factors=(8,), als_regularization=(0.1,),
                           als_iterations=5),
@@ -103,23 +104,37 @@ def test_first_run_registers_all_three_models_as_champion(store: Store) -> None:
         assert CHAMPION in next(v for v in registry.list_versions(name) if v.version == "1").aliases
 
 
-def test_two_tower_run_logs_its_config_and_per_epoch_metrics(store: Store) -> None:
+def test_two_tower_run_trains_each_user_encoder_in_a_nested_run_and_keeps_the_best(
+    store: Store,
+) -> None:
     run = _two_tower_run(store)
     assert run.data.tags["mlflow.runName"] == "two-tower"
-    params = run.data.params
-    assert params["two_tower.dim"] == "16"
-    assert params["two_tower.history_len"] == "8"
-    assert params["two_tower.epochs"] == "2"  # the settings override the config
-    assert params["two_tower.seed"] == "0"
+    scores = {name: run.data.metrics[f"val_ndcg_at_10_{name}"] for name in ("pooled", "sequence")}
+    chosen = run.data.params["two_tower.chosen_user_encoder"]
+    assert chosen == max(scores, key=scores.__getitem__)
+    history_len = {"pooled": "8", "sequence": "6"}
+    assert run.data.params["two_tower.history_len"] == history_len[chosen]
+    embedding = EmbeddingBundle.load(store.first_workdir / "embedding")
+    assert embedding.config["user_encoder"] == chosen  # the bundle served is the one chosen
     client = mlflow.MlflowClient()
-    for metric in ("two_tower_loss", "two_tower_val_hr_at_10"):
-        history = client.get_metric_history(run.info.run_id, metric)
-        assert sorted(m.step for m in history) == [0, 1], metric
-    losses = sorted(client.get_metric_history(run.info.run_id, "two_tower_loss"),
-                    key=lambda m: m.step)
-    assert losses[1].value < losses[0].value
-    artifact_names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"data_summary.json", "two_tower_curves.png"} <= artifact_names
+    assert "data_summary.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    for name in ("pooled", "sequence"):
+        child = _child(run.info.run_id, f"two-tower: {name} user encoder")
+        params = child.data.params
+        assert params["two_tower.dim"] == "16"
+        assert params["two_tower.history_len"] == history_len[name]
+        assert params["two_tower.epochs"] == "2"  # the settings override the config
+        assert params["two_tower.seed"] == "0"
+        for metric in ("two_tower_loss", "two_tower_val_hr_at_10", "two_tower_val_ndcg_at_10"):
+            history = client.get_metric_history(child.info.run_id, metric)
+            assert sorted(m.step for m in history) == [0, 1], metric
+        losses = sorted(client.get_metric_history(child.info.run_id, "two_tower_loss"),
+                        key=lambda m: m.step)
+        assert losses[1].value < losses[0].value
+        best = max(m.value for m in client.get_metric_history(child.info.run_id,
+                                                               "two_tower_val_ndcg_at_10"))
+        assert best == pytest.approx(scores[name])
+        assert "two_tower_curves.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
 
 
 def test_ranker_run_logs_ranker_and_fallback_params(store: Store) -> None:

@@ -10,19 +10,22 @@ import torch
 from recsys.features import PAD, encode_history
 from training.config import TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
+from training.sequence_tower import SequenceUserTower, Windows, sequence_windows
 from training.sequences import UserSequences
 from training.steps import PreparedData, padded_histories, prepare_data
 from training.two_tower import (
     Examples,
+    PooledUserTower,
     TwoTowerModel,
     build_model,
     encode_items,
     encode_users,
     next_item_examples,
     train_two_tower,
+    training_examples,
 )
 
-CONFIG = TwoTowerConfig(dim=16, hidden=32, epochs=2, history_len=8)
+CONFIG = TwoTowerConfig(dim=16, hidden=32, epochs=2, history_len=8, user_encoder="sequence")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,14 +34,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @dataclass(frozen=True)
 class Trained:
     data: PreparedData
-    examples: Examples
+    examples: Examples | Windows
     model: TwoTowerModel
     history: list[dict[str, float]]
     epochs_seen: list[int]
     items: np.ndarray  # [n+1, D]
 
 
-def _train(data: PreparedData, examples: Examples, config: TwoTowerConfig,
+def _train(data: PreparedData, examples: Examples | Windows, config: TwoTowerConfig,
            epochs_seen: list[int] | None = None) -> tuple[TwoTowerModel, list[dict[str, float]]]:
     model = build_model(data.catalog, data.attributes.cardinalities(), config)
     callback = (lambda epoch, stats: epochs_seen.append(epoch)) if epochs_seen is not None else None
@@ -51,13 +54,14 @@ def data() -> PreparedData:
 
 
 @pytest.fixture(scope="module")
-def examples(data: PreparedData) -> Examples:
-    return next_item_examples(data.train, data.train_attributes, CONFIG.history_len,
-                              CONFIG.ranker_holdout_events)
+def examples(data: PreparedData) -> Windows:
+    windows = training_examples(data.train, data.train_attributes, CONFIG)
+    assert isinstance(windows, Windows)  # the sequence encoder trains on whole windows
+    return windows
 
 
 @pytest.fixture(scope="module")
-def trained(data: PreparedData, examples: Examples) -> Trained:
+def trained(data: PreparedData, examples: Windows) -> Trained:
     epochs_seen: list[int] = []
     model, history = _train(data, examples, CONFIG, epochs_seen)
     return Trained(data, examples, model, history, epochs_seen, encode_items(model, data.catalog))
@@ -83,6 +87,42 @@ def test_next_item_examples_refuse_users_with_single_events() -> None:
     sequences = UserSequences(["u1"], [np.array([1])], [np.array([0])])
     with pytest.raises(ValueError, match="no training examples"):
         next_item_examples(sequences, np.zeros((1, 1), dtype=np.int64), history_len=4)
+    with pytest.raises(ValueError, match="no training examples"):
+        sequence_windows(sequences, np.zeros((1, 1), dtype=np.int64), length=4)
+
+
+def test_sequence_windows_target_every_event_after_the_first_once_cut_from_the_end() -> None:
+    sequences = UserSequences(["u1", "u2"], [np.arange(1, 10), np.array([6, 7, 8])],
+                              [np.arange(9), np.arange(3)])
+    attributes = np.array([[1, 2], [3, 4]])
+    windows = sequence_windows(sequences, attributes, length=3, holdout=2)
+    # u1 trains on 1..7 (8 and 9 are held out): targets 5-7, then 2-4; u2 keeps only its 6
+    np.testing.assert_array_equal(windows.history, [[4, 5, 6], [1, 2, 3]])
+    np.testing.assert_array_equal(windows.target, [[5, 6, 7], [2, 3, 4]])
+    np.testing.assert_array_equal(windows.attributes, [[1, 2]] * 2)
+    everything = sequence_windows(sequences, attributes, length=3)
+    np.testing.assert_array_equal(everything.history[2:], [[0, 1, 2], [0, 6, 7]])  # left-padded
+    targets = everything.target_rows()
+    assert sorted(targets.tolist()) == sorted([*range(2, 10), 7, 8])
+    # each target's history slot holds the event just before it
+    real = everything.target != PAD
+    before = {int(t): int(h) for t, h in zip(everything.target[real], everything.history[real])}
+    assert before[9] == 8 and before[2] == 1 and before[8] in (7,)
+
+
+def test_the_sequence_tower_is_causal_and_serves_its_last_state() -> None:
+    config = replace(CONFIG, history_len=6)
+    tower = SequenceUserTower(20, torch.rand(20, 4), [3], config).eval()
+    history = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 0, 3, 4, 5, 9], [0, 0, 0, 0, 0, 0]])
+    attributes = torch.tensor([[1], [1], [2]])
+    with torch.no_grad():
+        states = tower.states(history, attributes)
+        served = tower(history, attributes)
+    torch.testing.assert_close(served, states[:, -1])
+    # a different last item changes the last state only: no position reads the future
+    torch.testing.assert_close(states[0, :5], states[1, :5])
+    assert not torch.allclose(states[0, 5], states[1, 5])
+    assert torch.isfinite(states).all()  # an empty history too
 
 
 # --- training ------------------------------------------------------------------------------
@@ -117,7 +157,7 @@ def test_user_vectors_are_unit_norm_even_for_an_empty_history(trained: Trained) 
 
 
 def test_same_seed_gives_identical_vectors_and_another_seed_does_not(
-    data: PreparedData, examples: Examples,
+    data: PreparedData, examples: Windows,
 ) -> None:
     config = replace(CONFIG, epochs=1)
     first, _ = _train(data, examples, config)
@@ -134,7 +174,7 @@ def test_same_seed_gives_identical_vectors_and_another_seed_does_not(
 def test_cold_items_land_nearer_their_own_genre(trained: Trained) -> None:
     """Items never seen in training are placed by their content (genres, title words) alone."""
     catalog = trained.data.catalog
-    counts = np.bincount(trained.examples.target, minlength=catalog.size + 1)
+    counts = np.bincount(trained.examples.target_rows(), minlength=catalog.size + 1)
     cold = np.flatnonzero(catalog.popularity == 0)[1:]  # no training events at all (row 0 is PAD)
     warm = np.flatnonzero(counts > 0)
     assert len(cold) >= 10
@@ -158,3 +198,26 @@ def test_the_user_vector_moves_when_an_event_is_appended(trained: Trained) -> No
     after = encode_users(trained.model, encode_history(sequence[:6], CONFIG.history_len)[None],
                          attributes)
     assert np.linalg.norm(after - before) > 1e-3
+
+
+def test_the_pooled_user_tower_still_trains_on_one_history_per_target(data: PreparedData) -> None:
+    config = replace(CONFIG, user_encoder="pooled")
+    examples = training_examples(data.train, data.train_attributes, config)
+    assert isinstance(examples, Examples)
+    model, history = _train(data, examples, config)
+    assert isinstance(model.user_tower, PooledUserTower)
+    assert history[1]["loss"] < history[0]["loss"]
+
+
+def test_an_unknown_user_encoder_is_refused_by_name(data: PreparedData) -> None:
+    with pytest.raises(ValueError, match="user_encoder 'lstm'"):
+        build_model(data.catalog, data.attributes.cardinalities(),
+                    replace(CONFIG, user_encoder="lstm"))
+
+
+def test_training_stops_when_the_callback_says_so(data: PreparedData, examples: Windows) -> None:
+    seen: list[int] = []
+    model = build_model(data.catalog, data.attributes.cardinalities(), replace(CONFIG, epochs=5))
+    history = train_two_tower(model, data.catalog, examples,
+                              lambda epoch, stats: seen.append(epoch) or epoch == 1)
+    assert seen == [0, 1] and len(history) == 2
