@@ -42,6 +42,10 @@ class ServingSettings(BaseSettings):
     # Serve the ranker bundle's int8 model on the CPU (2x faster scoring, the same HR@10 on
     # MovieLens 100K; see training/export.py); false, or a GPU, serves the fp32 model.
     ranker_int8: bool = True
+    # "trained": each user takes the path the model set's ranking policy gives their number of
+    # events (chosen on validation at training: recsys/models/policy.py); "rank_all": everyone
+    # with history through the ranker (the ranker measured for itself, e.g. in an experiment).
+    ranking_policy: Literal["trained", "rank_all"] = "trained"
     # API worker processes. Each holds its own models and L1 cache (L2 is shared through Redis);
     # one worker runs the pipeline on one core, so a second core needs a second worker.
     workers: int = Field(1, gt=0)

@@ -197,9 +197,11 @@ class RecommendResponse(Strict):
     user_id: str
     items: list[RecommendedItem]
     model_versions: dict[str, str] = Field(description="model kind -> BentoML tag that served")
-    ranker: Literal["ranker", "fallback", "retrieval", "popularity"] = Field(
-        description="what ordered the items: the ranker, the fallback ranker, retrieval, or "
-                    "popularity (a user without history)")
+    ranker: Literal["ranker", "fallback", "retrieval", "item_to_item", "popularity"] = Field(
+        description="what ordered the items: the ranker, the fallback ranker, retrieval (the "
+                    "ranker failed, or lost to retrieval order on validation), item-to-item (a "
+                    "history as short as validation found it better for) or popularity (a user "
+                    "without history); GET /info shows each model set's ranking policy")
     degraded: bool
     degraded_reasons: list[str]
     variant: str = Field(description="experiment variant the user is routed to")

@@ -1,4 +1,4 @@
-"""Baselines under the same protocol: popularity and implicit's ALS matrix factorisation."""
+"""Baselines under the same protocol: popularity, implicit's ALS matrix factorisation and EASE."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -58,3 +58,39 @@ def tuned_als(validation: EvalSet, test: EvalSet, n_rows: int, factors: Sequence
                                        validation, (10,))["hr@10"],
     )
     return ALSResult(best[0], best[1], fit_als(test, n_rows, best[0], best[1], iterations))
+
+
+@dataclass(frozen=True)
+class EASEResult:
+    regularization: float
+    scorer: CatalogueScorer
+
+
+EASE_MAX_ITEMS = 20_000  # its item-item matrix is dense: 20K items is 1.6 GB of float32
+
+
+def fit_ease(eval_set: EvalSet, n_rows: int, regularization: float) -> CatalogueScorer:
+    """EASE (Steck, 2019): item-item weights B = I - P / diag(P) with P = (XᵀX + λI)⁻¹ over the
+    eval users' histories, the diagonal forced to zero; a user's scores are their row of X B."""
+    users = _user_items(eval_set, n_rows)
+    users.data[:] = 1.0
+    gram = (users.T @ users).toarray().astype(np.float64)
+    gram[np.diag_indices(n_rows)] += regularization
+    inverse = np.linalg.inv(gram)
+    weights = (-inverse / np.diag(inverse)).astype(np.float32)
+    weights[np.diag_indices(n_rows)] = 0.0
+
+    def score(positions: np.ndarray) -> np.ndarray:
+        return np.asarray(users[positions] @ weights)
+    return score
+
+
+def tuned_ease(validation: EvalSet, test: EvalSet, n_rows: int,
+               regularization: Sequence[float]) -> EASEResult | None:
+    """λ picked by validation HR@10, then refit on the test histories; None above
+    EASE_MAX_ITEMS items (the dense matrix would not fit)."""
+    if n_rows > EASE_MAX_ITEMS:
+        return None
+    best = max(regularization, key=lambda lam: evaluate_scorer(
+        fit_ease(validation, n_rows, lam), validation, (10,))["hr@10"])
+    return EASEResult(best, fit_ease(test, n_rows, best))

@@ -67,6 +67,7 @@ class EvalConfig:
     als_factors: tuple[int, ...] = (32, 64)
     als_regularization: tuple[float, ...] = (0.01, 0.1)
     als_iterations: int = 15
+    ease_regularization: tuple[float, ...] = (50.0, 200.0, 500.0, 1000.0)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys.features import PAD
+from recsys.models.policy import item_to_item_vector
 from training.sequences import UserSequences
 
 # scores(user positions [B]) -> [B, n+1] scores over catalogue rows (row 0 is ignored)
 CatalogueScorer = Callable[[np.ndarray], np.ndarray]
+NEW_USER = "new:"  # a prefix no dataset user has: their attributes are unknown, as a new user's
 
 
 @dataclass(frozen=True)
@@ -67,19 +69,70 @@ def ranking_metrics(ranks: np.ndarray, cutoffs: Sequence[int]) -> dict[str, floa
     return out
 
 
-def scorer_ranks(scorer: CatalogueScorer, eval_set: EvalSet, batch_size: int = 256) -> np.ndarray:
-    """[U] 0-based rank of each user's held-out item under `scorer` (known items excluded)."""
+def scorer_ranks(scorer: CatalogueScorer, eval_set: EvalSet, batch_size: int = 256,
+                 users: np.ndarray | None = None) -> np.ndarray:
+    """[U] 0-based rank of each user's held-out item under `scorer` (known items excluded); with
+    `users` (positions in eval_set), theirs only, in that order."""
+    users = np.arange(len(eval_set.targets)) if users is None else users
     ranks = [np.zeros(0, dtype=np.int64)]
-    for start in range(0, len(eval_set.targets), batch_size):
-        positions = np.arange(start, min(start + batch_size, len(eval_set.targets)))
+    for start in range(0, len(users), batch_size):
+        positions = users[start:start + batch_size]
         scores = mask_known(scorer(positions), [eval_set.known[i] for i in positions])
         ranks.append(target_ranks(scores, eval_set.targets[positions]))
     return np.concatenate(ranks)
 
 
+def per_user_metrics(ranks: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """[U] HR@k and NDCG@k of each user: the paired samples a significance test compares."""
+    hit = ranks < k
+    return {f"hr@{k}": hit.astype(np.float64),
+            f"ndcg@{k}": np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)}
+
+
+def paired_gain(ranks: np.ndarray, baseline: np.ndarray, k: int = 10, resamples: int = 2000,
+                seed: int = 0) -> dict[str, dict[str, float]]:
+    """Mean per-user gain of `ranks` over `baseline` on HR@k and NDCG@k with a 95% paired
+    bootstrap interval over users (scipy.stats.bootstrap, BCa): significant when it excludes 0."""
+    from scipy.stats import bootstrap
+
+    ours, theirs = per_user_metrics(ranks, k), per_user_metrics(baseline, k)
+    out: dict[str, dict[str, float]] = {}
+    for metric in ours:
+        gain = ours[metric] - theirs[metric]
+        if not gain.any():  # identical lists: the interval is the point 0
+            out[metric] = {"gain": 0.0, "low": 0.0, "high": 0.0, "significant": 0.0}
+            continue
+        interval = bootstrap((gain,), np.mean, n_resamples=resamples, confidence_level=0.95,
+                             random_state=seed, method="BCa").confidence_interval
+        out[metric] = {"gain": float(gain.mean()), "low": float(interval.low),
+                       "high": float(interval.high),
+                       "significant": float(interval.low > 0 or interval.high < 0)}
+    return out
+
+
 def evaluate_scorer(scorer: CatalogueScorer, eval_set: EvalSet, cutoffs: Sequence[int],
                     batch_size: int = 256) -> dict[str, float]:
     return ranking_metrics(scorer_ranks(scorer, eval_set, batch_size), cutoffs)
+
+
+def as_new_users(eval_set: EvalSet, n: int) -> EvalSet:
+    """`eval_set` with each user's n most recent items visible (and excluded from ranking, as a
+    service excludes what it saw), the rest hidden, the users renamed as new ones."""
+    users = [NEW_USER + user for user in eval_set.user_ids]
+    sequences = [s[len(s) - n:] if n else s[:0] for s in eval_set.histories.sequences]
+    times = [t[len(t) - n:] if n else t[:0] for t in eval_set.histories.timestamps]
+    return EvalSet(users, eval_set.targets, [np.unique(s) for s in sequences],
+                   UserSequences(users, sequences, times), eval_set.timestamps)
+
+
+def item_to_item(item_vectors: np.ndarray, eval_set: EvalSet) -> CatalogueScorer:
+    """Each item's mean similarity (item vectors) to the user's visible items: the served
+    item-to-item path's order (recsys/models/policy.py)."""
+    def score(positions: np.ndarray) -> np.ndarray:
+        means = np.stack([item_to_item_vector(item_vectors, eval_set.histories.sequences[p])
+                          for p in positions])
+        return means @ item_vectors.T
+    return score
 
 
 def tied_to_history(eval_set: EvalSet) -> np.ndarray:

@@ -31,7 +31,7 @@ from training import plots
 from training.cold_start import cold_start_curve, plot_cold_start
 from training.config import PipelineConfig, TwoTowerConfig, flatten
 from training.data import Dataset, SyntheticConfig, load_dataset
-from training.evaluate import format_table, metrics_by_group, tied_to_history
+from training.evaluate import format_table, metrics_by_group, paired_gain, tied_to_history
 from training.replay import replay_cut
 from training.settings import TrainingSettings
 from training.steps import (
@@ -188,6 +188,9 @@ class EvalReport:
     by_tie: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     # a new user's metrics with 0, 1, 3, 5, 10 events (training/cold_start.py)
     cold_start: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # {"pipeline_vs_retrieval": {"hr@10": {gain, low, high, significant}, "ndcg@10": ...}}: the
+    # ranker's gain with a 95% paired bootstrap interval over test users
+    significance: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def hr10_ratio(self, model: str = "pipeline", baseline: str = "popularity") -> float:
         return self.results[model]["hr@10"] / max(self.results[baseline]["hr@10"], 1e-12)
@@ -206,17 +209,27 @@ def evaluation_step(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
                        "tied_user_share": float(tied.mean())}
         table = format_table(results, TABLE_COLUMNS)
         curve = cold_start_curve(data, embedding, rankers, config.evaluation)
-        report = EvalReport(results, diagnostics, table, by_tie, curve)
+        significance = {f"{name}_vs_retrieval": paired_gain(ranks.ranks[name],
+                                                            ranks.ranks["retrieval"])
+                        for name in ("pipeline", "als", "ease") if name in ranks.ranks}
+        report = EvalReport(results, diagnostics, table, by_tie, curve, significance)
         for model, metrics in results.items():
             mlflow.log_metrics({f"test_{model}_{k.replace('@', '_at_')}": v
                                 for k, v in metrics.items()})
         mlflow.log_metrics(diagnostics)
         mlflow.log_metric("pipeline_over_popularity_hr10", report.hr10_ratio())
+        mlflow.log_metrics({f"{pair}_{metric.replace('@', '_at_')}_{k}": v
+                            for pair, metrics in significance.items()
+                            for metric, values in metrics.items() for k, v in values.items()})
         payload = {"results": results, "diagnostics": diagnostics, "by_tie": by_tie,
+                   "significance": significance,
                    "cold_start": curve.to_dict(orient="records"), "data": data.summary()}
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "evaluation.json").write_text(json.dumps(payload, indent=2))
         (workdir / "evaluation.md").write_text(table + "\n")
+        # each test user's rank per model: what a paired comparison of runs or seeds needs
+        np.savez_compressed(workdir / "test_ranks.npz", user_ids=np.asarray(data.test.user_ids),
+                            **ranks.ranks)
         mlflow.log_dict(payload, "evaluation.json")
         mlflow.log_text(table, "evaluation.md")
         fig = plots.metrics_bar(results)

@@ -20,7 +20,8 @@ from recsys.features import (
 )
 from recsys.models.artifacts import UserHistories
 from recsys.models.bundles import EmbeddingBundle, RankerBundle
-from training.baselines import popularity_scorer, tuned_als
+from recsys.models.policy import RankingPolicy
+from training.baselines import popularity_scorer, tuned_als, tuned_ease
 from training.bundles import write_embedding_bundle, write_fallback_bundle, write_ranker_bundle
 from training.catalog import build_attribute_encoder, build_catalog, user_attribute_matrix
 from training.config import EvalConfig, FallbackConfig, RankerConfig, TwoTowerConfig
@@ -30,7 +31,9 @@ from training.data.schema import USER_ID
 from training.evaluate import (
     CatalogueScorer,
     EvalSet,
+    as_new_users,
     evaluate_scorer,
+    item_to_item,
     make_eval_set,
     ranking_metrics,
     rerank_scorer,
@@ -217,12 +220,16 @@ def _train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config
 
     model, scaler = train_ranker(queries, embedding.item_vectors, ranker_config, on_epoch_end,
                                  validate, float(embedding.config["temperature"]))
+    policy, chosen_on = choose_policy(data, validation, TorchScorer(model, scaler), size)
+    if log is not None:
+        log(chosen_on, 0)
     inputs = queries.inputs(embedding.item_vectors, scaler)
     fallback = train_fallback(inputs, fallback_config)
     sample = inputs[: min(64, len(inputs))].reshape(-1, inputs.shape[-1])
     meta = {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name}
-    write_ranker_bundle(ranker_dir, model, scaler, ranker_config, sample,
-                        embedding.fingerprint, meta)
+    write_ranker_bundle(ranker_dir, model, scaler, ranker_config, sample, embedding.fingerprint,
+                        {**meta, "ranking_policy": policy.to_metadata(),
+                         "ranking_policy_validation": chosen_on})
     write_fallback_bundle(fallback_dir, fallback, scaler, fallback_config, sample,
                           embedding.fingerprint, meta)
     rankers = Rankers.load(ranker_dir, fallback_dir)
@@ -231,6 +238,33 @@ def _train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config
                               baselines=False)
         log({f"val_{name}_hr_at_10": m["hr@10"] for name, m in val.items()}, 0)
     return rankers
+
+
+SHORT_HISTORIES = (1, 2, 3, 5)  # the history lengths item-to-item is tried at
+
+
+def choose_policy(data: PreparedData, validation: EvalUsers, ranker: Scorer,
+                  size: int) -> tuple[RankingPolicy, dict[str, float]]:
+    """The served path per history length, chosen on validation (recsys/models/policy.py):
+    the ranker only where it beats retrieval order (HR@10 of validation users), and item-to-item
+    for the shortest histories as long as it beats that path with the users' events hidden but
+    their n most recent (as new users). Returns the policy and the validation HR@10s behind it."""
+    retrieval = evaluate_scorer(validation.retrieval, data.validation, (10,))["hr@10"]
+    ranked = evaluate_scorer(validation.reranked(ranker, size), data.validation, (10,))["hr@10"]
+    use_ranker = ranked > retrieval
+    scores = {"val_retrieval_hr_at_10": retrieval, "val_ranker_hr_at_10": ranked}
+    short = 0
+    for n in SHORT_HISTORIES:
+        new = as_new_users(data.validation, n)
+        users = EvalUsers(data, validation.embedding, new)
+        served = users.reranked(ranker, size) if use_ranker else users.retrieval
+        scores[f"val_new_{n}_served_hr_at_10"] = evaluate_scorer(served, new, (10,))["hr@10"]
+        scores[f"val_new_{n}_item_to_item_hr_at_10"] = evaluate_scorer(
+            item_to_item(validation.embedding.item_vectors, new), new, (10,))["hr@10"]
+        if scores[f"val_new_{n}_item_to_item_hr_at_10"] <= scores[f"val_new_{n}_served_hr_at_10"]:
+            break
+        short = n
+    return RankingPolicy(short_history=short, use_ranker=use_ranker), scores
 
 
 class Scorer(Protocol):
@@ -260,6 +294,21 @@ class EvalUsers:
 
     def retrieval(self, positions: np.ndarray) -> np.ndarray:
         return self.users[positions] @ self.embedding.item_vectors.T
+
+    def served(self, ranker: Scorer, policy: RankingPolicy, size: int) -> np.ndarray:
+        """[U] rank of each user's held-out item on the path `policy` gives their history."""
+        scorers = {"popularity": lambda: popularity_scorer(self.data.catalog.popularity),
+                   "item_to_item": lambda: item_to_item(self.embedding.item_vectors,
+                                                        self.eval_set),
+                   "retrieval": lambda: self.retrieval,
+                   "ranker": lambda: self.reranked(ranker, size)}
+        paths = np.array([policy.path_for(min(len(s), self.embedding.history_len))
+                          for s in self.eval_set.histories.sequences])
+        ranks = np.zeros(len(paths), dtype=np.int64)
+        for path in np.unique(paths):
+            mine = np.flatnonzero(paths == path)
+            ranks[mine] = scorer_ranks(scorers[str(path)](), self.eval_set, users=mine)
+        return ranks
 
     def reranked(self, ranker: Scorer, size: int) -> CatalogueScorer:
         def rerank(positions: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -294,17 +343,22 @@ def model_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers
     size = min(config.candidates, data.catalog.size)
     ranks = {"retrieval": scorer_ranks(users.retrieval, eval_set)}
     chosen: dict[str, dict[str, float]] = {}
-    scored = [("pipeline", rankers.ranker), ("fallback", rankers.fallback)]
+    policy = rankers.ranker.policy  # "pipeline" is what serving does: each user on their path
+    ranks["pipeline"] = users.served(rankers.ranker, policy, size)
     if rankers.ranker_int8 is not None:  # the int8 ranker that CPU serving uses
-        scored.insert(1, ("pipeline_int8", rankers.ranker_int8))
-    for name, ranker in scored:
-        ranks[name] = scorer_ranks(users.reranked(ranker, size), eval_set)
+        ranks["pipeline_int8"] = users.served(rankers.ranker_int8, policy, size)
+    ranks["fallback"] = scorer_ranks(users.reranked(rankers.fallback, size), eval_set)
     if baselines:
         ranks["popularity"] = scorer_ranks(popularity_scorer(data.catalog.popularity), eval_set)
         als = tuned_als(data.validation, eval_set, data.catalog.size + 1, config.als_factors,
                         config.als_regularization, config.als_iterations)
         ranks["als"] = scorer_ranks(als.scorer, eval_set)
         chosen["als"] = {"factors": float(als.factors), "regularization": als.regularization}
+        ease = tuned_ease(data.validation, eval_set, data.catalog.size + 1,
+                          config.ease_regularization)
+        if ease is not None:
+            ranks["ease"] = scorer_ranks(ease.scorer, eval_set)
+            chosen["ease"] = {"regularization": ease.regularization}
     return ModelRanks(ranks, chosen)
 
 
@@ -318,12 +372,13 @@ def evaluate_models(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
 
 def pipeline_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers,
                    config: EvalConfig, eval_set: EvalSet | None = None) -> np.ndarray:
-    """[U] rank of each user's held-out item under the served pipeline (retrieval, then the
-    ranker), user by user: what a paired test of two model sets compares."""
+    """[U] rank of each user's held-out item under the served pipeline (each user on the path
+    the ranking policy gives their history), user by user: what a paired test of two model
+    sets compares."""
     eval_set = eval_set or data.test
     users = EvalUsers(data, embedding, eval_set)
     size = min(config.candidates, data.catalog.size)
-    return scorer_ranks(users.reranked(rankers.ranker, size), eval_set)
+    return users.served(rankers.ranker, rankers.ranker.policy, size)
 
 
 def retrieval_diagnostics(data: PreparedData, embedding: EmbeddingBundle,

@@ -16,6 +16,7 @@ from recsys.experiments.routing import Router, active_experiment
 from recsys.experiments.shadow import ShadowConfig, ShadowScorer
 from recsys.models.bundles import EmbeddingBundle, RankerBundle, check_compatible
 from recsys.models.index import item_query_nprobe
+from recsys.models.policy import RankingPolicy
 from recsys.models.registry_client import CHALLENGER, CHAMPION, RegistryClient
 from recsys.pipeline.event_recording import EventRecorder
 from recsys.pipeline.rank_items import ItemListRanker
@@ -112,7 +113,9 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
     return ModelSlot(alias=refs.alias, versions=refs.versions, embedding=embedding,
                      scaler=ranker.scaler, user_tower=tower,
                      tower_timeout_s=settings.tower_timeout_ms / 1000, retriever=retriever,
-                     ranker=chain)
+                     ranker=chain,
+                     policy=ranker.policy if settings.ranking_policy == "trained"
+                     else RankingPolicy())
 
 
 def build_cache(settings: ServingSettings, telemetry: Telemetry) -> ResultCache | None:

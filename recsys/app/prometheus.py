@@ -21,6 +21,9 @@ CANDIDATES = Histogram("recsys_candidates", "Candidates retrieved per request",
                        buckets=(10, 50, 100, 200, 500, 1000, 2000, 5000))
 COLD_STARTS = Counter("recsys_cold_starts_total", "Requests from users without history (the "
                       "popular items answered them)")
+POLICY_PATHS = Counter("recsys_unranked_lists_total", "Lists the ranking policy served without "
+                       "the ranker: item_to_item (short histories) or retrieval (a ranker that "
+                       "lost to retrieval order on validation)", ["path"])
 EXPOSURES = Counter("recsys_variant_exposures_total", "Requests served per experiment variant",
                     ["variant"])
 BREAKER_STATE = Gauge("recsys_circuit_breaker_open", "1 when a circuit breaker is open "
@@ -72,6 +75,8 @@ class PrometheusTelemetry(Telemetry):
             _child(FALLBACKS, labels["reason"]).inc()
         elif name == "cold_start":
             COLD_STARTS.inc()
+        elif name == "ranking_path":
+            _child(POLICY_PATHS, labels["path"]).inc()
         elif name == "candidates":
             CANDIDATES.observe(float(labels["count"]))
         elif name == "source_failed":

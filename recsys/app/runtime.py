@@ -58,6 +58,9 @@ class Runtime:
             "models": {alias: slot.versions for alias, slot in slots.items()},
             "catalogue_items": {alias: slot.catalog.size for alias, slot in slots.items()},
             "history_len": {alias: slot.history_len for alias, slot in slots.items()},
+            "ranking_policy": {alias: {**slot.policy.to_metadata(),
+                                       "described": slot.policy.describe()}
+                               for alias, slot in slots.items()},
             "experiment": {"name": experiment.name,
                            "variants": [{"name": v.name, "alias": v.alias, "weight": v.weight}
                                         for v in experiment.variants]},

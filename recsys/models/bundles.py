@@ -20,6 +20,7 @@ from recsys.features import (
 from recsys.models import artifacts
 from recsys.models.index import ItemIndex, load_index
 from recsys.models.onnx_runtime import CPU, active_provider, create_session, providers
+from recsys.models.policy import RankingPolicy
 
 
 def _run_user_tower(session: ort.InferenceSession, history: npt.NDArray[np.int64],
@@ -163,6 +164,11 @@ class RankerBundle:
     @property
     def embedding_fingerprint(self) -> str:
         return str(self.manifest.metadata.get("embedding_fingerprint", ""))
+
+    @property
+    def policy(self) -> RankingPolicy:
+        """The path per history length that training chose on validation for this ranker."""
+        return RankingPolicy.from_metadata(self.manifest.metadata)
 
     @property
     def onnx_file(self) -> str:

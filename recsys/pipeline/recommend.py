@@ -18,6 +18,7 @@ from recsys.errors import RequestError, RetrievalError
 from recsys.experiments.shadow import ShadowScorer
 from recsys.experiments.shadow_records import ScoredList
 from recsys.features import recent_rows, user_ranker_inputs
+from recsys.models.policy import item_to_item_vector
 from recsys.models.registry_client import CHALLENGER, CHAMPION
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.reranking import filter_candidates, rerank
@@ -174,17 +175,25 @@ class RecommendPipeline:
         t = time.perf_counter()
         state = await self.resolver.user_state(slot, request.user_id, resolved.recent, reasons)
         telemetry.observe("history", time.perf_counter() - t)
-        if recent_rows(state.history).size == 0:
+        history = recent_rows(state.history)
+        path = slot.policy.path_for(history.size)
+        if path == "popularity":
             return self._cold_start(resolved, state, reasons, telemetry)
         t = time.perf_counter()
-        user = await self.resolver.user_vector(slot, state, reasons)
+        if path == "item_to_item":
+            user = item_to_item_vector(slot.embedding.item_vectors, history)
+        else:
+            user = await self.resolver.user_vector(slot, state, reasons)
         telemetry.observe("user_tower", time.perf_counter() - t)
         t = time.perf_counter()
         candidates = await self._retrieve(slot, user, state, reasons)
         telemetry.observe("retrieval", time.perf_counter() - t)
         telemetry.event("candidates", count=str(len(candidates.items)))
-        t = time.perf_counter()
         ranked = self._to_rank(resolved, candidates, state)
+        if path != "ranker":  # in retrieval order: validation chose it over the ranker here
+            telemetry.event("ranking_path", path=path)
+            return self._shown(resolved, ranked, ranked.similarity, path, reasons, telemetry)
+        t = time.perf_counter()
         features = user_ranker_inputs(user, state.history, ranked.items, slot.embedding.item_vectors,
                                       slot.catalog, request.context, slot.scaler)
         telemetry.observe("features", time.perf_counter() - t)

@@ -11,6 +11,7 @@ from cachetools import LRUCache
 from recsys.errors import UnknownIdError
 from recsys.features import FeatureScaler, ItemCatalog
 from recsys.models.bundles import EmbeddingBundle
+from recsys.models.policy import RankingPolicy
 from recsys.pipeline.fallbacks import popularity_candidates
 from recsys.pipeline.ranking import RankerChain
 from recsys.pipeline.request import RecommendRequest
@@ -34,6 +35,8 @@ class ModelSlot:
     tower_timeout_s: float
     retriever: Retriever
     ranker: RankerChain
+    # which path a user's list takes by their number of events (recsys/models/policy.py)
+    policy: RankingPolicy = field(default_factory=RankingPolicy)
     item_rows: dict[str, int] = field(init=False)
     genre_index: dict[str, int] = field(init=False)
     user_rows: dict[str, int] = field(init=False)

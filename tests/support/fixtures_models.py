@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from recsys.app.models_file import ModelRefs
 
-CHALLENGER_HISTORY_LEN = 8  # the champion's is TwoTowerConfig's default (20)
+CHAMPION_HISTORY_LEN = 20  # the champion serves the sequence encoder, the challenger the pooled one
+CHALLENGER_HISTORY_LEN = 8
 
 
 @dataclass(frozen=True)
@@ -37,20 +38,26 @@ class TrainedModels:
     def env(self) -> dict[str, str]:
         """Environment for a `bentoml serve` of service.py over these models."""
         return {"BENTOML_HOME": str(self.bentoml_home), "RECSYS_MODELS_FILE": str(self.models_file),
-                "BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+                "BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+                "RECSYS_RANKING_POLICY": "rank_all"}  # as tests/support/runtime.py settings()
 
 
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedModels]:
     from registry import Registry, bentoml_home, export_to_bentoml
-    from training.config import PipelineConfig, TwoTowerConfig
+    from training.config import SEQUENCE_TOWER, PipelineConfig, TwoTowerConfig
     from training.pipeline import run_pipeline
     from training.settings import TrainingSettings
 
     root = tmp_path_factory.mktemp("models")
     workdirs = {}
-    shorter = PipelineConfig(two_tower=TwoTowerConfig(history_len=CHALLENGER_HISTORY_LEN))
-    for alias, seed, promote, config in (("champion", 0, "always", None),
+    # One user encoder each, so that each alias serves a known one: the champion the sequence
+    # encoder, the challenger the pooled one with a shorter history.
+    sequence = PipelineConfig(two_tower=replace(SEQUENCE_TOWER, history_len=CHAMPION_HISTORY_LEN),
+                              sequence_tower=None)
+    shorter = PipelineConfig(two_tower=TwoTowerConfig(history_len=CHALLENGER_HISTORY_LEN),
+                             sequence_tower=None)
+    for alias, seed, promote, config in (("champion", 0, "always", sequence),
                                          ("challenger", 1, "never", shorter)):
         settings = TrainingSettings(store_dir=root / "mlstore", workdir=root / f"work-{alias}",
                                     epochs=1, ranker_epochs=1, synthetic_users=150,

@@ -53,8 +53,12 @@ class SlowTower:
 
 
 def settings(redis_url: str | None, **overrides: Any) -> ServingSettings:
-    """Generous timeouts: these tests are about behaviour on a shared 2-core machine."""
+    """Generous timeouts: these tests are about behaviour on a shared 2-core machine. Every user
+    with history is ranked ("rank_all"): the policy the tiny test models chose on validation
+    varies with them, and these tests are about the ranker and its fallbacks; the trained
+    policy's paths have tests of their own."""
     values: dict[str, Any] = {
+        "ranking_policy": "rank_all",
         "redis_url": redis_url, "redis_timeout_ms": 500.0, "budget_ms": 5000.0,
         "tower_timeout_ms": 1000.0, "retrieval_timeout_ms": 2000.0, "ranking_timeout_ms": 2000.0,
         "ann_candidates": 300,

@@ -4,7 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.baselines import fit_als, popularity_scorer, tuned_als
+from training.baselines import (
+    EASE_MAX_ITEMS,
+    fit_als,
+    fit_ease,
+    popularity_scorer,
+    tuned_als,
+    tuned_ease,
+)
 from training.config import TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
 from training.evaluate import evaluate_scorer, make_eval_set
@@ -54,3 +61,28 @@ def test_tuned_als_picks_from_the_grid_and_beats_popularity(data: PreparedData) 
     popular_hr = evaluate_scorer(popularity_scorer(data.catalog.popularity), data.test,
                                  (10,))["hr@10"]
     assert als_hr > popular_hr
+
+
+def test_ease_scores_what_co_occurs_with_the_history_and_never_the_item_itself() -> None:
+    # rows 1 and 2 always go together, row 3 is alone; user c knows only row 1
+    history = UserSequences(["a", "b", "c"], [np.array([1, 2]), np.array([1, 2, 3]), np.array([1])],
+                            [np.array([0])] * 3)
+    held_out = UserSequences(["a", "b", "c"], [np.array([3])] * 2 + [np.array([2])],
+                             [np.array([1])] * 3)
+    scores = fit_ease(make_eval_set(history, held_out), 4, regularization=0.5)(np.array([2]))
+    assert scores.shape == (1, 4)
+    assert scores[0, 2] > scores[0, 3]  # row 2 co-occurs with row 1, row 3 less so
+    assert scores[0, 1] == 0.0  # the diagonal is zero: an item never recommends itself
+
+
+def test_tuned_ease_picks_from_the_grid_beats_popularity_and_refuses_huge_catalogues(
+    data: PreparedData,
+) -> None:
+    n_rows = data.catalog.size + 1
+    result = tuned_ease(data.validation, data.test, n_rows, (10.0, 100.0))
+    assert result is not None and result.regularization in (10.0, 100.0)
+    ease_hr = evaluate_scorer(result.scorer, data.test, (10,))["hr@10"]
+    popular_hr = evaluate_scorer(popularity_scorer(data.catalog.popularity), data.test,
+                                 (10,))["hr@10"]
+    assert ease_hr > popular_hr
+    assert tuned_ease(data.validation, data.test, EASE_MAX_ITEMS + 1, (10.0,)) is None

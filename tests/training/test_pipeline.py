@@ -177,7 +177,7 @@ def test_evaluation_report_is_written_and_logged(store: Store) -> None:
     workdir = store.first_workdir
     payload = json.loads((workdir / "evaluation.json").read_text())
     assert set(payload["results"]) == {"retrieval", "pipeline", "pipeline_int8", "fallback",
-                                      "popularity", "als"}
+                                      "popularity", "als", "ease"}
     for metrics in payload["results"].values():
         assert 0.0 <= metrics["hr@10"] <= metrics["hr@50"] <= 1.0
     assert payload["data"]["users"] == USERS and payload["data"]["items"] == ITEMS

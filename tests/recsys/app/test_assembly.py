@@ -12,6 +12,7 @@ from devtools.faults import FaultInjectingScorer, FaultInjectingSource, FaultPla
 from recsys.app.assembly import RemoteModels, build_runtime
 from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
+from recsys.models.bundles import RankerBundle
 from recsys.pipeline.scorers import LocalScorer
 from recsys.pipeline.towers import LocalUserTower
 from recsys.settings import ServingSettings
@@ -101,4 +102,10 @@ def test_info_reports_each_slots_models_and_facts(refs: list[ModelRefs], tmp_pat
 
     assert info["models"] == {"champion": refs[0].versions, "challenger": refs[1].versions}
     assert info["history_len"]["challenger"] < info["history_len"]["champion"]
+    for alias, ref in (("champion", refs[0]), ("challenger", refs[1])):  # as training chose it
+        policy = RankerBundle.load(ref.paths["ranker"]).policy
+        assert info["ranking_policy"][alias] == {**policy.to_metadata(),
+                                                 "described": policy.describe()}
+    ranked = ServingSettings(ranking_policy="rank_all")
+    assert built(ranked, refs).info(ranked)["ranking_policy"]["champion"]["use_ranker"] is True
     assert info["limits"] == {"max_k": 100, "max_list_items": 1000, "max_body_bytes": 1_048_576}

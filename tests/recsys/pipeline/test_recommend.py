@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 
@@ -23,6 +24,7 @@ from recsys.errors import StoreError, UnknownIdError
 from recsys.experiments.shadow_sinks import read_shadow_log
 from recsys.features import Context
 from recsys.models.bundles import EmbeddingBundle, RankerBundle
+from recsys.models.policy import RankingPolicy, item_to_item_vector
 from recsys.pipeline.recommend import result_key
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.scorers import LocalScorer
@@ -213,6 +215,41 @@ def test_ranker_and_fallback_errors_keep_retrieval_order(redis_url: str,
     scores = [item["score"] for item in result["items"]]
     assert scores == sorted(scores, reverse=True)
     assert telemetry.named("fallback_error")
+
+
+def test_the_trained_policy_takes_each_user_down_the_path_validation_chose(
+        redis_url: str, refs: list[ModelRefs], champion: EmbeddingBundle) -> None:
+    """By default a slot follows its ranker bundle's policy. Here one where item-to-item serves
+    histories of 1-2 events and the ranker lost to retrieval order: the ranker, set to fail,
+    is never called, and nothing is degraded."""
+    telemetry = Recorder()
+
+    async def scenario(runtime: Runtime) -> tuple[Any, ...]:
+        slot = runtime.pipeline.resolver.slots["champion"]
+        trained, slot.policy = slot.policy, RankingPolicy(short_history=2, use_ranker=False)
+        two = tuple(str(i) for i in slot.catalog.item_ids[1:3])
+        three = (*two, str(slot.catalog.item_ids[3]))
+        return (trained, await recommend(runtime, "policy-new-user", recent_items=two),
+                await recommend(runtime, "policy-new-user", recent_items=three),
+                await recommend(runtime))
+
+    trained, short, longer, known = serve(
+        settings(redis_url, ranking_policy="trained", faults="ranker:error"), refs, scenario,
+        telemetry)
+    assert trained == RankerBundle.load(refs[0].paths["ranker"]).policy
+    assert [r["ranker"] for r in (short, longer, known)] == ["item_to_item", "retrieval",
+                                                             "retrieval"]
+    assert not any(r["degraded"] for r in (short, longer, known))
+    assert not telemetry.named("ranker_error")
+    assert telemetry.named("ranking_path") == [{"path": "item_to_item"}, {"path": "retrieval"},
+                                               {"path": "retrieval"}]
+    # item-to-item: each item scored by its mean similarity to the two items, best first
+    rows = [champion.catalog.index_lookup()[i] for i in ids(short)]
+    query = item_to_item_vector(champion.item_vectors, np.array([1, 2]))
+    np.testing.assert_allclose([i["score"] for i in short["items"]],
+                               champion.item_vectors[rows] @ query, atol=1e-5)
+    assert len(short["items"]) == K  # the two items themselves are not shown again
+    assert not {str(i) for i in champion.catalog.item_ids[1:3]} & set(ids(short))
 
 
 def test_failed_source_is_reported_and_the_others_serve(redis_url: str,

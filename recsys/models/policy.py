@@ -1,0 +1,61 @@
+"""Which path a user's list takes, by how many events the user has: chosen on validation when the
+model set was trained, recorded in the ranker bundle, followed by serving and by the offline
+evaluation alike.
+
+Paths, by the user's number of events n:
+- "popularity": n = 0, the most popular items (a new user);
+- "item_to_item": 1 <= n <= short_history, the items nearest the mean of the user's item
+  vectors, in that order (with one or two events the two-tower's user vector and the ranker
+  trail plain item-to-item similarity on held-out events; validation says how far that holds);
+- "retrieval": the user tower's candidates in retrieval order, when the ranker did not beat that
+  order on validation (use_ranker is False): the ranker is not run at all;
+- "ranker": the user tower's candidates ordered by the ranker.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+PATHS = ("popularity", "item_to_item", "retrieval", "ranker")
+METADATA_KEY = "ranking_policy"
+
+
+@dataclass(frozen=True)
+class RankingPolicy:
+    short_history: int = 0
+    use_ranker: bool = True
+
+    def path_for(self, events: int) -> str:
+        if events == 0:
+            return "popularity"
+        if events <= self.short_history:
+            return "item_to_item"
+        return "ranker" if self.use_ranker else "retrieval"
+
+    def describe(self) -> str:
+        ranked = "the ranker" if self.use_ranker else "retrieval order (the ranker lost on validation)"
+        short = (f"item-to-item for 1-{self.short_history} events, "
+                 if self.short_history else "")
+        return f"popularity for new users, {short}{ranked} above"
+
+    def to_metadata(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> RankingPolicy:
+        """The policy a ranker bundle records; bundles written before it existed rank every
+        user with history, as they were served then."""
+        recorded = metadata.get(METADATA_KEY) or {}
+        return cls(short_history=int(recorded.get("short_history", 0)),
+                   use_ranker=bool(recorded.get("use_ranker", True)))
+
+
+def item_to_item_vector(item_vectors: npt.NDArray[np.float32],
+                        rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    """[D] the mean of the items' vectors: its inner product with an item is the item's mean
+    similarity to them, so retrieval by it is item-to-item over the whole history."""
+    return np.asarray(item_vectors[rows].mean(axis=0), dtype=np.float32)

@@ -1,0 +1,30 @@
+"""The ranking policy (recsys/models/policy.py): a path per history length, kept in the bundle."""
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.models.policy import PATHS, RankingPolicy, item_to_item_vector
+
+
+def test_each_history_length_takes_its_path() -> None:
+    policy = RankingPolicy(short_history=2, use_ranker=True)
+    assert [policy.path_for(n) for n in (0, 1, 2, 3, 50)] == [
+        "popularity", "item_to_item", "item_to_item", "ranker", "ranker"]
+    lost = RankingPolicy(short_history=0, use_ranker=False)
+    assert [lost.path_for(n) for n in (0, 1, 50)] == ["popularity", "retrieval", "retrieval"]
+    assert {p for n in range(5) for p in (policy.path_for(n), lost.path_for(n))} <= set(PATHS)
+
+
+def test_the_policy_round_trips_through_bundle_metadata_and_old_bundles_rank_everyone() -> None:
+    policy = RankingPolicy(short_history=3, use_ranker=False)
+    assert RankingPolicy.from_metadata({"ranking_policy": policy.to_metadata()}) == policy
+    assert RankingPolicy.from_metadata({}) == RankingPolicy(short_history=0, use_ranker=True)
+    assert "retrieval order" in policy.describe() and "1-3 events" in policy.describe()
+    assert "the ranker" in RankingPolicy().describe()
+
+
+def test_the_item_to_item_vector_scores_items_by_mean_similarity_to_the_history() -> None:
+    vectors = np.array([[0, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    query = item_to_item_vector(vectors, np.array([1, 2]))
+    assert query.dtype == np.float32
+    np.testing.assert_allclose(vectors @ query, (vectors @ vectors[1] + vectors @ vectors[2]) / 2)
