@@ -133,6 +133,14 @@ def metric_histories(run_id: str, prefix: str = "") -> dict[str, list[float]]:
             for name in names}
 
 
+def child_runs(run_id: str) -> dict[str, str]:
+    """{run name: run id} of the runs nested under `run_id` (e.g. one per user encoder)."""
+    runs = mlflow.search_runs(experiment_ids=[mlflow.get_run(run_id).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+                              output_format="list")
+    return {run.info.run_name: run.info.run_id for run in runs}
+
+
 def versions_table(registry: Registry) -> pd.DataFrame:
     """One row per registered version of the three models (newest first), with its aliases."""
     rows = [{"model": info.name, "version": info.version, "aliases": ", ".join(info.aliases),

@@ -116,14 +116,18 @@ def test_notebooks_run_in_order_and_log_to_mlflow(tmp_path: Path, venv_kernel: s
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("recsys")
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"two-tower", "ranker", "evaluation"}
+    encoders = {f"two-tower: {name} user encoder" for name in ("pooled", "sequence")}
+    assert set(runs) == {"two-tower", "ranker", "evaluation"} | encoders
     for step, run_name in (("embedding", "two-tower"), ("ranker", "ranker"),
                            ("evaluation", "evaluation")):
         assert steps[step]["run_id"] == runs[run_name].info.run_id
 
-    two_tower = runs["two-tower"].info.run_id
-    for metric in ("two_tower_loss", "two_tower_val_hr_at_10"):
-        assert len(client.get_metric_history(two_tower, metric)) == EPOCHS
+    for name in encoders:  # each encoder trained its epochs in its run, under "two-tower"
+        run = runs[name]
+        assert run.data.tags["mlflow.parentRunId"] == runs["two-tower"].info.run_id
+        for metric in ("two_tower_loss", "two_tower_val_hr_at_10"):
+            assert len(client.get_metric_history(run.info.run_id, metric)) == EPOCHS
+    assert runs["two-tower"].data.params["two_tower.chosen_user_encoder"] in ("pooled", "sequence")
     assert len(client.get_metric_history(runs["ranker"].info.run_id, "ranker_loss")) \
         == RANKER_EPOCHS
 
@@ -141,5 +145,5 @@ def test_notebooks_run_in_order_and_log_to_mlflow(tmp_path: Path, venv_kernel: s
         "embedding": champion.embedding, "ranker": champion.ranker,
         "fallback_ranker": champion.fallback}}
     embedding_version = registry.list_versions(registry.names.embedding)[0]
-    assert embedding_version.run_id == two_tower
+    assert embedding_version.run_id == runs["two-tower"].info.run_id
     assert embedding_version.tags["evaluation_run_id"] == runs["evaluation"].info.run_id

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.entities import Run
 from pydantic import ValidationError
@@ -28,7 +29,7 @@ from training.config import SEQUENCE_TOWER, EvalConfig, PipelineConfig, RankerCo
 from training.data import SyntheticConfig, generate_synthetic
 from training.pipeline import PipelineResult, code_version, ensure_champion, run_pipeline
 from training.settings import TrainingSettings
-from training.steps import data_fingerprint
+from training.steps import SHORT_HISTORIES, data_fingerprint
 
 USERS, ITEMS = 150, 300
 CONFIG = PipelineConfig(
@@ -230,6 +231,23 @@ def test_registered_embedding_holds_onnx_towers_and_faiss_index(store: Store) ->
                                  "fallback_ranker")
     check_compatible(embedding, ranker)
     check_compatible(embedding, fallback)
+
+
+def test_the_ranker_bundle_records_the_policy_validation_chose_and_why(store: Store) -> None:
+    ranker = RankerBundle.load(store.first_workdir / "ranker")
+    policy, scores = ranker.policy, ranker.manifest.metadata["ranking_policy_validation"]
+    assert policy.use_ranker == (scores["val_ranker_hr_at_10"] > scores["val_retrieval_hr_at_10"])
+    wins = [scores[f"val_new_{n}_item_to_item_hr_at_10"] > scores[f"val_new_{n}_served_hr_at_10"]
+            for n in SHORT_HISTORIES if f"val_new_{n}_served_hr_at_10" in scores]
+    # item-to-item up to the last length of an unbroken run of wins from one event on
+    won = next((i for i, win in enumerate(wins) if not win), len(wins))
+    assert policy.short_history == (SHORT_HISTORIES[won - 1] if won else 0)
+    payload = json.loads((store.first_workdir / "evaluation.json").read_text())
+    gain = payload["significance"]["pipeline_vs_retrieval"]
+    for metric in ("hr@10", "ndcg@10"):
+        assert gain[metric]["low"] <= gain[metric]["gain"] <= gain[metric]["high"]
+    ranks = np.load(store.first_workdir / "test_ranks.npz")
+    assert len(ranks["pipeline"]) == len(ranks["user_ids"]) == payload["data"]["test_users"]
 
 
 # --- a second run, the CLI and the settings -------------------------------------------------
