@@ -1,4 +1,5 @@
-"""Command line: `python -m training run|download`, the headless twin of the notebooks."""
+"""Command line: `python -m training run|seeds|replay|download`, the headless twin of the
+notebooks."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "promote the newest set trained on it, else train and promote one")
     run.add_argument("--promote", choices=("if-no-champion", "always", "never"),
                      default="if-no-champion", help="when to move the champion alias")
+    seeds = sub.add_parser("seeds", help="train and evaluate once per seed, each in a throwaway "
+                           "store; report means with 95%% intervals (training/seeds.py)")
+    seeds.add_argument("--data", type=Path, help="dataset path (default: RECSYS_DATA_PATH, "
+                       "else the synthetic generator)")
+    seeds.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    seeds.add_argument("--out", type=Path, default=Path("reports/seeds"))
+    seeds.add_argument("--jobs", type=int, default=1, help="seeds trained at once (one core each)")
+    seeds.add_argument("--summarise-only", action="store_true",
+                       help="only summarise the seed-N folders already under --out")
     replay = sub.add_parser("replay", help="replay held-out interactions against a running "
                             "service (127.0.0.1 only): /recommend, then a click or view event")
     replay.add_argument("--url", default="http://127.0.0.1:3000")
@@ -53,6 +63,18 @@ def _run(args: argparse.Namespace) -> int:
     result = run_pipeline(settings, promote=args.promote)
     print(result.report.table)
     print(json.dumps(describe(result), indent=2))
+    return 0
+
+
+def _seeds(args: argparse.Namespace) -> int:
+    from training.seeds import run_seeds, summarise
+    from training.settings import TrainingSettings
+
+    if not args.summarise_only:
+        data = args.data or TrainingSettings().data_path
+        run_seeds(data, args.seeds, args.out, args.jobs)
+    summarise(args.out)
+    print((args.out / "summary.md").read_text())
     return 0
 
 
@@ -86,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "replay":
             return _replay(args)
+        if args.command == "seeds":
+            return _seeds(args)
         return _run(args)
     except (RecsysError, ValidationError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

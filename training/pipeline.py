@@ -223,6 +223,9 @@ def evaluation_step(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
                             for metric, values in metrics.items() for k, v in values.items()})
         payload = {"results": results, "diagnostics": diagnostics, "by_tie": by_tie,
                    "significance": significance,
+                   "embedding": {"user_encoder": embedding.config.get("user_encoder", "pooled"),
+                                 "history_len": embedding.history_len},
+                   "ranking_policy": rankers.ranker.policy.to_metadata(),
                    "cold_start": curve.to_dict(orient="records"), "data": data.summary()}
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "evaluation.json").write_text(json.dumps(payload, indent=2))
