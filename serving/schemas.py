@@ -114,6 +114,9 @@ class RecommendBody(RequestBody):
     context: RequestContext = Field(default_factory=RequestContext)
     filters: Filters = Field(default_factory=Filters)
     exclude_item_ids: ItemIds = Field(default_factory=list)
+    explain: bool = Field(False, description="each item says why it is there: the path that "
+                          "ordered it, the sources that found it, its similarity to the user and "
+                          "the ranker's main feature contributions (one more ranker call)")
 
 
     def to_request(self) -> RecommendRequest:
@@ -122,7 +125,7 @@ class RecommendBody(RequestBody):
             context=self.context.to_context(),
             include_categories=tuple(self.filters.include_categories),
             exclude_categories=tuple(self.filters.exclude_categories),
-            exclude_items=tuple(self.exclude_item_ids))
+            exclude_items=tuple(self.exclude_item_ids), explain=self.explain)
 
 
 class SimilarItemsBody(RequestBody):
@@ -182,12 +185,29 @@ class AdminRollbackBody(RequestBody):
     """POST /admin/rollback: the previous champion back on live traffic (no fields)."""
 
 
+class Contribution(Strict):
+    feature: str = Field(description="a ranker feature, or a group: user_item_interaction, "
+                         "item_embedding")
+    effect: float = Field(description="the item's score minus its score with the feature at its "
+                          "training mean: positive pushed the item up")
+
+
+class Explanation(Strict):
+    path: str = Field(description="what ordered the list (as `ranker` of the response)")
+    sources: list[str]
+    similarity: float = Field(description="the item's retrieval similarity to the user")
+    contributions: list[Contribution] = Field(description="the ranker's largest feature "
+                                              "effects on this item; empty when no ranker "
+                                              "ordered the list")
+
+
 class RecommendedItem(Strict):
     item_id: str
     title: str
     score: float = Field(description="the ranker's score (the fallback ranker's when degraded)")
     rank: int = Field(ge=1)
     sources: list[str] = Field(description="retrieval sources that proposed the item")
+    explanation: Explanation | None = Field(None, description="with `explain: true` only")
 
 
 class RecommendResponse(Strict):

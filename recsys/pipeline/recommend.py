@@ -20,6 +20,7 @@ from recsys.experiments.shadow_records import ScoredList
 from recsys.features import recent_rows, user_ranker_inputs
 from recsys.models.policy import item_to_item_vector
 from recsys.models.registry_client import CHALLENGER, CHAMPION
+from recsys.pipeline.explain import add_explanations
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.reranking import filter_candidates, rerank
 from recsys.pipeline.resolver import (
@@ -178,7 +179,8 @@ class RecommendPipeline:
         history = recent_rows(state.history)
         path = slot.policy.path_for(history.size)
         if path == "popularity":
-            return self._cold_start(resolved, state, reasons, telemetry)
+            return await self._explained(resolved, *self._cold_start(resolved, state, reasons,
+                                                                     telemetry))
         t = time.perf_counter()
         if path == "item_to_item":
             user = item_to_item_vector(slot.embedding.item_vectors, history)
@@ -192,7 +194,9 @@ class RecommendPipeline:
         ranked = self._to_rank(resolved, candidates, state)
         if path != "ranker":  # in retrieval order: validation chose it over the ranker here
             telemetry.event("ranking_path", path=path)
-            return self._shown(resolved, ranked, ranked.similarity, path, reasons, telemetry)
+            return await self._explained(
+                resolved, ranked, self._shown(resolved, ranked, ranked.similarity, path, reasons,
+                                              telemetry))
         t = time.perf_counter()
         features = user_ranker_inputs(user, state.history, ranked.items, slot.embedding.item_vectors,
                                       slot.catalog, request.context, slot.scaler)
@@ -203,16 +207,27 @@ class RecommendPipeline:
         if outcome.reason:
             reasons.append(outcome.reason)
         telemetry.observe("ranking", time.perf_counter() - t)
-        return self._shown(resolved, ranked, outcome.scores, outcome.ranker, reasons, telemetry)
+        result = self._shown(resolved, ranked, outcome.scores, outcome.ranker, reasons, telemetry)
+        return await self._explained(resolved, ranked, result, features)
 
     def _cold_start(self, resolved: ResolvedRequest, state: UserState, reasons: list[str],
-                    telemetry: Telemetry) -> dict[str, Any]:
+                    telemetry: Telemetry) -> tuple[Candidates, dict[str, Any]]:
         """A user without history (unknown, or no event yet): the most popular items, filtered
         and diversified like any list. The two-tower's vector of an empty history ranks the
         catalogue far below popularity (the cold-start curve, training/cold_start.py)."""
         telemetry.event("cold_start")
         ranked = self._to_rank(resolved, resolved.slot.popular, state)
-        return self._shown(resolved, ranked, ranked.similarity, "popularity", reasons, telemetry)
+        return ranked, self._shown(resolved, ranked, ranked.similarity, "popularity", reasons,
+                                   telemetry)
+
+    @staticmethod
+    async def _explained(resolved: ResolvedRequest, ranked: Candidates, result: dict[str, Any],
+                         features: FloatArray | None = None) -> dict[str, Any]:
+        """`result`, with each item's explanation when the request asked (recsys/pipeline/explain.py)."""
+        if resolved.request.explain:
+            await add_explanations(result, ranked, resolved.slot.item_rows, features,
+                                   resolved.slot.ranker)
+        return result
 
     def _shown(self, resolved: ResolvedRequest, ranked: Candidates, scores: FloatArray,
                ranker: str, reasons: list[str], telemetry: Telemetry) -> dict[str, Any]:

@@ -22,9 +22,10 @@ from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
 from recsys.errors import StoreError, UnknownIdError
 from recsys.experiments.shadow_sinks import read_shadow_log
-from recsys.features import Context
+from recsys.features import DENSE_FEATURES, Context
 from recsys.models.bundles import EmbeddingBundle, RankerBundle
 from recsys.models.policy import RankingPolicy, item_to_item_vector
+from recsys.pipeline.explain import EMBEDDING_GROUPS, contributions, feature_groups, occluded
 from recsys.pipeline.recommend import result_key
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.scorers import LocalScorer
@@ -250,6 +251,59 @@ def test_the_trained_policy_takes_each_user_down_the_path_validation_chose(
                                champion.item_vectors[rows] @ query, atol=1e-5)
     assert len(short["items"]) == K  # the two items themselves are not shown again
     assert not {str(i) for i in champion.catalog.item_ids[1:3]} & set(ids(short))
+
+
+def test_explain_says_why_each_item_is_there_without_changing_the_list(
+        redis_url: str, refs: list[ModelRefs]) -> None:
+    async def scenario(runtime: Runtime) -> tuple[dict[str, Any], ...]:
+        return (await recommend(runtime), await recommend(runtime, explain=True),
+                await recommend(runtime, explain=True), await recommend(runtime, "new-user",
+                                                                        explain=True))
+
+    plain, explained, again, cold = serve(settings(redis_url), refs, scenario)
+    assert ids(explained) == ids(plain) and "explanation" not in plain["items"][0]
+    assert (explained["cache"], again["cache"]) == ("miss", "l1")  # cached apart from plain
+    names = {*DENSE_FEATURES, *EMBEDDING_GROUPS}
+    for item in explained["items"]:
+        why = item["explanation"]
+        assert why["path"] == "ranker" and why["sources"] == item["sources"]
+        assert -1.0 <= why["similarity"] <= 1.0
+        effects = why["contributions"]
+        assert len(effects) == 3 and {e["feature"] for e in effects} <= names
+        assert [abs(e["effect"]) for e in effects] == sorted((abs(e["effect"]) for e in effects),
+                                                             reverse=True)
+    assert all(i["explanation"] == {"path": "popularity", "sources": i["sources"],
+                                    "similarity": i["explanation"]["similarity"],
+                                    "contributions": []} for i in cold["items"])
+
+
+def test_explain_under_a_failing_ranker_explains_the_fallback(redis_url: str,
+                                                              refs: list[ModelRefs]) -> None:
+    async def scenario(runtime: Runtime) -> dict[str, Any]:
+        return await recommend(runtime, explain=True)
+
+    result = serve(settings(redis_url, faults="ranker:error"), refs, scenario)
+    assert result["ranker"] == "fallback"
+    assert all(i["explanation"]["path"] == "fallback" and len(i["explanation"]["contributions"])
+               == 3 for i in result["items"])
+
+
+def test_occlusion_zeroes_one_feature_group_per_copy_and_ranks_effects() -> None:
+    width = len(DENSE_FEATURES) + 2 * 4
+    rows = np.arange(2 * width, dtype=np.float32).reshape(2, width) + 1.0
+    copies = occluded(rows)
+    groups = feature_groups(width)
+    assert copies.shape == (2 * len(groups), width)
+    for g, (_, columns) in enumerate(groups):
+        assert not copies[g, columns].any() and (copies[g].sum() + rows[0, columns].sum()
+                                                 == pytest.approx(rows[0].sum()))
+    scores = np.array([1.0, 2.0], dtype=np.float32)
+    occluded_scores = np.repeat(scores, len(groups))
+    occluded_scores[1] -= 0.5  # the second group helped item 0 by 0.5
+    occluded_scores[len(groups) + 3] += 0.9  # the fourth hurt item 1 by 0.9
+    top = contributions(scores, occluded_scores, width, top=1)
+    assert top == [[{"feature": groups[1][0], "effect": 0.5}],
+                   [{"feature": groups[3][0], "effect": -0.9}]]
 
 
 def test_failed_source_is_reported_and_the_others_serve(redis_url: str,
