@@ -96,6 +96,11 @@ def summarise(out: Path) -> dict[str, Any]:
         "significance": {f"{m}_vs_retrieval": seed_gain(ranks, m, "retrieval")
                          for m in ("pipeline", "ease", "als") if m in models},
         "cold_start_hr@10": cold,
+        # the test users whose last two events share a second, and the rest
+        "by_tie": {group: {m: {k: interval([run["by_tie"][group][m][k] for run in runs])
+                               for k in ("hr@10", "ndcg@10")} for m in models}
+                   for group in ("tied", "untied")
+                   if all(group in run.get("by_tie", {}) for run in runs)},
         "user_encoder": [run.get("embedding", {}).get("user_encoder") for run in runs],
         "ranking_policy": [run.get("ranking_policy") for run in runs],
         "timings_s": {k: interval([json.loads((f / "timings.json").read_text())[k]
@@ -127,6 +132,9 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {pair.removesuffix('_vs_retrieval')} | {metric} | {v['gain']:+.4f} | "
               f"[{v['low']:+.4f}, {v['high']:+.4f}]{' significant' if v['significant'] else ''} |"
               for pair, metrics in summary["significance"].items() for metric, v in metrics.items()]
+    for group, by_model in summary["by_tie"].items():
+        lines += ["", f"Test users {group} (HR@10 / NDCG@10):", ""]
+        lines += [f"- {m}: {_cell(v['hr@10'])} / {_cell(v['ndcg@10'])}" for m, v in by_model.items()]
     lines += ["", "A new user's HR@10 with n events:", "", "| model @ n | HR@10 |", "|---|---|"]
     lines += [f"| {name} | {_cell(v)} |" for name, v in summary["cold_start_hr@10"].items()]
     return "\n".join(lines) + "\n"

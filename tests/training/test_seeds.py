@@ -22,6 +22,7 @@ def _seed(out: Path, seed: int, pipeline: np.ndarray, retrieval: np.ndarray) -> 
              for n in (0, 1) for m in ("popularity", "pipeline")]
     (work / "evaluation.json").write_text(json.dumps({
         "results": results, "cold_start": curve, "embedding": {"user_encoder": "sequence"},
+        "by_tie": {group: {"users": {"n": 100.0}, **results} for group in ("tied", "untied")},
         "ranking_policy": {"short_history": 1, "use_ranker": True}}))
     np.savez_compressed(work / "test_ranks.npz", user_ids=USERS, pipeline=pipeline,
                         retrieval=retrieval)
@@ -58,6 +59,7 @@ def test_summarise_reads_every_seed_and_writes_the_report(tmp_path: Path) -> Non
     assert set(summary["significance"]) == {"pipeline_vs_retrieval"}
     assert summary["cold_start_hr@10"]["pipeline@1"]["mean"] == pytest.approx(0.1 + 11 / 300)
     assert summary["user_encoder"] == ["sequence"] * 3
+    assert summary["by_tie"]["tied"]["pipeline"]["ndcg@10"] == ndcg
     assert summary["timings_s"]["two_tower"]["mean"] == pytest.approx(60.0 + 11 / 3)
     assert "| pipeline |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "cold_start.png").stat().st_size > 0
