@@ -1,4 +1,4 @@
-"""Command line: `python -m training run|seeds|replay|download`, the headless twin of the
+"""Command line: `python -m training run|seeds|tune|replay|download`, the headless twin of the
 notebooks."""
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--jobs", type=int, default=1, help="seeds trained at once (one core each)")
     seeds.add_argument("--summarise-only", action="store_true",
                        help="only summarise the seed-N folders already under --out")
+    tune = sub.add_parser("tune", help="search the two-tower's settings with Optuna on "
+                          "validation NDCG@10, each trial a nested MLflow run (training/tuning.py)")
+    tune.add_argument("--data", type=Path, help="dataset path (default: RECSYS_DATA_PATH, "
+                      "else the synthetic generator)")
+    tune.add_argument("--trials", type=int, default=20)
+    tune.add_argument("--epochs", type=int, help="cap on each trial's epochs (default: each "
+                      "encoder's own; early stopping ends most trials before)")
+    tune.add_argument("--out", type=Path, default=Path("reports/tuning"))
     replay = sub.add_parser("replay", help="replay held-out interactions against a running "
                             "service (127.0.0.1 only): /recommend, then a click or view event")
     replay.add_argument("--url", default="http://127.0.0.1:3000")
@@ -78,6 +86,24 @@ def _seeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from registry import configure_tracking
+    from training.config import PipelineConfig
+    from training.pipeline import apply_overrides, load_prepared
+    from training.settings import TrainingSettings
+    from training.tuning import tune
+
+    overrides = {k: v for k, v in (("data_path", args.data), ("epochs", args.epochs)) if v}
+    settings = TrainingSettings(**overrides)
+    config = apply_overrides(PipelineConfig(), settings)
+    configure_tracking(settings.tracking_uri, store_dir=settings.store_dir)
+    study = tune(load_prepared(settings, config), config.two_tower, args.trials, args.out,
+                 seed=settings.seed, epochs=args.epochs)
+    print(f"best validation NDCG@10 {study.best_value:.4f} (trial {study.best_trial.number} of "
+          f"{len(study.trials)}): {study.best_params}; report in {args.out}")
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -110,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args)
         if args.command == "seeds":
             return _seeds(args)
+        if args.command == "tune":
+            return _tune(args)
         return _run(args)
     except (RecsysError, ValidationError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -43,9 +43,12 @@ from training.fallback import train_fallback
 from training.index_tuning import recall_at_k
 from training.ranker import DCNRanker, build_queries, train_ranker
 from training.ranker import score as score_torch
+from training.sequence_tower import Windows
 from training.sequences import UserSequences, build_sequences, concat_sequences
 from training.threads import torch_threads
 from training.two_tower import (
+    Examples,
+    TwoTowerModel,
     build_model,
     encode_items,
     encode_users,
@@ -143,6 +146,22 @@ def train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path
 
 def _train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Path,
                      log: MetricLogger | None) -> EmbeddingBundle:
+    model, examples, _ = fit_embedding(data, config, log)
+    sample = slice(0, min(256, len(examples.target)))
+    write_embedding_bundle(
+        bundle_dir, model, data.catalog, data.attributes, encode_items(model, data.catalog),
+        examples.history[sample], examples.attributes[sample],
+        {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name},
+        user_histories=served_histories(data, config.history_len),
+    )
+    return EmbeddingBundle.load(bundle_dir)
+
+
+def fit_embedding(data: PreparedData, config: TwoTowerConfig, log: MetricLogger | None = None,
+                  ) -> tuple[TwoTowerModel, Examples | Windows, float]:
+    """Train the two-tower model, validation HR@10 and NDCG@10 after each epoch, stopping after
+    `patience` epochs without a better NDCG@10; returns the model at its best epoch, what it
+    trained on and that best NDCG@10. Call within torch_threads (train_embedding does)."""
     model = build_model(data.catalog, data.attributes.cardinalities(), config)
     examples = training_examples(data.train, data.train_attributes, config)
     history = padded_histories(data.validation, config.history_len)
@@ -166,14 +185,7 @@ def _train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Pat
     load_model_state(model, best["state"])
     if log is not None:
         log({"two_tower_best_epoch": float(best["epoch"] + 1)}, 0)
-    sample = slice(0, min(256, len(examples.target)))
-    write_embedding_bundle(
-        bundle_dir, model, data.catalog, data.attributes, encode_items(model, data.catalog),
-        examples.history[sample], examples.attributes[sample],
-        {"data_fingerprint": data.fingerprint, "dataset": data.dataset.name},
-        user_histories=served_histories(data, config.history_len),
-    )
-    return EmbeddingBundle.load(bundle_dir)
+    return model, examples, float(best["ndcg"])
 
 
 @dataclass(frozen=True)

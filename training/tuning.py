@@ -1,0 +1,103 @@
+"""The search over the two-tower's settings: `python -m training tune` runs an Optuna study (TPE,
+seeded) whose every trial trains the retrieval model with sampled settings and scores it by
+validation NDCG@10 only, each trial an MLflow run nested under one `tuning` run.
+
+The user encoder is one of the choices, and each encoder has its own batch, history and (for the
+sequence encoder) dropout ranges: the two train on differently shaped examples. The study writes
+OUT/trials.csv, OUT/best.json and OUT/history.png and logs them to the parent run; the
+configuration in training/config.py is what a study chose (README: Offline evaluation).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import mlflow
+import optuna
+from matplotlib.figure import Figure
+
+from training import plots
+from training.config import SEQUENCE_TOWER, TwoTowerConfig, flatten
+from training.steps import PreparedData, fit_embedding
+from training.threads import torch_threads
+
+log = logging.getLogger(__name__)
+
+
+def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None) -> TwoTowerConfig:
+    """A two-tower configuration drawn for `trial`: the pooled encoder's from `base`, the sequence
+    encoder's from SEQUENCE_TOWER (with base's seed and threads); `epochs` caps either."""
+    encoder = trial.suggest_categorical("user_encoder", ["pooled", "sequence"])
+    start = base if encoder == "pooled" else replace(SEQUENCE_TOWER, seed=base.seed,
+                                                      threads=base.threads)
+    start = replace(start, epochs=epochs or start.epochs)
+    values: dict[str, Any] = {
+        "dim": trial.suggest_categorical("dim", [32, 64, 128]),
+        "learning_rate": trial.suggest_float("learning_rate", 3e-4, 1e-2, log=True),
+        "temperature": trial.suggest_float("temperature", 0.02, 0.2, log=True),
+        "item_id_dropout": trial.suggest_float("item_id_dropout", 0.0, 0.3),
+    }
+    if encoder == "pooled":
+        values["batch_size"] = trial.suggest_categorical("pooled_batch_size", [256, 512, 1024])
+        values["history_len"] = trial.suggest_categorical("pooled_history_len", [10, 20, 50])
+    else:
+        values["batch_size"] = trial.suggest_categorical("sequence_batch_size", [16, 32, 64])
+        values["dropout"] = trial.suggest_float("sequence_dropout", 0.1, 0.6)
+    return replace(start, **values)
+
+
+def tune(data: PreparedData, base: TwoTowerConfig, trials: int, out: Path, seed: int = 0,
+         epochs: int | None = None) -> optuna.Study:
+    """Run `trials` trials in a `tuning` MLflow run (one nested run each); write the report."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", study_name="two-tower",
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+
+    def objective(trial: optuna.Trial) -> float:
+        config = suggest(trial, base, epochs)
+        with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
+            mlflow.log_params(flatten(config, "two_tower."))
+            with torch_threads(config.threads):
+                _, _, ndcg = fit_embedding(data, config)
+            mlflow.log_metric("val_ndcg_at_10", ndcg)
+        log.info("trial %d: validation NDCG@10 %.4f with %s", trial.number, ndcg, trial.params)
+        return ndcg
+
+    with mlflow.start_run(run_name="tuning", nested=mlflow.active_run() is not None):
+        mlflow.set_tags({"dataset": data.dataset.name, "data_fingerprint": data.fingerprint})
+        study.optimize(objective, n_trials=trials)
+        out.mkdir(parents=True, exist_ok=True)
+        study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+        best = {"value": study.best_value, "params": study.best_params,
+                "trial": study.best_trial.number, "trials": len(study.trials)}
+        (out / "best.json").write_text(json.dumps(best, indent=2))
+        fig = plot_history(study)
+        fig.savefig(out / "history.png", dpi=110)
+        plots.close(fig)
+        for name in ("trials.csv", "best.json", "history.png"):
+            mlflow.log_artifact(str(out / name))
+        mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
+        mlflow.log_metric("best_val_ndcg_at_10", study.best_value)
+    return study
+
+
+def plot_history(study: optuna.Study) -> Figure:
+    """Validation NDCG@10 per trial by user encoder, and the best so far."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    done = [t for t in study.trials if t.value is not None]
+    for encoder in ("pooled", "sequence"):
+        mine = [t for t in done if t.params.get("user_encoder") == encoder]
+        ax.scatter([t.number for t in mine], [t.value for t in mine], label=encoder)
+    best, running = [], float("-inf")
+    for t in done:
+        running = max(running, float(t.value or running))
+        best.append(running)
+    ax.plot([t.number for t in done], best, color="black", label="best so far")
+    ax.set(xlabel="trial", ylabel="validation NDCG@10", title="two-tower settings search")
+    ax.legend()
+    fig.tight_layout()
+    return fig
