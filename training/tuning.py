@@ -4,8 +4,9 @@ validation NDCG@10 only, each trial an MLflow run nested under one `tuning` run.
 
 The user encoder is one of the choices, and each encoder has its own batch, history and (for the
 sequence encoder) dropout ranges: the two train on differently shaped examples. The study writes
-OUT/trials.csv, OUT/best.json and OUT/history.png and logs them to the parent run; the
-configuration in training/config.py is what a study chose (README: Offline evaluation).
+OUT/trials.csv, OUT/best.json and OUT/history.png and logs them to the parent run. The README
+(Offline evaluation) says what the latest study chose and how the defaults in training/config.py
+stand against it.
 """
 from __future__ import annotations
 
