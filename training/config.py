@@ -31,10 +31,13 @@ class TwoTowerConfig:
     threads: int = 1  # torch threads: a fixed count keeps a seed's model identical across machines
 
 
-# The sequence encoder's own optimisation: it trains on whole windows (up to history_len targets
-# each), so it needs far smaller batches for as many steps, and it overfits without dropout 0.5.
-SEQUENCE_TOWER = TwoTowerConfig(user_encoder="sequence", history_len=50, epochs=40, batch_size=32,
-                                learning_rate=1e-3)
+# The sequence encoder's own settings: it trains on whole windows (up to history_len targets
+# each), so it needs far smaller batches for as many steps. Chosen by `python -m training tune`
+# on MovieLens 100K validation NDCG@10 (seed 0, 12 trials, 2026-12-05): trial 10, 0.1203, against
+# 0.1113 for the pooled defaults above and 0.1056 for this encoder's previous settings.
+SEQUENCE_TOWER = TwoTowerConfig(user_encoder="sequence", history_len=50, epochs=40, batch_size=16,
+                                learning_rate=7.4e-4, temperature=0.09, item_id_dropout=0.1,
+                                dropout=0.58)
 
 
 @dataclass(frozen=True)
