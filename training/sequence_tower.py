@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from recsys.features import PAD
 from training.config import TwoTowerConfig
 from training.sequences import UserSequences
+from training.tower_parts import add_history_inputs, add_user_head, attribute_vectors
 
 _MASKED = -1e4  # additive attention mask: finite, so a row that sees only itself stays finite
 
@@ -64,20 +65,14 @@ class SequenceUserTower(nn.Module):
                  config: TwoTowerConfig) -> None:
         super().__init__()
         d = config.dim
-        self.history = nn.Embedding(n_rows, d, padding_idx=PAD)
-        self.register_buffer("item_genres", item_genres, persistent=True)
-        self.genre_proj = nn.Linear(item_genres.shape[1], d, bias=False)
+        add_history_inputs(self, n_rows, item_genres, d)
         self.position = nn.Embedding(config.history_len, d)
         self.blocks = nn.ModuleList(CausalBlock(d, config.heads, config.dropout)
                                     for _ in range(config.layers))
         self.norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(config.dropout)
         self.recency = nn.Parameter(torch.zeros(config.history_len))  # logit per age: 0 = newest
-        self.attributes = nn.ModuleList(
-            nn.Embedding(c, config.attribute_dim, padding_idx=PAD) for c in cardinalities
-        )
-        width = 2 * d + config.attribute_dim * len(cardinalities)
-        self.mlp = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d))
+        add_user_head(self, cardinalities, config, history_width=2 * d)
 
     def states(self, history: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
         """[B, H, D] normalised user vectors after each position (pads give meaningless rows)."""
@@ -89,7 +84,7 @@ class SequenceUserTower(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         x = self.norm(x)
-        attrs = [emb(attributes[:, j]) for j, emb in enumerate(self.attributes)]
+        attrs = attribute_vectors(self.attributes, attributes)
         attrs_per_position = torch.cat(attrs, dim=-1).unsqueeze(1).expand(-1, length, -1)
         parts = [x, self._recency_pooled(items, mask), attrs_per_position]
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)

@@ -15,6 +15,7 @@ from training.config import TwoTowerConfig
 from training.loop import run_epoch
 from training.sequence_tower import SequenceUserTower, Windows, sequence_windows
 from training.sequences import UserSequences
+from training.tower_parts import add_history_inputs, add_user_head, attribute_vectors
 
 _MASKED = -1e4  # large negative instead of -inf: keeps softmax finite when a row is all padding
 
@@ -47,16 +48,9 @@ class PooledUserTower(nn.Module):
     def __init__(self, n_rows: int, item_genres: torch.Tensor, cardinalities: list[int],
                  config: TwoTowerConfig) -> None:
         super().__init__()
-        d = config.dim
-        self.history = nn.Embedding(n_rows, d, padding_idx=PAD)
-        self.register_buffer("item_genres", item_genres, persistent=True)
-        self.genre_proj = nn.Linear(item_genres.shape[1], d, bias=False)
+        add_history_inputs(self, n_rows, item_genres, config.dim)
         self.position = nn.Parameter(torch.zeros(config.history_len))
-        self.attributes = nn.ModuleList(
-            nn.Embedding(c, config.attribute_dim, padding_idx=PAD) for c in cardinalities
-        )
-        width = 2 * d + config.attribute_dim * len(cardinalities)
-        self.mlp = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d))
+        add_user_head(self, cardinalities, config, history_width=2 * config.dim)
 
     def forward(self, history: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
         mask = history != PAD
@@ -64,7 +58,7 @@ class PooledUserTower(nn.Module):
         weights = (torch.softmax(logits, dim=-1) * mask.float()).unsqueeze(-1)
         pooled = (self.history(history) * weights).sum(1)
         genres = self.genre_proj((self.item_genres[history] * weights).sum(1))
-        parts = [pooled, genres] + [emb(attributes[:, j]) for j, emb in enumerate(self.attributes)]
+        parts = [pooled, genres, *attribute_vectors(self.attributes, attributes)]
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 

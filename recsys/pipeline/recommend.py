@@ -30,10 +30,10 @@ from recsys.pipeline.resolver import (
     ServedModels,
     UserState,
 )
+from recsys.pipeline.results import items, result_key, scored_list
 from recsys.pipeline.retrieval import Candidates, RetrievalQuery
 from recsys.pipeline.slots import ModelSlot
 from recsys.stores.cache import ResultCache
-from recsys.stores.cache_keys import make_key
 from recsys.telemetry import Telemetry
 
 IntArray = npt.NDArray[np.int64]
@@ -96,10 +96,12 @@ class RecommendPipeline:
         (a source or ranker error) as always."""
         silent = Telemetry()
         for alias, slot in models.slots.items():
-            # a new user (the cold-start path) and one with an event (every model and source)
-            popular = str(slot.catalog.item_ids[slot.catalog.popular_rows[0]])
+            # a new user (the cold-start path) and one with events enough for the ranking
+            # policy to take them through every model and source
+            rows = slot.catalog.popular_rows[:slot.policy.short_history + 1]
+            popular = tuple(str(i) for i in slot.catalog.item_ids[rows])
             requests = [RecommendRequest(WARMUP_USER, 10),
-                        RecommendRequest(WARMUP_USER, 10, recent_items=(popular,)), *self.recent]
+                        RecommendRequest(WARMUP_USER, 10, recent_items=popular), *self.recent]
             for request in requests:
                 try:
                     resolved = self.resolver.resolve(request, Routed(alias, slot))
@@ -179,8 +181,7 @@ class RecommendPipeline:
         history = recent_rows(state.history)
         path = slot.policy.path_for(history.size)
         if path == "popularity":
-            return await self._explained(resolved, *self._cold_start(resolved, state, reasons,
-                                                                     telemetry))
+            return await self._cold_start(resolved, state, reasons, telemetry)
         t = time.perf_counter()
         if path == "item_to_item":
             user = item_to_item_vector(slot.embedding.item_vectors, history)
@@ -194,9 +195,8 @@ class RecommendPipeline:
         ranked = self._to_rank(resolved, candidates, state)
         if path != "ranker":  # in retrieval order: validation chose it over the ranker here
             telemetry.event("ranking_path", path=path)
-            return await self._explained(
-                resolved, ranked, self._shown(resolved, ranked, ranked.similarity, path, reasons,
-                                              telemetry))
+            return await self._shown(resolved, ranked, ranked.similarity, path, reasons,
+                                     telemetry)
         t = time.perf_counter()
         features = user_ranker_inputs(user, state.history, ranked.items, slot.embedding.item_vectors,
                                       slot.catalog, request.context, slot.scaler)
@@ -207,31 +207,24 @@ class RecommendPipeline:
         if outcome.reason:
             reasons.append(outcome.reason)
         telemetry.observe("ranking", time.perf_counter() - t)
-        result = self._shown(resolved, ranked, outcome.scores, outcome.ranker, reasons, telemetry)
-        return await self._explained(resolved, ranked, result, features)
+        return await self._shown(resolved, ranked, outcome.scores, outcome.ranker, reasons,
+                                 telemetry, features)
 
-    def _cold_start(self, resolved: ResolvedRequest, state: UserState, reasons: list[str],
-                    telemetry: Telemetry) -> tuple[Candidates, dict[str, Any]]:
+    async def _cold_start(self, resolved: ResolvedRequest, state: UserState, reasons: list[str],
+                          telemetry: Telemetry) -> dict[str, Any]:
         """A user without history (unknown, or no event yet): the most popular items, filtered
         and diversified like any list. The two-tower's vector of an empty history ranks the
         catalogue far below popularity (the cold-start curve, training/cold_start.py)."""
         telemetry.event("cold_start")
         ranked = self._to_rank(resolved, resolved.slot.popular, state)
-        return ranked, self._shown(resolved, ranked, ranked.similarity, "popularity", reasons,
-                                   telemetry)
+        return await self._shown(resolved, ranked, ranked.similarity, "popularity", reasons,
+                                 telemetry)
 
-    @staticmethod
-    async def _explained(resolved: ResolvedRequest, ranked: Candidates, result: dict[str, Any],
-                         features: FloatArray | None = None) -> dict[str, Any]:
-        """`result`, with each item's explanation when the request asked (recsys/pipeline/explain.py)."""
-        if resolved.request.explain:
-            await add_explanations(result, ranked, resolved.slot.item_rows, features,
-                                   resolved.slot.ranker)
-        return result
-
-    def _shown(self, resolved: ResolvedRequest, ranked: Candidates, scores: FloatArray,
-               ranker: str, reasons: list[str], telemetry: Telemetry) -> dict[str, Any]:
-        """The result: the k items to show of the `ranked` candidates by `scores`, re-ranked."""
+    async def _shown(self, resolved: ResolvedRequest, ranked: Candidates, scores: FloatArray,
+                     ranker: str, reasons: list[str], telemetry: Telemetry,
+                     features: FloatArray | None = None) -> dict[str, Any]:
+        """The result: the k items to show of the `ranked` candidates by `scores`, re-ranked,
+        each explained when the request asks (`features`: the ranker's inputs, when it ran)."""
         slot, request = resolved.slot, resolved.request
         t = time.perf_counter()
         order = rerank(scores, ranked.items, slot.embedding.item_vectors, slot.catalog,
@@ -239,9 +232,12 @@ class RecommendPipeline:
         telemetry.observe("reranking", time.perf_counter() - t)
         for reason in reasons:
             telemetry.event("fallback", reason=reason.split(":")[0])
-        return {"user_id": request.user_id, "items": items(slot, ranked, scores, order),
-                "model_versions": slot.versions, "ranker": ranker,
-                "degraded": bool(reasons), "degraded_reasons": reasons}
+        result = {"user_id": request.user_id, "items": items(slot, ranked, scores, order),
+                  "model_versions": slot.versions, "ranker": ranker,
+                  "degraded": bool(reasons), "degraded_reasons": reasons}
+        if request.explain:
+            await add_explanations(result, ranked, slot.item_rows, features, slot.ranker)
+        return result
 
     @staticmethod
     async def _retrieve(slot: ModelSlot, user: FloatArray, state: UserState,
@@ -288,28 +284,3 @@ class ShadowCall:
         start = time.perf_counter()
         result = await self.pipeline.compute(resolved, start)
         return scored_list(result, (time.perf_counter() - start) * 1000)
-
-
-def result_key(slot: ModelSlot, request: RecommendRequest) -> str:
-    """make_key of the request on this slot's models, computed once per distinct request: hashing
-    the frozen request costs a fraction of make_key's JSON and blake2b."""
-    key = slot.result_keys.get(request)
-    if key is None:
-        key = slot.result_keys[request] = make_key("results", slot.versions,
-                                                   request.cache_fields())
-    return key
-
-
-def items(slot: ModelSlot, ranked: Candidates, scores: FloatArray,
-          order: IntArray) -> list[dict[str, Any]]:
-    catalog = slot.catalog
-    return [{"item_id": str(catalog.item_ids[ranked.items[p]]),
-             "title": str(catalog.titles[ranked.items[p]]),
-             "score": round(float(scores[p]), 6), "rank": rank + 1,
-             "sources": ranked.sources_of(int(p))}
-            for rank, p in enumerate(order)]
-
-
-def scored_list(result: dict[str, Any], latency_ms: float) -> ScoredList:
-    return ScoredList(result["model_versions"], [i["item_id"] for i in result["items"]],
-                      [i["score"] for i in result["items"]], latency_ms)
