@@ -2,6 +2,7 @@
 and nothing here runs per request)."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,6 +40,11 @@ from recsys.stores.cache import ResultCache
 from recsys.stores.cache_config import CacheConfig
 from recsys.stores.history import HistoryStore
 from recsys.telemetry import BreakerStateEvents, Telemetry
+
+log = logging.getLogger(__name__)
+WITHOUT_REDIS = ("RECSYS_REDIS_URL is not set: results are cached in this process only (no L2 "
+                 "cache shared by workers and replicas), there is no event history (/events "
+                 "answers 503) and no canary")
 
 
 @dataclass(frozen=True)
@@ -118,16 +124,15 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
                      else RankingPolicy())
 
 
-def build_cache(settings: ServingSettings, telemetry: Telemetry) -> ResultCache | None:
-    if not settings.redis_url:
-        return None
+def build_cache(settings: ServingSettings, telemetry: Telemetry) -> ResultCache:
+    """The two-level result cache; without Redis its in-process level (L1) alone."""
     return ResultCache(CacheConfig(
         l1_ttl_s={"results": min(settings.result_ttl_s, 30.0), "user_vector": 60.0},
         l2_ttl_s={"results": settings.result_ttl_s, "user_vector": settings.user_vector_ttl_s},
         l1_max_items=settings.l1_max_items, redis_timeout_s=settings.redis_timeout_ms / 1000,
         breaker_failure_threshold=settings.breaker_failures,
         breaker_reset_timeout_s=settings.breaker_reset_s,
-    ), settings.redis_url, on_event=telemetry.event)
+    ), settings.redis_url or None, on_event=telemetry.event)
 
 
 def build_history(settings: ServingSettings, telemetry: Telemetry) -> HistoryStore | None:
@@ -208,6 +213,8 @@ def build_live_runtime(settings: ServingSettings, telemetry: Telemetry, *,
 
 def assemble_runtime(settings: ServingSettings, models: ServedModels, telemetry: Telemetry,
                      live: LiveModels | None = None) -> Runtime:
+    if not settings.redis_url:
+        log.warning(WITHOUT_REDIS)
     cache = build_cache(settings, telemetry)
     history = build_history(settings, telemetry)
     shadow = build_shadow(settings, telemetry) if settings.shadow_fraction > 0 else None

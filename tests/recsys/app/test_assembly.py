@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devtools.faults import FaultInjectingScorer, FaultInjectingSource, FaultPlan
-from recsys.app.assembly import RemoteModels, build_runtime
+from recsys.app.assembly import WITHOUT_REDIS, RemoteModels, build_runtime
 from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
 from recsys.models.bundles import RankerBundle
+from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.scorers import LocalScorer
 from recsys.pipeline.towers import LocalUserTower
 from recsys.settings import ServingSettings
@@ -51,8 +53,24 @@ def test_the_champion_alone_serves_by_default(refs: list[ModelRefs]) -> None:
     assert isinstance(slot.ranker.primary, LocalScorer)
     assert isinstance(slot.ranker.fallback, LocalScorer)
     assert slot.tower_timeout_s == 0.025 and slot.versions == refs[0].versions
-    assert runtime.cache is None and runtime.history is None and runtime.shadow is None
+    assert runtime.history is None and runtime.shadow is None
     assert resolver.vector_cache is None
+
+
+def test_without_redis_it_says_so_and_keeps_its_in_process_cache(
+        refs: list[ModelRefs], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="recsys.app.assembly"):
+        runtime = built(ServingSettings(), refs)
+    assert [r.getMessage() for r in caplog.records] == [WITHOUT_REDIS]
+    assert runtime.history is None and runtime.canary is None
+    request = RecommendRequest("1", 5)
+
+    async def twice() -> list[str]:
+        levels = [(await runtime.pipeline.respond(request)).fields["cache"] for _ in range(2)]
+        await runtime.aclose()
+        return levels
+
+    assert asyncio.run(twice()) == ["miss", "l1"]
 
 
 def test_an_experiment_or_shadow_scoring_loads_the_challenger(refs: list[ModelRefs],
