@@ -85,7 +85,13 @@ def _bulk_end(reply: bytes) -> int:
 
 
 class LocalRedis:
-    """A redis-server child process on 127.0.0.1 with ``--save "" --appendonly no``.
+    """A redis-server child process on 127.0.0.1.
+
+    By default nothing is persisted (``--save "" --appendonly no``): a throw-away server for
+    tests and benchmarks. ``durable=True`` keeps an append-only file in ``directory`` with
+    ``appendfsync everysec``: Redis writes each command to the file before it replies, so an
+    acknowledged write survives the server being killed and restarted (the main command's event
+    histories); only a crash of the machine itself can lose the last second.
 
     ``port=None`` picks a free port on the first ``start()``; later starts reuse it, so clients
     holding ``url`` reconnect after a ``stop()``/``start()`` cycle. Logs go to
@@ -99,11 +105,13 @@ class LocalRedis:
         *,
         executable: str | None = None,
         startup_timeout_s: float = 10.0,
+        durable: bool = False,
     ) -> None:
         self.directory = Path(directory).resolve()  # redis-server chdirs: relative paths would break
         self._port = port
         self._executable = executable
         self.startup_timeout_s = startup_timeout_s
+        self.durable = durable
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -160,7 +168,8 @@ class LocalRedis:
             "--port", str(self.port),
             "--bind", HOST,
             "--save", "",
-            "--appendonly", "no",
+            *(("--appendonly", "yes", "--appendfsync", "everysec") if self.durable
+              else ("--appendonly", "no")),
             "--daemonize", "no",
             "--dir", str(self.directory),
             "--logfile", str(self.log_path),

@@ -1,6 +1,8 @@
 """Serve the recommender the way the main command does, stopping what it started on exit.
 
-- Redis: a local redis-server when RECSYS_REDIS_URL is unset.
+- Redis: a local redis-server when RECSYS_REDIS_URL is unset, with an append-only file in
+  .run/redis (appendfsync everysec): events it acknowledged survive its restart, and the main
+  command's next start.
 - Models: by default the service follows the MLflow registry's aliases live
   (RECSYS_MODEL_SOURCE=registry): a promotion or rollback reaches it without a restart. The
   registry is read through a tracking server: RECSYS_REGISTRY_URI, else an `mlflow server`
@@ -71,7 +73,7 @@ def main() -> int:
               "registry canary ... and notebooks/06_canary.ipynb read it there)", flush=True)
     with ExitStack() as started:
         if not env.get("RECSYS_REDIS_URL"):
-            redis = started.enter_context(LocalRedis(args.run_dir / "redis"))
+            redis = started.enter_context(LocalRedis(args.run_dir / "redis", durable=True))
             env["RECSYS_REDIS_URL"] = redis.url
             print(f"==> started a local Redis at {redis.url} (set RECSYS_REDIS_URL to use your "
                   "own)", flush=True)

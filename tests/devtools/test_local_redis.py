@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -49,6 +50,19 @@ def test_start_stop_restart_on_the_same_port(tmp_path: Path) -> None:
             assert client.get("k") is None  # no persistence across restarts
     assert not ping(port)
     assert not any(tmp_path.joinpath("data").glob("*.rdb"))
+
+
+def test_a_durable_server_keeps_acknowledged_writes_through_a_kill(tmp_path: Path) -> None:
+    with LocalRedis(tmp_path / "data", durable=True) as server:
+        with redis.Redis.from_url(server.url) as client:
+            assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+            for i in range(100):
+                client.rpush("events", i)
+        os.kill(server_pid(server.port) or 0, signal.SIGKILL)  # no clean shutdown, no final save
+        server.stop()
+        server.start()
+        with redis.Redis.from_url(server.url) as client:
+            assert client.lrange("events", 0, -1) == [str(i).encode() for i in range(100)]
 
 
 def test_start_is_idempotent_and_stop_without_start_is_harmless(tmp_path: Path) -> None:
