@@ -11,8 +11,6 @@ is importable from nowhere but the Bento's own src/ directory.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +18,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devtools.processes import QUIET_ENV, REPO_ROOT, bentoml_serve
+from devtools.processes import bentoml_serve
+from tests.support.bento_build import (
+    PACKAGED,
+    build_bento,
+    build_context,
+    clean_env,
+    run_bentoml,
+)
 from tests.support.fixtures_models import TrainedModels
 
 pytestmark = pytest.mark.slow
 
-CLI_TIMEOUT_S = 240
 FORBIDDEN_REQUIREMENTS = ("torch", "mlflow", "scikit-learn", "skl2onnx", "pandas")
-PACKAGED = ("recsys", "serving")  # the packages bentofile.yaml includes
-LEFT_OUT = ("devtools", "training")  # in the build context, as in a checkout; not in the Bento
 HIDE_EDITABLE_INSTALL = """\
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path
@@ -36,43 +38,13 @@ sys.meta_path[:] = [f for f in sys.meta_path
 """
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    """The test environment minus anything that points at the repo, its models or a home."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RECSYS_") and k not in ("PYTHONPATH", "BENTOML_HOME")}
-    return {**env, **QUIET_ENV, **extra}
-
-
-def _bentoml(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run([sys.executable, "-m", "bentoml", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False)
-    assert result.returncode == 0, (f"bentoml {' '.join(args)} failed ({result.returncode}):\n"
-                                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result.stdout
-
-
-def _build_context(trained_models: TrainedModels, root: Path) -> Path:
-    context = root / "build-context"
-    context.mkdir()
-    shutil.copy2(REPO_ROOT / "service.py", context)
-    shutil.copy2(REPO_ROOT / "bentofile.yaml", context)
-    shutil.copy2(REPO_ROOT / "bentofile.gpu.yaml", context)
-    for package in PACKAGED + LEFT_OUT:
-        shutil.copytree(REPO_ROOT / package, context / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(trained_models.models_file, context / "serving-models.json")
-    return context
-
-
 def test_exported_bento_serves_from_an_empty_home_without_the_repo(
         trained_models: TrainedModels, tmp_path: Path) -> None:
     tags = json.loads(trained_models.models_file.read_text())
-    context = _build_context(trained_models, tmp_path)
-    build_env = _clean_env(BENTOML_HOME=str(trained_models.bentoml_home))
+    context = build_context(trained_models, tmp_path)
+    build_env = clean_env(BENTOML_HOME=str(trained_models.bentoml_home))
 
-    out = _bentoml("build", "--output", "tag", cwd=context, env=build_env)
-    tag = out.strip().splitlines()[-1].removeprefix("__tag__:")
-    assert tag.startswith("recommender:"), out
+    tag = build_bento(context, build_env)
     bento_dir = trained_models.bentoml_home / "bentos" / "recommender" / tag.split(":", 1)[1]
 
     # What was packaged: the runtime package and models file, no training code, no torch.
@@ -91,15 +63,19 @@ def test_exported_bento_serves_from_an_empty_home_without_the_repo(
     assert not names & set(FORBIDDEN_REQUIREMENTS), names
     pinned = {m["tag"] for s in bento_yaml["services"] for m in s["models"]}
     assert pinned == {t for kinds in tags.values() for t in kinds.values()}
+    # Its Dockerfile (tests/e2e/test_container.py builds and runs it): non-root, a health check.
+    dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
+    assert "\nUSER bentoml\n" in dockerfile and "\nHEALTHCHECK " in dockerfile
+    assert "/readyz" in dockerfile.partition("\nHEALTHCHECK ")[2]
 
     archive = tmp_path / "recommender.bento"
-    _bentoml("export", tag, str(archive), cwd=tmp_path, env=build_env)
+    run_bentoml("export", tag, str(archive), cwd=tmp_path, env=build_env)
     assert archive.is_file() and archive.stat().st_size > 0
 
     fresh_home = tmp_path / "fresh-bentoml-home"
     assert not fresh_home.exists()
-    serve_env = _clean_env(BENTOML_HOME=str(fresh_home))
-    _bentoml("import", str(archive), cwd=tmp_path, env=serve_env)
+    serve_env = clean_env(BENTOML_HOME=str(fresh_home))
+    run_bentoml("import", str(archive), cwd=tmp_path, env=serve_env)
     imported = {f"{d.parent.name}:{d.name}" for d in (fresh_home / "models").glob("*/*")
                 if (d / "model.yaml").is_file()}
     assert imported == pinned  # the models travelled inside the archive
@@ -134,10 +110,9 @@ def test_exported_bento_serves_from_an_empty_home_without_the_repo(
 def test_gpu_bento_builds_with_the_cuda_packages_and_the_models_on_the_gpu(
         trained_models: TrainedModels, tmp_path: Path) -> None:
     """Built here, not served: serving it needs a GPU (README: GPU)."""
-    context = _build_context(trained_models, tmp_path)
-    env = _clean_env(BENTOML_HOME=str(trained_models.bentoml_home))
-    out = _bentoml("build", "-f", "bentofile.gpu.yaml", "--output", "tag", cwd=context, env=env)
-    tag = out.strip().splitlines()[-1].removeprefix("__tag__:")
+    context = build_context(trained_models, tmp_path)
+    env = clean_env(BENTOML_HOME=str(trained_models.bentoml_home))
+    tag = build_bento(context, env, "bentofile.gpu.yaml")
     bento_dir = trained_models.bentoml_home / "bentos" / "recommender" / tag.split(":", 1)[1]
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().splitlines()
     assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in requirements, requirements
