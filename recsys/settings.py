@@ -67,6 +67,11 @@ class ServingSettings(BaseSettings):
     max_concurrency: int = Field(256, gt=0, description="requests in progress per service, "
                                  "shared out over its workers; beyond it 429")
     request_timeout_s: float = Field(10.0, gt=0, description="a request not answered by then: 504")
+    # Per client, per API worker (limits' notation: "N/second", "N per minute"; "" turns it
+    # off). The client is the peer address, or the first address of client_address_header when
+    # a trusted load balancer sets one (e.g. "x-forwarded-for").
+    events_rate_limit: str = Field("1000/second", description="/events per client; beyond: 429")
+    client_address_header: str | None = None
 
     # Retrieval and ranking
     ann_candidates: int = Field(1000, gt=0)

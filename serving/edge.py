@@ -4,7 +4,8 @@ It limits requests in progress (429) and their time (504), keeps the admin endpo
 of the admin token (401; 404 when no token is set), refuses bodies over the size limit (413),
 validates each API's body once (400, every field at fault named) and hands the model to
 BentoML, gives every error answer, BentoML's and Starlette's included, the one ErrorBody shape,
-logs each in one line, and documents that body in /docs.json.
+logs each in one line, and documents that body in /docs.json. It limits each client's rate of
+/events (429 with Retry-After; the `limits` library's moving window, in this worker's memory).
 
 The concurrency limit and timeout are BentoML's `traffic` settings done here: BentoML answers
 those from middleware outside any the service adds, in a body of its own.
@@ -16,10 +17,14 @@ import hmac
 import json
 import math
 import sys
+import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import ValidationError
 
 from recsys.settings import ServingSettings
@@ -33,6 +38,7 @@ PROBES = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})  # never limit
 OPENAPI = "/docs.json"
 PICKLE = "application/vnd.bentoml+pickle"
 ADMIN = "/admin/"
+EVENTS = "/events"
 
 
 if sys.version_info >= (3, 11):
@@ -117,11 +123,14 @@ def code_phrase(status: int) -> str:
 class HttpEdge:
     def __init__(self, app: Any, *, bodies: Mapping[str, type[RequestBody]],
                  limits: RequestLimits, max_body_bytes: int, max_concurrency: int,
-                 timeout_s: float, admin_token: str | None = None) -> None:
+                 timeout_s: float, admin_token: str | None = None,
+                 events_rate_limit: str = "", client_address_header: str | None = None) -> None:
         self.app, self.bodies, self.limits = app, dict(bodies), limits
         self.admin_credentials = f"Bearer {admin_token}".encode() if admin_token else None
         self.max_body_bytes, self.timeout_s = max_body_bytes, timeout_s
         self.in_progress = asyncio.Semaphore(max_concurrency)
+        self.events_rate = ClientRateLimit(events_rate_limit, client_address_header) \
+            if events_rate_limit else None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -153,6 +162,13 @@ class HttpEdge:
             return
         if scope["path"].startswith(ADMIN) and not await self._admitted(scope, reply):
             return
+        if scope["path"] == EVENTS and self.events_rate is not None:
+            wait_s = await self.events_rate.wait_s(scope)
+            if wait_s is not None:
+                await reply.error(429, f"over {self.events_rate.item} events for this client "
+                                       "(RECSYS_EVENTS_RATE_LIMIT)",
+                                  headers=[(b"retry-after", str(wait_s).encode())])
+                return
         body_type = self.bodies.get(scope["path"]) if scope["method"] == "POST" else None
         if body_type is None:
             await self.app(scope, receive, reply.send)
@@ -218,6 +234,32 @@ class HttpEdge:
         await reply.send({"type": "http.response.body", "body": body})
 
 
+class ClientRateLimit:
+    """A moving-window rate limit per client address (`limits`, in this process's memory)."""
+
+    def __init__(self, rate: str, address_header: str | None = None) -> None:
+        self.item: RateLimitItem = parse(rate)
+        self.address_header = address_header.lower().encode() if address_header else None
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def wait_s(self, scope: Scope) -> int | None:
+        """None when the client may go on (this request counted), else whole seconds until
+        its window lets one more through."""
+        client = self.client(scope)
+        if await self.limiter.hit(self.item, client):
+            return None
+        stats = await self.limiter.get_window_stats(self.item, client)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+    def client(self, scope: Scope) -> str:
+        if self.address_header is not None:
+            forwarded = header(scope, self.address_header)
+            if forwarded:
+                return forwarded.split(",")[0].strip()
+        peer = scope.get("client")
+        return str(peer[0]) if peer else "unknown"
+
+
 class Captured:
     """A whole response, kept instead of sent."""
 
@@ -267,4 +309,6 @@ def install_edge(service: Any, settings: ServingSettings) -> None:
         max_body_bytes=settings.max_body_bytes,
         max_concurrency=math.ceil(settings.max_concurrency / settings.workers),
         timeout_s=settings.request_timeout_s,
-        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None)
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        events_rate_limit=settings.events_rate_limit,
+        client_address_header=settings.client_address_header)

@@ -16,7 +16,8 @@ ERRORS = {
     "400": "a field is missing, of the wrong type, over a limit, or names an unknown item",
     "404": "the item asked about is not in the catalogue",
     "413": "the request body is over RECSYS_MAX_BODY_BYTES",
-    "429": "RECSYS_MAX_CONCURRENCY requests are in progress already",
+    "429": "RECSYS_MAX_CONCURRENCY requests are in progress already; or, on /events, this "
+           "client is over RECSYS_EVENTS_RATE_LIMIT (see Retry-After)",
     "500": "a bug: the server log has its traceback",
     "503": "the event store is unavailable (/events); see Retry-After",
     "504": "not answered within RECSYS_REQUEST_TIMEOUT_S",

@@ -56,6 +56,7 @@ APP = Starlette(routes=[Route("/recommend", recommend, methods=["POST"]),
                        Route("/broken", broken, methods=["POST"]),
                        Route("/listed", listed, methods=["POST"]),
                        Route("/admin/canary", admin, methods=["POST"]),
+                       Route("/events", admin, methods=["POST"]),
                        Route("/docs.json", spec), Route("/livez", livez)])
 
 
@@ -213,3 +214,32 @@ def test_admin_endpoints_answer_the_token() -> None:
     response = admin_call("s3cret", authorization="Bearer s3cret")
 
     assert response.status_code == 200 and response.json() == {"done": True}
+
+
+def test_events_over_a_clients_rate_are_429_with_retry_after_and_other_clients_go_on() -> None:
+    async def send() -> list[httpx.Response]:
+        async with client(events_rate_limit="3/minute",
+                          client_address_header="X-Forwarded-For") as http:
+            mine = {"x-forwarded-for": "10.0.0.1, 10.0.0.254"}
+            answers = [await http.post("/events", json={}, headers=mine) for _ in range(4)]
+            answers.append(await http.post("/events", json={},
+                                           headers={"x-forwarded-for": "10.0.0.2"}))
+            answers.append(await http.post("/recommend", json={"user_id": "u"}, headers=mine))
+            return answers
+
+    *allowed, over, other, recommend = asyncio.run(send())
+    assert [r.status_code for r in allowed] == [200, 200, 200]
+    assert over.status_code == 429 and error_of(over).code == "too_many_requests"
+    assert "RECSYS_EVENTS_RATE_LIMIT" in error_of(over).error
+    assert 1 <= int(over.headers["retry-after"]) <= 60
+    assert other.status_code == 200 and recommend.status_code == 200
+
+
+def test_without_a_header_setting_the_peer_address_is_the_client() -> None:
+    async def send() -> list[int]:
+        async with client(events_rate_limit="1/minute") as http:
+            return [(await http.post("/events", json={},
+                                     headers={"x-forwarded-for": f"10.0.0.{n}"})).status_code
+                    for n in range(2)]  # a header nobody trusted: both from the same peer
+
+    assert asyncio.run(send()) == [200, 429]
