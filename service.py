@@ -31,6 +31,8 @@ with bentoml.importing():
         RankResponse,
         RecommendBody,
         RecommendResponse,
+        SearchBody,
+        SearchResponse,
         SimilarItemsBody,
         SimilarItemsResponse,
     )
@@ -80,6 +82,12 @@ class RecommenderApi:
     @answers_errors
     async def recommend(self, body: RecommendBody) -> Response:
         answer = await self.runtime.pipeline.respond(body.to_request())
+        return Response(self.encoder.encode(answer), media_type="application/json")
+
+    @bentoml.api(input_spec=SearchBody, output_spec=SearchResponse)
+    @answers_errors
+    async def search(self, body: SearchBody) -> Response:
+        answer = await self.runtime.search.respond(body.to_request())
         return Response(self.encoder.encode(answer), media_type="application/json")
 
     @bentoml.api(input_spec=SimilarItemsBody, output_spec=SimilarItemsResponse)

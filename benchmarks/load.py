@@ -46,6 +46,7 @@ class LoadSpec:
     max_requests: int = 0  # 0: bounded by duration only
     timeout_s: float = 5.0
     seed: int = 1
+    context: bool = True  # False: bodies without a context (a user id and k only)
 
 
 @dataclass
@@ -98,6 +99,7 @@ def run_wrk(target: str, spec: LoadSpec, server_pids: list[int]) -> LoadResult:
                "BENCH_ZIPF_S": str(spec.zipf_s), "BENCH_HOT_USERS": str(spec.hot_users),
                "BENCH_MAX_REQUESTS": str(_per_thread(spec.max_requests, spec.connections)),
                "BENCH_SEED": str(spec.seed), "BENCH_THREADS": str(spec.connections),
+               "BENCH_CONTEXT": "1" if spec.context else "0",
                "BENCH_OUT": str(out_file)}
         # One thread per connection: recommend.lua pairs each request with its response per
         # thread, which is exact only when a thread drives a single connection.

@@ -10,6 +10,7 @@
 --   BENCH_HOT_USERS   size of the hot set (hot)         (default 64)
 --   BENCH_MAX_REQUESTS requests per thread before it stops (default unlimited)
 --   BENCH_SEED        random seed                       (default 1)
+--   BENCH_CONTEXT     0: bodies without "context"       (default 1)
 --   BENCH_OUT         file for done() to write the JSON summary to (required)
 --
 -- distinct: request n asks for user n mod U, hour (n div U) mod 24 and device (n div 24U) mod 4,
@@ -61,6 +62,7 @@ function init(args)
       if line ~= "" then users[#users + 1] = line end
    end
    mode = env("BENCH_MODE", "distinct")
+   with_context = env("BENCH_CONTEXT", "1") ~= "0"
    path = env("BENCH_PATH", "/recommend")
    k = tonumber(env("BENCH_K", "10"))
    counter = tonumber(env("BENCH_OFFSET", "0")) + id
@@ -102,6 +104,9 @@ local function zipf_rank()
 end
 
 local function body_for(user, hour, device)
+   if not with_context then
+      return string.format('{"user_id":"%s","k":%d}', user, k)
+   end
    return string.format('{"user_id":"%s","k":%d,"context":{"hour":%d,"device":"%s"}}',
                         user, k, hour, device)
 end

@@ -3,7 +3,7 @@ ranker raise and the ANN source hang past its timeout. Not part of the runtime p
 Bento: service.py loads it only when RECSYS_FAULTS names stages (serving/fault_injection.py).
 
 Stages: user_tower, ranker, fallback (the fallback ranker has no timeout: no "timeout" there),
-ann, popular, item2item. Modes: "error" raises, "timeout" hangs past any stage timeout, "slow"
+ann, popular, item2item, and search_vector (/search's item-space retriever). Modes: "error" raises, "timeout" hangs past any stage timeout, "slow"
 adds SLOW_S and goes on. An entry applies to every model alias, or to one when prefixed with it:
 "challenger/ranker:error" makes a bad challenger (a canary's guards must roll it back). Faults of
 the event store are real ones in the tests: a stopped or paused Redis.
@@ -21,10 +21,14 @@ from recsys.errors import StageError
 from recsys.pipeline.retrieval import CandidateSource, RetrievalQuery
 from recsys.pipeline.scorers import Scorer
 from recsys.pipeline.towers import UserTower
+from recsys.search.fusion import Ranked
+from recsys.search.query import ParsedQuery
+from recsys.search.retrievers import QueryRetriever
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
-STAGES = ("user_tower", "ranker", "fallback", "ann", "popular", "item2item")
+BoolArray = npt.NDArray[np.bool_]
+STAGES = ("user_tower", "ranker", "fallback", "ann", "popular", "item2item", "search_vector")
 MODES = ("error", "timeout", "slow")
 UNTIMED_STAGES = ("fallback",)  # a hang there would hang the request: only "error"
 HANG_S = 5.0  # longer than any stage timeout
@@ -76,6 +80,20 @@ class FaultInjectingSource:
         return self.inner(query)
 
 
+class FaultInjectingSearchRetriever:
+    """/search's item-space retriever, failing: it runs in the search's worker thread, where
+    an injected hang is cut off by its timeout as a slow ONNX run or FAISS search would be."""
+
+    def __init__(self, inner: QueryRetriever, mode: str) -> None:
+        self.inner, self.mode, self.name = inner, mode, inner.name
+
+    def retrieve(self, query: ParsedQuery, allowed: BoolArray | None) -> Ranked:
+        if self.mode == "error":
+            raise InjectedFault(f"injected failure in {self.name}")
+        time.sleep(SLOW_S if self.mode == "slow" else HANG_S)
+        return self.inner.retrieve(query, allowed)
+
+
 @dataclass(frozen=True)
 class FaultPlan:
     """Which stages fail and how, per model alias; wraps the adapters of those stages (a
@@ -112,3 +130,7 @@ class FaultPlan:
     def source(self, alias: str, source: CandidateSource) -> CandidateSource:
         mode = self.mode(alias, source.name)
         return source if mode is None else FaultInjectingSource(source, mode)
+
+    def search_retriever(self, alias: str, retriever: QueryRetriever) -> QueryRetriever:
+        mode = self.mode(alias, f"search_{retriever.name}")
+        return retriever if mode is None else FaultInjectingSearchRetriever(retriever, mode)

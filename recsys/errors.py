@@ -56,6 +56,10 @@ class RankingError(StageError):
     """A ranker failed, timed out or returned scores of the wrong shape."""
 
 
+class VectorSearchError(StageError):
+    """The search's vector retriever failed (the search then answers in BM25 order)."""
+
+
 class ArtifactError(RecsysError):
     """A model bundle is missing a file, has a wrong checksum or an unknown layout."""
 

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LIST_FIELDS = ("ranking_policy", "ranker_int8", "ann_candidates", "popular_candidates",
+               "item_to_item_seeds", "item_to_item_per_seed", "ranked_candidates", "diversity",
+               "max_per_category")
 
 
 class ServingSettings(BaseSettings):
@@ -58,6 +62,9 @@ class ServingSettings(BaseSettings):
     user_vector_ttl_s: float = Field(300.0, gt=0)
     l1_max_items: int = Field(10_000, gt=0)
     history_max_events: int = Field(200, gt=0)
+    # Read the lists the batch job precomputed (python -m batch --redis) on a cache miss, before
+    # computing, for requests of a user id and k only (README "Batch scoring on Ray")
+    precomputed_tier: bool = False
 
     # Request limits, checked at the HTTP edge (serving/edge.py) before any work
     max_k: int = Field(100, gt=0)
@@ -82,6 +89,21 @@ class ServingSettings(BaseSettings):
     diversity: float = Field(0.0, ge=0.0, le=1.0, description="MMR weight of diversity (0: off)")
     max_per_category: int = Field(0, ge=0, description="cap of items sharing a first genre (0: off)")
 
+    # Search (POST /search). The typo similarity, the fusion's k and its weights are what
+    # `python -m training search-eval` chose on MovieLens 100K validation queries (README
+    # "Search"); rerun it on your data and set them here.
+    search: bool = Field(True, description="build each model set's search index when it loads")
+    search_candidates: int = Field(200, gt=0, description="items each search retriever proposes")
+    search_typo_similarity: float = Field(75.0, ge=0, le=100, description="least RapidFuzz "
+                                          "ratio (0-100) for a typo's correction")
+    search_rrf_k: float = Field(5.0, gt=0, description="reciprocal rank fusion constant k")
+    search_vector_weight: float = Field(0.1, ge=0, description="fusion weight of the item-space "
+                                        "list (BM25's is 1)")
+    search_personal_weight: float = Field(2.0, ge=0, description="fusion weight of the user's "
+                                          "taste list")
+    search_vector_timeout_ms: float = Field(30.0, gt=0, description="the item-space retriever")
+    search_personal_timeout_ms: float = Field(30.0, gt=0, description="the user's vector")
+
     # Latency budget (ms) and its per-stage timeouts
     budget_ms: float = Field(150.0, gt=0)
     tower_timeout_ms: float = Field(30.0, gt=0, description="user tower, then a mean-of-items vector")
@@ -99,6 +121,11 @@ class ServingSettings(BaseSettings):
     shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
     shadow_log: str = "shadow.jsonl"  # a path, or "redis" for the stream recsys:shadow
 
+    def list_fields(self) -> dict[str, Any]:
+        """The settings that change a /recommend list beyond its models and request: a
+        precomputed list is served only under the settings it was computed with."""
+        return {name: getattr(self, name) for name in LIST_FIELDS}
+
     @field_validator("models_file", "model_cache_dir")
     @classmethod
     def _home(cls, value: Path) -> Path:
@@ -106,6 +133,9 @@ class ServingSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingSettings:
+        if self.precomputed_tier and not self.redis_url:
+            raise ValueError("RECSYS_PRECOMPUTED_TIER=true needs RECSYS_REDIS_URL: the batch "
+                             "job's lists are in Redis")
         if self.model_source == "registry":
             if not self.registry_uri:
                 raise ValueError("RECSYS_MODEL_SOURCE=registry needs RECSYS_REGISTRY_URI (an "

@@ -25,7 +25,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet torch==2.13.0
   # shellcheck disable=SC2086  # one package name per word
   .venv/bin/python -m pip uninstall --quiet --yes $other 2>/dev/null || true
-  .venv/bin/python -m pip install --quiet -e ".[serving,training,dev,$accelerator]"
+  .venv/bin/python -m pip install --quiet -e ".[serving,training,dev,ray,$accelerator]"
   echo "$want" > "$stamp"
+fi
+# promtool checks the Prometheus rules in deploy/monitoring/ (tests/deploy/test_monitoring.py).
+if [ ! -x .venv/bin/promtool ] && ! command -v promtool >/dev/null; then
+  echo "==> unpacking promtool from Debian's prometheus package into .venv/bin"
+  bash scripts/install_promtool.sh .venv/bin || echo "==> no promtool: the rules' checks will skip" >&2
 fi
 export BENTOML_DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true

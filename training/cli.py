@@ -1,5 +1,5 @@
-"""Command line: `python -m training run|seeds|tune|replay|download`, the headless twin of the
-notebooks."""
+"""Command line: `python -m training run|seeds|tune|replay|search-eval|download`, the headless
+twin of the notebooks."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -53,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--count", type=int, default=2000, help="requests to send")
     replay.add_argument("--k", type=int, default=10, help="items asked for per request")
     replay.add_argument("--report", type=Path, help="write the replay's counts here as JSON")
+    search = sub.add_parser("search-eval", help="evaluate search offline on an embedding "
+                            "bundle's data: known-item and personalised category search, "
+                            "settings chosen on validation, reported on test "
+                            "(training/search_eval.py)")
+    search.add_argument("--embedding", type=Path, help="embedding bundle (default: the last "
+                        "run's, RECSYS_WORKDIR/embedding)")
+    search.add_argument("--data", type=Path, help="the dataset it was trained on (default: "
+                        "RECSYS_DATA_PATH, else the synthetic generator)")
+    search.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="query seeds")
+    search.add_argument("--users", type=int, help="evaluate the first N users of each split")
+    search.add_argument("--out", type=Path, default=Path("reports/search/eval"))
     download = sub.add_parser("download", help="download a public MovieLens dataset")
     download.add_argument("variant", choices=("ml-100k", "ml-latest-small", "ml-latest"))
     download.add_argument("--dest", type=Path, default=Path("data"))
@@ -121,6 +134,25 @@ def _replay(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 else 1
 
 
+def _search_eval(args: argparse.Namespace) -> int:
+    from recsys.models.bundles import EmbeddingBundle
+    from training.pipeline import load_dataset_of
+    from training.replay import replay_cut
+    from training.search_eval import SearchEvalConfig, evaluate_search, prepared_for, write_report
+    from training.settings import TrainingSettings
+
+    settings = TrainingSettings(**({"data_path": args.data} if args.data else {}))
+    embedding = EmbeddingBundle.load(args.embedding or settings.workdir / "embedding")
+    dataset = load_dataset_of(settings)
+    if settings.replay_holdout:  # as training saw it (training.pipeline.load_prepared)
+        dataset = replace(dataset, interactions=replay_cut(dataset.interactions,
+                                                           settings.replay_holdout)[0])
+    data = prepared_for(dataset, embedding)
+    config = SearchEvalConfig(seeds=tuple(args.seeds), users=args.users)
+    print(write_report(evaluate_search(data, embedding, config), args.out))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for var in ("MLFLOW_DISABLE_TELEMETRY", "BENTOML_DO_NOT_TRACK", "DO_NOT_TRACK"):
@@ -138,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _seeds(args)
         if args.command == "tune":
             return _tune(args)
+        if args.command == "search-eval":
+            return _search_eval(args)
         return _run(args)
     except (RecsysError, ValidationError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,10 +2,13 @@
 and nothing here runs per request)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
+
+from redis.exceptions import RedisError
 
 from recsys.app.canary_control import CanaryControl
 from recsys.app.live_models import LiveModels
@@ -32,13 +35,18 @@ from recsys.pipeline.retrieval import (
     Retriever,
 )
 from recsys.pipeline.scorers import LocalScorer, Scorer
+from recsys.pipeline.search import SearchOptions, SearchPipeline
 from recsys.pipeline.similar_items import SimilarItems
 from recsys.pipeline.slots import ModelSlot
 from recsys.pipeline.towers import LocalUserTower, UserTower
+from recsys.search.engine import SearchEngine, build_search_engine
+from recsys.search.fusion import FusionRule
+from recsys.search.retrievers import QueryRetriever
 from recsys.settings import ServingSettings
 from recsys.stores.cache import ResultCache
 from recsys.stores.cache_config import CacheConfig
 from recsys.stores.history import HistoryStore
+from recsys.stores.precomputed import PrecomputedTier
 from recsys.telemetry import BreakerStateEvents, Telemetry
 
 log = logging.getLogger(__name__)
@@ -66,6 +74,8 @@ class StageWrapper(Protocol):
 
     def source(self, alias: str, source: CandidateSource) -> CandidateSource: ...
 
+    def search_retriever(self, alias: str, retriever: QueryRetriever) -> QueryRetriever: ...
+
 
 class NoWrapping:
     def user_tower(self, alias: str, tower: UserTower) -> UserTower:
@@ -76,6 +86,9 @@ class NoWrapping:
 
     def source(self, alias: str, source: CandidateSource) -> CandidateSource:
         return source
+
+    def search_retriever(self, alias: str, retriever: QueryRetriever) -> QueryRetriever:
+        return retriever
 
 
 def candidate_sources(embedding: EmbeddingBundle,
@@ -121,7 +134,18 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
                      tower_timeout_s=settings.tower_timeout_ms / 1000, retriever=retriever,
                      ranker=chain,
                      policy=ranker.policy if settings.ranking_policy == "trained"
-                     else RankingPolicy())
+                     else RankingPolicy(),
+                     search=build_search(refs.alias, embedding, settings, wrap))
+
+
+def build_search(alias: str, embedding: EmbeddingBundle, settings: ServingSettings,
+                 wrap: StageWrapper) -> SearchEngine | None:
+    """The slot's search index over its own catalogue (None with RECSYS_SEARCH=false)."""
+    if not settings.search:
+        return None
+    engine = build_search_engine(embedding, typo_similarity=settings.search_typo_similarity,
+                                 candidates=settings.search_candidates)
+    return replace(engine, vectors=wrap.search_retriever(alias, engine.vectors))
 
 
 def build_cache(settings: ServingSettings, telemetry: Telemetry) -> ResultCache:
@@ -143,6 +167,19 @@ def build_history(settings: ServingSettings, telemetry: Telemetry) -> HistorySto
     return HistoryStore(settings.redis_url, max_events=settings.history_max_events,
                         timeout_s=settings.redis_timeout_ms / 1000, breaker=breaker,
                         on_event=telemetry.event)
+
+
+def build_precomputed(settings: ServingSettings, telemetry: Telemetry) -> PrecomputedTier | None:
+    """The batch job's lists, read before computing (RECSYS_PRECOMPUTED_TIER); None when off."""
+    if not settings.precomputed_tier or not settings.redis_url:
+        return None
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s,
+                             failure_types=(RedisError, OSError, asyncio.TimeoutError),
+                             on_state_change=BreakerStateEvents(telemetry.event,
+                                                                "redis_precomputed"))
+    return PrecomputedTier(settings.redis_url, timeout_s=settings.redis_timeout_ms / 1000,
+                           breaker=breaker, list_settings=settings.list_fields(),
+                           on_event=telemetry.event)
 
 
 def build_shadow(settings: ServingSettings, telemetry: Telemetry) -> ShadowScorer:
@@ -224,8 +261,15 @@ def assemble_runtime(settings: ServingSettings, models: ServedModels, telemetry:
         ranked_candidates=settings.ranked_candidates, diversity=settings.diversity,
         max_per_category=settings.max_per_category, budget_s=settings.budget_ms / 1000,
         degraded_ttl_s=settings.degraded_ttl_s)
-    pipeline = RecommendPipeline(resolver, options, cache, telemetry, shadow)
+    precomputed = build_precomputed(settings, telemetry)
+    pipeline = RecommendPipeline(resolver, options, cache, telemetry, shadow, precomputed)
     events = EventRecorder(resolver, history, cache)
+    search = SearchPipeline(resolver, SearchOptions(
+        fusion=FusionRule(settings.search_rrf_k, {"vector": settings.search_vector_weight,
+                                                  "personal": settings.search_personal_weight}),
+        vector_timeout_s=settings.search_vector_timeout_ms / 1000,
+        personal_timeout_s=settings.search_personal_timeout_ms / 1000,
+        degraded_ttl_s=settings.degraded_ttl_s), cache, telemetry)
     canary = None
     if live is not None and settings.redis_url:
         canary = CanaryControl(CanaryStore(settings.redis_url), live, telemetry,
@@ -234,4 +278,5 @@ def assemble_runtime(settings: ServingSettings, models: ServedModels, telemetry:
     return Runtime(
         pipeline=pipeline, similar_items=SimilarItems(resolver),
         item_ranker=ItemListRanker(resolver), event_recorder=events, cache=cache,
-        history=history, shadow=shadow, live=live, canary=canary)
+        history=history, shadow=shadow, live=live, canary=canary, precomputed=precomputed,
+        search=search)

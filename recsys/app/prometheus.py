@@ -28,6 +28,14 @@ EXPOSURES = Counter("recsys_variant_exposures_total", "Requests served per exper
                     ["variant"])
 BREAKER_STATE = Gauge("recsys_circuit_breaker_open", "1 when a circuit breaker is open "
                       "(0.5 half-open, 0 closed)", ["breaker"])
+PRECOMPUTED = Counter("recsys_precomputed_total", "Reads of the precomputed tier on a cache miss "
+                      "(RECSYS_PRECOMPUTED_TIER): hit, miss, stale (an event since the batch "
+                      "job), short (a list shorter than k), error", ["outcome"])
+SEARCHES = Counter("recsys_search_requests_total", "Search results computed (cache misses), "
+                   "by whether the user's taste took part and whether any item matched",
+                   ["personalised", "result"])
+SEARCH_CORRECTIONS = Counter("recsys_search_typo_corrections_total", "Query words read as "
+                             "another word of the titles (typo tolerance)")
 REDIS_ERRORS = Counter("recsys_redis_errors_total", "Redis calls that failed", ["component", "op"])
 SHADOW = Counter("recsys_shadow_total", "Shadow scoring outcomes", ["outcome"])
 SHADOW_OVERLAP = Histogram("recsys_shadow_overlap", "Champion/challenger overlap@k",
@@ -83,6 +91,12 @@ class PrometheusTelemetry(Telemetry):
             _child(SOURCE_FAILURES, labels["source"], labels.get("error", "error")).inc()
         elif name == "lookup":
             _child(CACHE_LOOKUPS, labels["kind"], labels["level"]).inc()
+        elif name == "search":
+            _child(SEARCHES, labels["personalised"], labels["result"]).inc()
+        elif name == "search_correction":
+            SEARCH_CORRECTIONS.inc()
+        elif name == "precomputed":
+            _child(PRECOMPUTED, labels["outcome"]).inc()
         elif name in ("redis_error", "history_error"):
             _child(REDIS_ERRORS, "cache" if name == "redis_error" else "history",
                                 labels.get("op", labels.get("operation", ""))).inc()

@@ -12,10 +12,12 @@ from recsys.experiments.shadow import ShadowScorer
 from recsys.pipeline.event_recording import EventRecorder
 from recsys.pipeline.rank_items import ItemListRanker
 from recsys.pipeline.recommend import RecommendPipeline
+from recsys.pipeline.search import SearchPipeline
 from recsys.pipeline.similar_items import SimilarItems
 from recsys.settings import ServingSettings
 from recsys.stores.cache import ResultCache
 from recsys.stores.history import HistoryStore
+from recsys.stores.precomputed import PrecomputedTier
 
 LOG = logging.getLogger("bentoml.recsys.runtime")
 
@@ -33,6 +35,8 @@ class Runtime:
     shadow: ShadowScorer | None = None
     live: LiveModels | None = None  # following the registry (None: pinned models)
     canary: CanaryControl | None = None  # canary releases (following the registry, with Redis)
+    precomputed: PrecomputedTier | None = None  # the batch job's lists (RECSYS_PRECOMPUTED_TIER)
+    search: SearchPipeline | None = None  # /search
 
     async def start(self) -> None:
         """Inside the serving event loop: start background workers, warm up, then follow the
@@ -66,12 +70,18 @@ class Runtime:
                                         for v in experiment.variants]},
             "topology": settings.topology,
             "redis": bool(settings.redis_url),
+            "precomputed_tier": self.precomputed is not None,
             "limits": {"max_k": settings.max_k, "max_list_items": settings.max_list_items,
                        "max_body_bytes": settings.max_body_bytes},
             "candidates": {"ann": settings.ann_candidates, "popular": settings.popular_candidates,
                            "ranked": settings.ranked_candidates},
             "model_source": self.live.info() if self.live is not None else {"source": "pinned"},
             "canary": self.canary.info() if self.canary is not None else None,
+            "search": {"candidates": settings.search_candidates, "rrf_k": settings.search_rrf_k,
+                       "weights": {"bm25": 1.0, "vector": settings.search_vector_weight,
+                                   "personal": settings.search_personal_weight},
+                       "typo_similarity": settings.search_typo_similarity}
+            if settings.search else None,
         }
 
     def canary_control(self) -> CanaryControl:
@@ -94,3 +104,7 @@ class Runtime:
             await self.cache.aclose()
         if self.history is not None:
             await self.history.aclose()
+        if self.precomputed is not None:
+            await self.precomputed.aclose()
+        if self.search is not None:
+            self.search.close()

@@ -167,6 +167,12 @@ class UserHistories:
     def seen(self, position: int) -> np.ndarray:
         return self.seen_items[self.seen_indptr[position]:self.seen_indptr[position + 1]]
 
+    def most_active(self, count: int | None = None) -> list[str]:
+        """User ids by how many items each has seen, most first (ties in snapshot order); the
+        first `count` of them, or all with None."""
+        order = np.argsort(-np.diff(self.seen_indptr), kind="stable")
+        return [str(self.user_ids[i]) for i in order[:count]]
+
 
 def save_user_histories(directory: Path, histories: UserHistories) -> None:
     np.savez(directory / USER_HISTORIES, user_ids=np.asarray(histories.user_ids, dtype=np.str_),

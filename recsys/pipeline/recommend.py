@@ -21,6 +21,7 @@ from recsys.features import recent_rows, user_ranker_inputs
 from recsys.models.policy import item_to_item_vector
 from recsys.models.registry_client import CHALLENGER, CHAMPION
 from recsys.pipeline.explain import add_explanations
+from recsys.pipeline.precomputed_lists import TierThenCompute
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.reranking import filter_candidates, rerank
 from recsys.pipeline.resolver import (
@@ -34,6 +35,7 @@ from recsys.pipeline.results import items, result_key, scored_list
 from recsys.pipeline.retrieval import Candidates, RetrievalQuery
 from recsys.pipeline.slots import ModelSlot
 from recsys.stores.cache import ResultCache
+from recsys.stores.precomputed import PrecomputedTier
 from recsys.telemetry import Telemetry
 
 IntArray = npt.NDArray[np.int64]
@@ -81,9 +83,11 @@ class Answer:
 class RecommendPipeline:
     def __init__(self, resolver: RequestResolver, options: PipelineOptions,
                  cache: ResultCache | None, telemetry: Telemetry,
-                 shadow: ShadowScorer | None = None) -> None:
+                 shadow: ShadowScorer | None = None,
+                 precomputed: PrecomputedTier | None = None) -> None:
         self.resolver, self.options = resolver, options
         self.cache, self.telemetry, self.shadow = cache, telemetry, shadow
+        self.precomputed = precomputed  # read on a cache miss before computing
         self.recent: deque[RecommendRequest] = deque(maxlen=RECENT_REQUESTS)
         self.outcomes: OutcomeRecorder | None = None
 
@@ -153,17 +157,20 @@ class RecommendPipeline:
 
     async def _cached_result(self, resolved: ResolvedRequest,
                              start: float) -> tuple[dict[str, Any], str]:
-        """(result, cache level): "none" without a cache, else "l1", "l2" or "miss"."""
+        """(result, cache level): "none" without a cache, else "l1", "l2", "precomputed" (the
+        batch job's list) or "miss"."""
         if self.cache is None:
             return await self.compute(resolved, start), "none"
         request = resolved.request
         t = time.perf_counter()
+        fill = TierThenCompute(self.precomputed, resolved, partial(self.compute, resolved, start))
         result, level = await self.cache.get_or_compute(
-            "results", result_key(resolved.slot, request), partial(self.compute, resolved, start),
+            "results", result_key(resolved.slot, request), fill,
             user_id=request.user_id, ttl_s=self._result_ttl)
-        if level != "miss":
+        answered = "precomputed" if fill.served else level
+        if answered != "miss":
             self.telemetry.observe("cache", time.perf_counter() - t)
-        return result, level
+        return result, answered
 
     def _result_ttl(self, result: dict[str, Any]) -> float | None:
         return self.options.degraded_ttl_s if result["degraded"] else None

@@ -17,6 +17,7 @@ from recsys.pipeline.ranking import RankerChain
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.retrieval import Candidates, Retriever
 from recsys.pipeline.towers import UserTower
+from recsys.search.engine import SearchEngine
 
 IntArray = npt.NDArray[np.int64]
 RESULT_KEYS_KEPT = 10_000
@@ -37,6 +38,8 @@ class ModelSlot:
     ranker: RankerChain
     # which path a user's list takes by their number of events (recsys/models/policy.py)
     policy: RankingPolicy = field(default_factory=RankingPolicy)
+    # /search over this slot's catalogue, built with it (None: RECSYS_SEARCH=false)
+    search: SearchEngine | None = None
     item_rows: dict[str, int] = field(init=False)
     genre_index: dict[str, int] = field(init=False)
     user_rows: dict[str, int] = field(init=False)
@@ -65,11 +68,7 @@ class ModelSlot:
     def most_active_users(self, count: int) -> list[str]:
         """Known users (of the training snapshot) by how many items they have seen, most first."""
         users = self.embedding.users
-        if users is None or count <= 0:
-            return []
-        seen = np.diff(users.seen_indptr)
-        order = np.argsort(-seen, kind="stable")[:count]
-        return [str(users.user_ids[i]) for i in order]
+        return [] if users is None or count <= 0 else users.most_active(count)
 
     def rows_of(self, item_ids: tuple[str, ...], field_name: str) -> IntArray:
         """Catalogue rows of `item_ids`, in order; UnknownIdError names the request field and

@@ -18,7 +18,9 @@ from redis.exceptions import RedisError
 from recsys.breaker import CircuitBreaker, CircuitOpenError
 from recsys.errors import StoreError
 from recsys.stores.cache_config import CacheConfig
+from recsys.stores.cache_keys import generation_key, parse_generation
 from recsys.stores.codec import UndecodableValue, decode_value, encode_value
+from recsys.stores.redis_connection import ONE_ROUND_TRIP
 from recsys.telemetry import BreakerStateEvents, EventSink, ignore_event
 
 if TYPE_CHECKING:
@@ -28,14 +30,6 @@ T = TypeVar("T")
 Level = Literal["l1", "l2", "miss"]
 _FAILED: Any = object()  # a Redis call failed, timed out or was refused by the breaker
 _ABSENT: Any = object()  # no usable value in Redis
-
-
-def _parse_generation(raw: bytes | None) -> int | None:
-    """A generation counter read from Redis (absent = 0); None if it is not a counter."""
-    try:
-        return int(raw or 0)
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +84,7 @@ class ResultCache:
             socket_timeout=config.redis_timeout_s,
             socket_connect_timeout=config.redis_timeout_s,
             retry=Retry(NoBackoff(), 0),  # the breaker decides when to try again
+            **ONE_ROUND_TRIP,
         )
         self.breaker = CircuitBreaker(
             config.breaker_failure_threshold,
@@ -224,7 +219,7 @@ class ResultCache:
             return _L2Read(known, writable=False)
         generation = None
         if user_id is not None:
-            generation = _parse_generation(replies[1])
+            generation = parse_generation(replies[1])
             if generation is None:
                 self._emit("decode_error", kind="generation")
                 return _L2Read(known, writable=False)
@@ -267,4 +262,4 @@ class ResultCache:
         return f"{self.config.key_prefix}{entry_key}"
 
     def _generation_key(self, user_id: str) -> str:
-        return f"{self.config.key_prefix}generation:{user_id}"
+        return generation_key(self.config.key_prefix, user_id)

@@ -31,6 +31,20 @@ def make_key(kind: str, model_versions: Mapping[str, str], request: Mapping[str,
     return f"{kind}:{hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()}"
 
 
+def generation_key(prefix: str, user_id: str) -> str:
+    """The Redis key of a user's event generation: a counter that every new event of the user
+    bumps, and that cached and precomputed results are stamped with."""
+    return f"{prefix}generation:{user_id}"
+
+
+def parse_generation(raw: bytes | None) -> int | None:
+    """A generation counter read from Redis (absent = 0); None if it is not a counter."""
+    try:
+        return int(raw or 0)
+    except ValueError:
+        return None
+
+
 def _normalise(value: Any) -> Any:
     if value is None or isinstance(value, (str, bool, int, float)):
         return value

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from recsys.breaker import CircuitBreaker, CircuitOpenError
 from recsys.errors import StoreError
+from recsys.stores.redis_connection import ONE_ROUND_TRIP
 from recsys.telemetry import EventSink, ignore_event
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
@@ -22,7 +23,8 @@ class HistoryStore:
     def __init__(self, redis_url: str, max_events: int, timeout_s: float, breaker: CircuitBreaker,
                  prefix: str = "recsys:history:", on_event: EventSink | None = None) -> None:
         self.client = aioredis.from_url(redis_url, socket_timeout=timeout_s,
-                                        socket_connect_timeout=timeout_s, retry_on_timeout=False)
+                                        socket_connect_timeout=timeout_s, retry_on_timeout=False,
+                                        **ONE_ROUND_TRIP)
         self.max_events, self.timeout_s = max_events, timeout_s
         self.breaker, self.prefix = breaker, prefix
         self.on_event = on_event or ignore_event

@@ -112,3 +112,25 @@ def test_a_slow_stage_answers_what_the_stage_answers_later() -> None:
     scores, took = asyncio.run(scenario())
     np.testing.assert_array_equal(scores, asyncio.run(EchoScorer().score(features)))
     assert SLOW_S <= took < HANG_S
+
+
+class FoundNothing:
+    name = "vector"
+
+    def retrieve(self, query: object, allowed: object) -> str:
+        return "found"
+
+
+def test_the_search_vector_retriever_can_fail_or_hang() -> None:
+    from devtools.faults import FaultInjectingSearchRetriever
+
+    retriever = FoundNothing()
+    plan = FaultPlan.parse("search_vector:error")
+    assert "search_vector" in STAGES
+    assert plan.search_retriever("champion", retriever) is not retriever
+    assert FaultPlan.parse("ranker:error").search_retriever("champion", retriever) is retriever
+    with pytest.raises(InjectedFault, match="vector"):
+        plan.search_retriever("champion", retriever).retrieve(None, None)
+    started = time.perf_counter()
+    assert FaultInjectingSearchRetriever(retriever, "slow").retrieve(None, None) == "found"
+    assert time.perf_counter() - started >= SLOW_S

@@ -142,7 +142,7 @@ def test_the_openapi_schema_documents_the_recommend_response(http: httpx.Client)
     ok = spec["paths"]["/recommend"]["post"]["responses"]["200"]["content"]["application/json"]
     schema = ok["schema"]
     assert set(schema["required"]) == set(RecommendResponse.model_fields)
-    assert schema["properties"]["cache"]["enum"] == ["none", "l1", "l2", "miss"]
+    assert schema["properties"]["cache"]["enum"] == ["none", "l1", "l2", "precomputed", "miss"]
     assert "RecommendedItem" in spec["components"]["schemas"]
 
 

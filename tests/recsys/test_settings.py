@@ -100,3 +100,17 @@ def test_bad_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RECSYS_BUDGET_MS", "20")
     with pytest.raises(ValidationError, match="RECSYS_BUDGET_MS=20.0"):
         ServingSettings()  # the default stage timeouts (30 + 30 + 60 ms) no longer fit
+
+
+def test_the_precomputed_tier_is_off_by_default_and_needs_redis() -> None:
+    assert ServingSettings().precomputed_tier is False
+    assert ServingSettings(precomputed_tier=True, redis_url="redis://h:6379/0").precomputed_tier
+    with pytest.raises(ValidationError, match="RECSYS_PRECOMPUTED_TIER=true needs"):
+        ServingSettings(precomputed_tier=True)
+
+
+def test_list_fields_are_the_settings_that_change_a_list() -> None:
+    base = ServingSettings().list_fields()
+    assert set(base) <= set(ServingSettings.model_fields)
+    assert ServingSettings(diversity=0.3).list_fields() == {**base, "diversity": 0.3}
+    assert ServingSettings(budget_ms=500.0).list_fields() == base  # how long, not what

@@ -1,0 +1,1 @@
+"""Batch scoring on Ray: every user's /recommend list, precomputed with the serving code."""

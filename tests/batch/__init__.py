@@ -1,0 +1,1 @@
+"""Tests of the batch scoring job (batch/), laid out like it."""
