@@ -86,3 +86,30 @@ def batch_size_vs_concurrency(variants: Curves, path: Path) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def throughput_vs_replicas(rows: dict[str, dict[str, Any]], path: Path, fixed_c: int,
+                           slo_ms: float) -> str:
+    """req/s by replica count, per balance mode: at a fixed concurrency and at the p99 SLO;
+    rows with via "direct" (one replica without the load balancer) as single points."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    direct = [r for r in rows.values() if r["via"] == "direct"]
+    balanced = [r for r in rows.values() if r["via"] != "direct"]
+    modes = sorted({row["balance"] for row in balanced})
+    for n, mode in enumerate(modes):
+        mine = sorted((r for r in balanced if r["balance"] == mode), key=lambda r: r["replicas"])
+        xs = [r["replicas"] for r in mine]
+        ax.plot(xs, [r["fixed"]["rps"] for r in mine], "o-", color=f"C{n}",
+                label=f"{mode}: c={fixed_c}")
+        ax.plot(xs, [(r["slo"] or {}).get("rps") for r in mine], "s--", color=f"C{n}",
+                label=f"{mode}: best with p99 ≤ {slo_ms:g} ms")
+    for r in direct:  # one replica without HAProxy: what the load balancer costs
+        ax.plot([r["replicas"]], [r["fixed"]["rps"]], "*", color="k", markersize=10,
+                label=f"direct, no HAProxy: c={fixed_c}")
+    ax.set(xlabel="replicas (one API worker each)", ylabel="requests/s (median)",
+           title="Cache misses through HAProxy by replica count")
+    ax.set_xticks(sorted({r["replicas"] for r in rows.values()}))
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
