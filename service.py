@@ -31,11 +31,10 @@ with bentoml.importing():
         RankResponse,
         RecommendBody,
         RecommendResponse,
-        SearchBody,
-        SearchResponse,
         SimilarItemsBody,
         SimilarItemsResponse,
     )
+    from serving.search_schemas import SearchBody, SearchResponse
 
 SETTINGS = ServingSettings()
 LIVE = SETTINGS.model_source == "registry"  # follow the registry's aliases, else pinned tags

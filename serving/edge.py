@@ -17,19 +17,16 @@ import hmac
 import json
 import math
 import sys
-import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import ValidationError
 
 from recsys.settings import ServingSettings
 from serving.errors import error_json, log_error_answer, validation_fields, validation_message
 from serving.openapi import with_error_bodies
+from serving.rate_limit import ClientRateLimit
 from serving.schemas import VALIDATED_BODY, ErrorBody, FieldError, RequestBody, RequestLimits
 
 Scope = dict[str, Any]
@@ -129,8 +126,9 @@ class HttpEdge:
         self.admin_credentials = f"Bearer {admin_token}".encode() if admin_token else None
         self.max_body_bytes, self.timeout_s = max_body_bytes, timeout_s
         self.in_progress = asyncio.Semaphore(max_concurrency)
-        self.events_rate = ClientRateLimit(events_rate_limit, client_address_header) \
-            if events_rate_limit else None
+        self.events_rate = ClientRateLimit(events_rate_limit) if events_rate_limit else None
+        self.address_header = client_address_header.lower().encode() \
+            if client_address_header else None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -163,7 +161,7 @@ class HttpEdge:
         if scope["path"].startswith(ADMIN) and not await self._admitted(scope, reply):
             return
         if scope["path"] == EVENTS and self.events_rate is not None:
-            wait_s = await self.events_rate.wait_s(scope)
+            wait_s = await self.events_rate.wait_s(self._client(scope))
             if wait_s is not None:
                 await reply.error(429, f"over {self.events_rate.item} events for this client "
                                        "(RECSYS_EVENTS_RATE_LIMIT)",
@@ -188,6 +186,15 @@ class HttpEdge:
             await reply.error(400, validation_message(fields), fields)
             return
         await self.app(scope, Replay(raw, receive), reply.send)
+
+    def _client(self, scope: Scope) -> str:
+        """The peer address, or the first address of the header a trusted load balancer sets."""
+        if self.address_header is not None:
+            forwarded = header(scope, self.address_header)
+            if forwarded:
+                return forwarded.split(",")[0].strip()
+        peer = scope.get("client")
+        return str(peer[0]) if peer else "unknown"
 
     async def _admitted(self, scope: Scope, reply: ErrorReply) -> bool:
         """Whether an admin request carries the token (compared in constant time); answers it
@@ -232,32 +239,6 @@ class HttpEdge:
             *captured.headers_except(b"content-length"),
             (b"content-length", str(len(body)).encode())]})
         await reply.send({"type": "http.response.body", "body": body})
-
-
-class ClientRateLimit:
-    """A moving-window rate limit per client address (`limits`, in this process's memory)."""
-
-    def __init__(self, rate: str, address_header: str | None = None) -> None:
-        self.item: RateLimitItem = parse(rate)
-        self.address_header = address_header.lower().encode() if address_header else None
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
-
-    async def wait_s(self, scope: Scope) -> int | None:
-        """None when the client may go on (this request counted), else whole seconds until
-        its window lets one more through."""
-        client = self.client(scope)
-        if await self.limiter.hit(self.item, client):
-            return None
-        stats = await self.limiter.get_window_stats(self.item, client)
-        return max(1, math.ceil(stats.reset_time - time.time()))
-
-    def client(self, scope: Scope) -> str:
-        if self.address_header is not None:
-            forwarded = header(scope, self.address_header)
-            if forwarded:
-                return forwarded.split(",")[0].strip()
-        peer = scope.get("client")
-        return str(peer[0]) if peer else "unknown"
 
 
 class Captured:

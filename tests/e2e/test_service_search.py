@@ -16,7 +16,7 @@ from devtools.local_redis import LocalRedis
 from devtools.processes import bentoml_serve
 from recsys.features import ItemCatalog
 from recsys.models import artifacts
-from serving.schemas import SearchResponse
+from serving.search_schemas import SearchResponse
 from tests.support.fixtures_models import TrainedModels
 from tests.support.http import RELAXED_LATENCY, error_fields, error_text, metric_samples
 

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from recsys.pipeline.search_request import SearchRequest
-from serving.schemas import RequestLimits, SearchBody
+from serving.schemas import RequestLimits
+from serving.search_schemas import SearchBody
 
 LIMITS = RequestLimits(max_k=20, max_list_items=2)
 

@@ -18,7 +18,7 @@ from recsys.features import ItemCatalog
 from recsys.models.bundles import EmbeddingBundle
 from recsys.pipeline.search_request import SearchRequest
 from serving.responses import ResponseEncoder
-from serving.schemas import SearchResponse
+from serving.search_schemas import SearchResponse
 from tests.support.runtime import USER, Recorder, serve, settings
 
 ENCODER = ResponseEncoder()
