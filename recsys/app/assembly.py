@@ -46,6 +46,7 @@ from recsys.settings import ServingSettings
 from recsys.stores.cache import ResultCache
 from recsys.stores.cache_config import CacheConfig
 from recsys.stores.history import HistoryStore
+from recsys.stores.invalidation import InvalidationListener, invalidation_channel
 from recsys.stores.precomputed import PrecomputedTier
 from recsys.telemetry import BreakerStateEvents, Telemetry
 
@@ -159,6 +160,15 @@ def build_cache(settings: ServingSettings, telemetry: Telemetry) -> ResultCache:
     ), settings.redis_url or None, on_event=telemetry.event)
 
 
+def build_invalidations(settings: ServingSettings, cache: ResultCache,
+                        telemetry: Telemetry) -> InvalidationListener | None:
+    """The listener that drops L1 entries when another worker records the user's event."""
+    if not settings.redis_url:
+        return None
+    return InvalidationListener(settings.redis_url, invalidation_channel(cache.config.key_prefix),
+                                cache.forget_user, cache.forget_all, on_event=telemetry.event)
+
+
 def build_history(settings: ServingSettings, telemetry: Telemetry) -> HistoryStore | None:
     if not settings.redis_url:
         return None
@@ -263,7 +273,7 @@ def assemble_runtime(settings: ServingSettings, models: ServedModels, telemetry:
         degraded_ttl_s=settings.degraded_ttl_s)
     precomputed = build_precomputed(settings, telemetry)
     pipeline = RecommendPipeline(resolver, options, cache, telemetry, shadow, precomputed)
-    events = EventRecorder(resolver, history, cache)
+    events = EventRecorder(resolver, history, cache, settings.event_id_ttl_s)
     search = SearchPipeline(resolver, SearchOptions(
         fusion=FusionRule(settings.search_rrf_k, {"vector": settings.search_vector_weight,
                                                   "personal": settings.search_personal_weight}),
@@ -279,4 +289,4 @@ def assemble_runtime(settings: ServingSettings, models: ServedModels, telemetry:
         pipeline=pipeline, similar_items=SimilarItems(resolver),
         item_ranker=ItemListRanker(resolver), event_recorder=events, cache=cache,
         history=history, shadow=shadow, live=live, canary=canary, precomputed=precomputed,
-        search=search)
+        search=search, invalidations=build_invalidations(settings, cache, telemetry))

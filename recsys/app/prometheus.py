@@ -37,6 +37,10 @@ SEARCHES = Counter("recsys_search_requests_total", "Search results computed (cac
 SEARCH_CORRECTIONS = Counter("recsys_search_typo_corrections_total", "Query words read as "
                              "another word of the titles (typo tolerance)")
 REDIS_ERRORS = Counter("recsys_redis_errors_total", "Redis calls that failed", ["component", "op"])
+INVALIDATIONS = Counter("recsys_cache_invalidations_total", "Other workers' event generation "
+                        "bumps received (each drops the user's in-process entries)")
+INVALIDATION_FEED = Gauge("recsys_cache_invalidation_feed_up", "1 while this worker is "
+                          "subscribed to the cache invalidation channel", multiprocess_mode="min")
 SHADOW = Counter("recsys_shadow_total", "Shadow scoring outcomes", ["outcome"])
 SHADOW_OVERLAP = Histogram("recsys_shadow_overlap", "Champion/challenger overlap@k",
                            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
@@ -116,6 +120,10 @@ class PrometheusTelemetry(Telemetry):
             CANARY_STAGE.set(float(labels["stage"]))
         elif name == "canary_guard":
             _child(CANARY_GUARD, labels["guard"], labels["variant"]).set(float(labels["value"]))
+        elif name == "invalidation":
+            INVALIDATIONS.inc()
+        elif name == "invalidation_feed":
+            INVALIDATION_FEED.set(1.0 if labels["state"] == "up" else 0.0)
         elif name == "canary_store_error":
             CANARY_STORE_ERRORS.inc()
         elif name.startswith("shadow_"):

@@ -17,6 +17,7 @@ from recsys.pipeline.similar_items import SimilarItems
 from recsys.settings import ServingSettings
 from recsys.stores.cache import ResultCache
 from recsys.stores.history import HistoryStore
+from recsys.stores.invalidation import InvalidationListener
 from recsys.stores.precomputed import PrecomputedTier
 
 LOG = logging.getLogger("bentoml.recsys.runtime")
@@ -37,10 +38,13 @@ class Runtime:
     canary: CanaryControl | None = None  # canary releases (following the registry, with Redis)
     precomputed: PrecomputedTier | None = None  # the batch job's lists (RECSYS_PRECOMPUTED_TIER)
     search: SearchPipeline | None = None  # /search
+    invalidations: InvalidationListener | None = None  # other workers' events reach L1 (Redis)
 
     async def start(self) -> None:
         """Inside the serving event loop: start background workers, warm up, then follow the
         registry when the models come from it."""
+        if self.invalidations is not None:
+            self.invalidations.start()
         if self.shadow is not None:
             self.shadow.start()
         await self.pipeline.warm(self.pipeline.resolver.models, rounds=3)
@@ -94,6 +98,8 @@ class Runtime:
         return self.canary
 
     async def aclose(self) -> None:
+        if self.invalidations is not None:
+            await self.invalidations.aclose()
         if self.canary is not None:
             await self.canary.aclose()
         if self.live is not None:

@@ -20,6 +20,7 @@ from recsys.errors import StoreError
 from recsys.stores.cache_config import CacheConfig
 from recsys.stores.cache_keys import generation_key, parse_generation
 from recsys.stores.codec import UndecodableValue, decode_value, encode_value
+from recsys.stores.invalidation import invalidation_channel
 from recsys.stores.redis_connection import ONE_ROUND_TRIP
 from recsys.telemetry import BreakerStateEvents, EventSink, ignore_event
 
@@ -72,7 +73,8 @@ class ResultCache:
             config.l1_max_items, ttu=self._l1_expiry, timer=clock
         )
         # Generations this worker last saw per user. An L1 entry stamped with another one is
-        # stale; other workers' bumps reach this worker within one L1 TTL.
+        # stale. Other workers' bumps arrive as invalidation messages (``forget_user``, fed by
+        # recsys/stores/invalidation.py); one that is lost expires with the L1 TTL.
         self._generations: TTLCache[str, int] = TTLCache(
             config.l1_max_items, ttl=max(config.l1_ttl_s.values()), timer=clock
         )
@@ -130,20 +132,24 @@ class ResultCache:
     async def bump_user_generation(self, user_id: str) -> int | None:
         """Invalidate the user's cached entries (call on every new event of that user).
 
-        Returns the new Redis counter, or None without Redis. If Redis fails this worker's L1
-        is still invalidated and StoreError is raised: other workers keep the old entries.
+        Returns the new Redis counter, or None without Redis. The bump is published on the
+        invalidation channel in the same transaction, so every listening worker drops the
+        user's L1 entries too. If Redis fails this worker's L1 is still invalidated and
+        StoreError is raised: other workers keep the old entries.
         """
         if self._redis is None:
             self._generations[user_id] = next(self._local_epochs)
             return None
         redis, key = self._redis, self._generation_key(user_id)
         ttl_ms = int(self.config.generation_ttl_s * 1000)
+        channel = invalidation_channel(self.config.key_prefix)
 
         async def incr() -> int:
             async with redis.pipeline(transaction=True) as pipe:
                 pipe.incr(key)
                 pipe.pexpire(key, ttl_ms)
-                new, _ = await pipe.execute()
+                pipe.publish(channel, user_id)
+                new, _, _ = await pipe.execute()
             return int(new)
 
         generation = await self._call_redis("bump", incr)
@@ -152,6 +158,15 @@ class ResultCache:
             raise StoreError(f"could not bump the generation of user {user_id!r} in Redis")
         self._generations[user_id] = generation
         return cast(int, generation)
+
+    def forget_user(self, user_id: str) -> None:
+        """Another worker bumped the user's generation: this worker's L1 entries of the user are
+        stale until the next L2 read says which generation is current."""
+        self._generations[user_id] = next(self._local_epochs)
+
+    def forget_all(self) -> None:
+        """Empty L1 (invalidations may have been missed); L2 still answers."""
+        self._l1.clear()
 
     async def flush(self) -> None:
         """Wait for the L2 writes in flight (each is bounded by the Redis timeout)."""
