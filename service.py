@@ -106,7 +106,7 @@ class RecommenderApi:
     async def events(self, body: EventBody) -> EventResponse:
         timestamp = body.timestamp if body.timestamp is not None else time.time()
         return EventResponse.model_validate(await self.runtime.event_recorder.record_event(
-            body.user_id, body.item_id, body.type, timestamp))
+            body.user_id, body.item_id, body.type, timestamp, event_id=body.event_id))
 
     @bentoml.api(input_spec=InfoBody)
     async def info(self, body: InfoBody) -> dict[str, Any]:

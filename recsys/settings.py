@@ -62,6 +62,8 @@ class ServingSettings(BaseSettings):
     user_vector_ttl_s: float = Field(300.0, gt=0)
     l1_max_items: int = Field(10_000, gt=0)
     history_max_events: int = Field(200, gt=0)
+    # How long an event's event_id is remembered: a retry within it is never recorded twice
+    event_id_ttl_s: float = Field(86_400.0, gt=0)
     # Read the lists the batch job precomputed (python -m batch --redis) on a cache miss, before
     # computing, for requests of a user id and k only (README "Batch scoring on Ray")
     precomputed_tier: bool = False

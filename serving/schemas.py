@@ -61,6 +61,10 @@ def at_most_items(ids: list[str], info: ValidationInfo) -> list[str]:
 
 UserId = Annotated[str, Field(min_length=1, max_length=200)]
 ItemId = Annotated[str, Field(min_length=1, max_length=200)]
+EventId = Annotated[str, Field(
+    pattern=r"^[A-Za-z0-9._-]{1,128}$",
+    description="the client's id of this event (e.g. a UUID): a retry with the same id within "
+                "RECSYS_EVENT_ID_TTL_S (1 day) is answered without recording the event again")]
 K = Annotated[int, Field(gt=0, description="items to return, at most RECSYS_MAX_K (100)"),
               AfterValidator(at_most_k)]
 ItemIds = Annotated[list[ItemId], Field(description="at most RECSYS_MAX_LIST_ITEMS (1000) ids"),
@@ -146,6 +150,7 @@ class EventBody(RequestBody):
     item_id: ItemId
     type: Literal[EVENT_TYPES] = "view"  # type: ignore[valid-type]
     timestamp: float | None = Field(None, description="unix seconds (default: when received)")
+    event_id: EventId | None = None
 
 
 class InfoBody(RequestBody):
@@ -266,6 +271,8 @@ class EventResponse(Strict):
     events_kept: int = Field(description="events now kept for the user (the newest)")
     cache_invalidated: bool = Field(
         description="false: the user's cached results elsewhere expire instead (Redis failed)")
+    duplicate: bool = Field(False, description="true: an event with this event_id was already "
+                            "recorded for the user; nothing was recorded now")
 
 
 class FieldError(Strict):

@@ -16,6 +16,18 @@ from recsys.telemetry import EventSink, ignore_event
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 
+# KEYS: the user's history list, the event id's marker. ARGV: the entry, the cap, the marker's
+# TTL in ms. The marker and the entry are written together or not at all (a script runs
+# atomically), so a retry of an event whose answer was lost is recognised and never stored twice.
+_APPEND_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+  return {1, redis.call('LLEN', KEYS[1])}
+end
+return {0, redis.call('LLEN', KEYS[1])}
+"""
+
 
 class HistoryStore:
     """A capped Redis list per user, newest first; each entry is a small JSON object."""
@@ -28,6 +40,7 @@ class HistoryStore:
         self.max_events, self.timeout_s = max_events, timeout_s
         self.breaker, self.prefix = breaker, prefix
         self.on_event = on_event or ignore_event
+        self._append_once = self.client.register_script(_APPEND_ONCE)  # EVALSHA, then EVAL once
 
     async def recent_items(self, user_id: str, limit: int) -> list[str]:
         """Up to `limit` item ids the user interacted with, oldest first. StoreError on failure."""
@@ -52,6 +65,24 @@ class HistoryStore:
                 pipe.llen(key)
                 return int((await pipe.execute())[-1])
         return int(await self._call("write", write))
+
+    async def append_once(self, user_id: str, item_id: str, event_type: str, timestamp: float,
+                          event_id: str, remember_s: float) -> tuple[int, bool]:
+        """Record one event unless an event with `event_id` was recorded for the user in the last
+        `remember_s` seconds; returns (events kept for the user, whether this call recorded it).
+        One round trip, like `append`."""
+        entry = json.dumps({"item_id": item_id, "type": event_type, "ts": timestamp,
+                            "id": event_id})
+        # Not under the history lists' prefix, so no user id can name a marker; event ids have
+        # no ':' (serving/schemas.py), so (user, event id) pairs cannot collide either.
+        keys = [self.prefix + user_id, f"{self.prefix.rstrip(':')}-event-ids:{user_id}:{event_id}"]
+        args: list[str | int] = [entry, self.max_events, max(1, int(remember_s * 1000))]
+
+        async def write() -> tuple[int, bool]:
+            recorded, kept = await self._append_once(keys=keys, args=args)
+            return int(kept), bool(recorded)
+        result: tuple[int, bool] = await self._call("write", write)
+        return result
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[Any]]) -> Any:
         try:

@@ -255,7 +255,8 @@ def test_an_event_reaches_redis_and_invalidates_the_cached_answer(
     event = http.post("/events", json={"user_id": user, "item_id": clicked, "type": "click"})
 
     assert event.status_code == 200, event.text
-    assert event.json() == {"user_id": user, "events_kept": 1, "cache_invalidated": True}
+    assert event.json() == {"user_id": user, "events_kept": 1, "cache_invalidated": True,
+                            "duplicate": False}
     with redis.Redis.from_url(redis_server.url, decode_responses=True) as client:
         histories = [client.lrange(key, 0, -1) for key in client.scan_iter(f"*{user}*")
                      if client.type(key) == "list"]

@@ -199,7 +199,19 @@ def test_events_are_recorded(http: httpx.Client, item_ids: list[str]) -> None:
         response = http.post("/events", json={"user_id": user, "item_id": item_ids[n],
                                               "type": event_type, "timestamp": 1_700_000_000.0})
         assert response.status_code == 200, response.text
-        assert response.json() == {"user_id": user, "events_kept": n, "cache_invalidated": True}
+        assert response.json() == {"user_id": user, "events_kept": n, "cache_invalidated": True,
+                                   "duplicate": False}
+
+
+def test_a_retried_event_id_is_answered_without_recording_it_again(
+        http: httpx.Client, item_ids: list[str]) -> None:
+    user = _user("event-id")
+    event = {"user_id": user, "item_id": item_ids[0], "type": "click", "event_id": "9f1c-2b"}
+    answers = [http.post("/events", json=event).json() for _ in range(3)]
+    assert [(a["events_kept"], a["duplicate"]) for a in answers] == \
+        [(1, False), (1, True), (1, True)]
+    bad = http.post("/events", json={**event, "event_id": "has:colon"})
+    assert bad.status_code == 400 and "event_id" in bad.text
 
 
 # ---- cache --------------------------------------------------------------------------------

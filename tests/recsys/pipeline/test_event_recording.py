@@ -28,11 +28,40 @@ def test_new_event_invalidates_cache_and_excludes_the_item(redis_url: str,
 
     before, clicked, ack, after, history = serve(settings(redis_url), refs, scenario)
     assert before["cache"] == "miss"
-    assert ack == {"user_id": USER, "events_kept": 1, "cache_invalidated": True}
+    assert ack == {"user_id": USER, "events_kept": 1, "cache_invalidated": True,
+                   "duplicate": False}
     assert after["cache"] == "miss"
     assert clicked not in ids(after) and len(after["items"]) == K
     assert not after["degraded"]
     assert history == [clicked]
+
+
+def test_a_retried_event_id_is_recorded_once_and_still_invalidates(
+        redis_url: str, refs: list[ModelRefs]) -> None:
+    async def scenario(runtime: Runtime) -> tuple[Any, ...]:
+        recorder = runtime.event_recorder
+        clicked = ids(await recommend(runtime))[0]
+        first = await recorder.record_event(USER, clicked, "click", 1.0, event_id="e-1")
+        cached = (await recommend(runtime))["cache"], (await recommend(runtime))["cache"]
+        retry = await recorder.record_event(USER, clicked, "click", 1.0, event_id="e-1")
+        after_retry = (await recommend(runtime))["cache"]
+        other = await recorder.record_event(USER, clicked, "view", 2.0, event_id="e-2")
+        elsewhere = await recorder.record_event("someone-else", clicked, "view", 2.0,
+                                                event_id="e-1")
+        assert runtime.history is not None
+        return (first, cached, retry, after_retry, other, elsewhere,
+                await runtime.history.recent_items(USER, 10))
+
+    first, cached, retry, after_retry, other, elsewhere, history = serve(
+        settings(redis_url), refs, scenario)
+    assert (first["events_kept"], first["duplicate"]) == (1, False)
+    assert cached == ("miss", "l1")
+    assert (retry["events_kept"], retry["duplicate"], retry["cache_invalidated"]) == \
+        (1, True, True)
+    assert after_retry == "miss"  # a retry invalidates again: its first try may not have
+    assert (other["events_kept"], other["duplicate"]) == (2, False)  # another id: recorded
+    assert elsewhere["duplicate"] is False  # ids are per user
+    assert len(history) == 2
 
 
 def test_event_for_unknown_item_is_rejected(redis_url: str, refs: list[ModelRefs]) -> None:

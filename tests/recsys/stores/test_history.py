@@ -61,6 +61,33 @@ def test_history_is_capped_at_max_events(redis_url: str) -> None:
     assert entry == {"item_id": "i7", "type": "view", "ts": 7.0}
 
 
+def test_append_once_records_an_event_id_once_per_user_while_remembered(
+        redis_url: str) -> None:
+    async def scenario(store: HistoryStore) -> list[tuple[int, bool]]:
+        calls = [store.append_once("u1", "a", "click", 1.0, "id-1", 0.3),
+                 store.append_once("u1", "a", "click", 1.0, "id-1", 0.3),  # a retry
+                 store.append_once("u2", "a", "click", 1.0, "id-1", 0.3)]  # another user
+        done = [await call for call in calls]
+        await asyncio.sleep(0.4)  # forgotten: the same id is a new event again
+        done.append(await store.append_once("u1", "b", "view", 2.0, "id-1", 0.3))
+        return done
+
+    assert with_store(redis_url, scenario) == [(1, True), (1, False), (1, True), (2, True)]
+    with redis.Redis.from_url(redis_url) as client:
+        newest = json.loads(client.lindex(PREFIX + "u1", 0))
+        markers = sorted(k.decode() for k in client.keys("test:history-event-ids:*"))
+    assert newest == {"item_id": "b", "type": "view", "ts": 2.0, "id": "id-1"}
+    assert markers == ["test:history-event-ids:u1:id-1"]  # u2's expired, u1's was set again
+
+
+def test_append_once_keeps_the_cap(redis_url: str) -> None:
+    async def scenario(store: HistoryStore) -> list[int]:
+        return [(await store.append_once("u1", f"i{n}", "view", float(n), f"e{n}", 60))[0]
+                for n in range(5)]
+
+    assert with_store(redis_url, scenario, max_events=3) == [1, 2, 3, 3, 3]
+
+
 def test_undecodable_entries_are_skipped_and_counted(redis_url: str) -> None:
     with redis.Redis.from_url(redis_url) as client:
         # LPUSH: the last one pushed is the newest.
