@@ -13,6 +13,7 @@ from redis.exceptions import RedisError, WatchError
 
 from recsys.errors import StoreError
 from recsys.experiments.canary import CANARY, CONTROL, CanaryState, Counts
+from recsys.stores.redis_connection import ONE_ROUND_TRIP
 
 SERVED_TTL_S = 1800  # a click this long after the recommendation is not attributed to it
 COUNTS_TTL_S = 30 * 24 * 3600  # the counts of a canary outlive it, for the notebook
@@ -22,7 +23,7 @@ VERDICTS_KEPT = 20_000  # per canary: hours of one verdict a tick
 class CanaryStore:
     def __init__(self, redis_url: str, prefix: str = "recsys:canary:", timeout_s: float = 0.5) -> None:
         self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=timeout_s,
-                                             socket_connect_timeout=timeout_s)
+                                             socket_connect_timeout=timeout_s, **ONE_ROUND_TRIP)
         self.prefix, self.timeout_s = prefix, timeout_s
 
     async def load(self) -> CanaryState | None:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from recsys.breaker import CircuitBreaker, CircuitOpenError
 from recsys.errors import RecsysError
 from recsys.experiments.shadow_records import ShadowRecord
+from recsys.stores.redis_connection import ONE_ROUND_TRIP
 from recsys.telemetry import BreakerStateEvents, EventSink, ignore_event
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -116,6 +117,7 @@ class RedisStreamSink:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),  # the breaker decides when to try again
+            **ONE_ROUND_TRIP,
         )
         self.breaker = CircuitBreaker(
             breaker_failure_threshold,
