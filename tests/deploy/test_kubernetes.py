@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from recsys.settings import ServingSettings
 from serving.edge import PROBES
+from tests.support.exported_metrics import bentoml_series, runtime_series
 
 Manifest = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,43 +111,9 @@ def bentoml_served_paths() -> set[str]:
     return {route.path for route in BaseAppFactory.get_system_routes(Handlers())}  # type: ignore[arg-type]
 
 
-def series_of(kind: str, name: str) -> set[str]:
-    """The series names a metric family appears under on /metrics."""
-    return {"counter": {f"{name.removesuffix('_total')}_total"}, "gauge": {name},
-            "histogram": {f"{name}_bucket", f"{name}_count", f"{name}_sum"},
-            "summary": {name, f"{name}_count", f"{name}_sum"}}[kind]
-
-
-class MetricRecorder:
-    """Stands in for BentoML's Prometheus client and records the metrics declared on it."""
-
-    def __init__(self) -> None:
-        self.series: set[str] = set()
-
-    def __getattr__(self, kind: str) -> Callable[..., None]:
-        def declare(*, namespace: str, name: str, **_: Any) -> None:
-            self.series |= series_of(kind.lower(), f"{namespace}_{name}")
-        return declare
-
-
 def exported_series() -> set[str]:
-    """Series the service serves on /metrics: the runtime package's own (recsys/app/
-    prometheus.py) and BentoML's HTTP traffic metrics, declared by the middleware BentoML puts
-    around every new-style service (the e2e tests read the same series from a live server)."""
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
-    from prometheus_client.metrics import MetricWrapperBase
-
-    import recsys.app.prometheus as service_metrics
-    series: set[str] = set()
-    for value in vars(service_metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            for family in value.describe():
-                series |= series_of(family.type, family.name)
-    recorder = MetricRecorder()
-    middleware = RunnerTrafficMetricsMiddleware(
-        None, namespace=bentoml_defaults()["metrics"]["namespace"])  # type: ignore[arg-type]
-    middleware._setup(metrics_client=recorder, duration_buckets=(1.0,))
-    return series | recorder.series
+    """Series the service serves on /metrics (tests/support/exported_metrics.py)."""
+    return set(runtime_series() | bentoml_series())
 
 
 def service_name() -> str:

@@ -11,10 +11,8 @@ canary's, a breaker's) count too; a slow test holds that catalogue to a real `be
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import os
-import pkgutil
 import re
 import shutil
 import subprocess
@@ -30,6 +28,7 @@ import yaml
 
 from devtools.processes import ServerProcess, bentoml_serve
 from recsys.settings import ServingSettings
+from tests.support.exported_metrics import Catalogue, bentoml_series, runtime_series
 from tests.support.fixtures_models import TrainedModels
 from tests.support.http import RELAXED_LATENCY
 
@@ -44,7 +43,6 @@ SYNTHETIC = {"up": frozenset()}  # series Prometheus makes itself, not the servi
 SEVERITIES = {"critical", "warning", "info"}
 LATENCY_ALERT = "RecsysRecommendLatencyOverBudget"
 
-Catalogue = dict[str, frozenset[str]]  # series name -> its label names
 
 
 # ---- promtool ------------------------------------------------------------------------------
@@ -219,88 +217,6 @@ def test_the_parser_finds_metrics_labels_and_grouping() -> None:
 
 
 # ---- the catalogue of exported series ------------------------------------------------------
-
-def series_of(kind: str, name: str, labels: frozenset[str]) -> Catalogue:
-    """The series one metric family is served as, each with its label names."""
-    if kind == "counter":
-        return {f"{name.removesuffix('_total')}_total": labels}
-    if kind == "histogram":
-        return {f"{name}_bucket": labels | {"le"}, f"{name}_count": labels,
-                f"{name}_sum": labels}
-    if kind == "summary":
-        return {name: labels | {"quantile"}, f"{name}_count": labels, f"{name}_sum": labels}
-    return {name: labels}
-
-
-def served_labels(kind: str, labelnames: list[str], multiprocess_mode: str) -> frozenset[str]:
-    # Gauges aggregated "all" or "liveall" over worker processes keep one series per worker.
-    per_worker = kind == "gauge" and multiprocess_mode in ("all", "liveall")
-    return frozenset(labelnames) | ({"pid"} if per_worker else set())
-
-
-def runtime_series() -> Catalogue:
-    """Every prometheus_client metric defined at module level in recsys/ and serving/."""
-    from prometheus_client.metrics import MetricWrapperBase
-
-    catalogue: Catalogue = {}
-    for package_name in ("recsys", "serving"):
-        package = importlib.import_module(package_name)
-        for module_info in pkgutil.walk_packages(package.__path__, f"{package_name}."):
-            module = importlib.import_module(module_info.name)
-            for value in vars(module).values():
-                if isinstance(value, MetricWrapperBase):
-                    kind = value._type  # prometheus_client keeps no public accessor for these
-                    labels = served_labels(kind, list(value._labelnames),
-                                           getattr(value, "_multiprocess_mode", ""))
-                    for family in value.describe():
-                        catalogue |= series_of(kind, family.name, labels)
-    return catalogue
-
-
-class DeclaredMetrics:
-    """Stands in for BentoML's metrics client: each metric BentoML declares on it is recorded
-    with the series it is served as."""
-
-    def __init__(self) -> None:
-        self.catalogue: Catalogue = {}
-
-    def declare(self, kind: str, namespace: str, name: str, labelnames: list[str],
-                multiprocess_mode: str = "all", **_: Any) -> None:
-        labels = served_labels(kind, labelnames, multiprocess_mode)
-        self.catalogue |= series_of(kind, f"{namespace}_{name}", labels)
-
-    def Counter(self, **kwargs: Any) -> None:
-        self.declare("counter", **kwargs)
-
-    def Gauge(self, **kwargs: Any) -> None:
-        self.declare("gauge", **kwargs)
-
-    def Histogram(self, **kwargs: Any) -> None:
-        self.declare("histogram", **kwargs)
-
-    def Summary(self, **kwargs: Any) -> None:
-        self.declare("summary", **kwargs)
-
-
-def bentoml_series() -> Catalogue:
-    """The request metrics BentoML's middleware declares around a new-style service, and the
-    adaptive batching histogram of its batched APIs (the model services)."""
-    import bentoml
-    from _bentoml_impl.server.app import ServiceAppFactory
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
-
-    # `bentoml serve` of service.py runs on the v2 (new-style service) configuration
-    defaults = Path(bentoml.__file__).parent / "_internal/configuration/v2/default_configuration.yaml"
-    namespace = yaml.safe_load(defaults.read_text())["services"]["metrics"]["namespace"]
-    declared = DeclaredMetrics()
-    RunnerTrafficMetricsMiddleware(None, namespace=namespace)._setup(
-        metrics_client=declared, duration_buckets=(1.0,))
-    batched_service = type("Batched", (), {"service": type("Service", (), {"apis": {}})()})()
-    with BentoMLContainer.metrics_client.patch(declared):
-        ServiceAppFactory.adaptive_batch_size_hist.func(batched_service)
-    return declared.catalogue
-
 
 @pytest.fixture(scope="module")
 def exported() -> Catalogue:
