@@ -1,7 +1,8 @@
 """The chaos suite's faults, each a class with begin() and end(): Redis killed, slowed, out of
 memory or pausing writes; a BentoML service's process killed or throttled; the CPU saturated;
-the shadow log's disk full. end() leaves the system as begin() found it (or, for a killed
-process, waits until BentoML's supervisor has started its replacement); `notes` says what was
+the shadow log's disk full; a promotion and a rollback in the model registry. end() leaves the
+system as begin() found it (or, for a killed process, waits until BentoML's supervisor has
+started its replacement; a promotion stays, and a rollback undoes it); `notes` says what was
 done (pids, times) for the report.
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ import redis
 
 from devtools.latency_proxy import LatencyProxy
 from devtools.local_redis import LocalRedis, server_pid
+from recsys.models.registry_client import CHAMPION, model_tag
+from registry import ModelSet, Registry
+from registry.admin_client import AdminClient
 
 RESPAWN_TIMEOUT_S = 60.0
 
@@ -292,3 +296,70 @@ class DiskFull:
 
     def end(self) -> None:
         self.filler.unlink(missing_ok=True)
+
+
+@dataclass
+class Promotion:
+    """The registry's promotion (`Registry.promote_versions`, what `python -m registry promote`
+    runs) of whichever of `sets` is not the champion: the champion alias moves to it and
+    previous_champion to the set it leaves. Every API worker's registry follower then fetches,
+    verifies, loads, warms and swaps it in. end() moves nothing back: a rollback does that.
+    `versions`: the model tags every answer names once the promotion has reached every worker."""
+
+    registry: Registry  # writes through the tracking server the service reads
+    sets: tuple[ModelSet, ModelSet]
+    name: str = "promotion"
+    description: str = ("the champion alias moved to the other registered model set (Registry."
+                        "promote_versions); every API worker's follower loads it and swaps")
+    notes: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    tags: list[dict[str, str]] = field(default_factory=list)  # of each of `sets`
+
+    def __post_init__(self) -> None:  # read once, so that begin() only promotes
+        self.tags = [served_tags(self.registry, model_set) for model_set in self.sets]
+
+    def begin(self) -> None:
+        started = time.monotonic()
+        new = 1 if self.registry.resolve(CHAMPION) == self.sets[0] else 0
+        self.versions = self.tags[new]
+        self.registry.promote_versions(self.sets[new])
+        self.notes.update(promoted=self.versions, was=self.tags[1 - new],
+                          promoted_in_s=round(time.monotonic() - started, 3))
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass
+class Rollback:
+    """POST /admin/rollback to the service under load (what `python -m registry rollback --url`
+    sends): the service moves the champion alias back to previous_champion, and every worker's
+    follower loads that set and swaps. `versions`: the tags the service names as the champion."""
+
+    url: str
+    token: str
+    name: str = "rollback"
+    description: str = ("POST /admin/rollback (python -m registry rollback --url): the service "
+                        "puts previous_champion back as the champion; its followers swap to it")
+    notes: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def begin(self) -> None:
+        admin = AdminClient(self.url, self.token)
+        started = time.monotonic()
+        try:
+            self.versions = admin.rollback()
+        finally:
+            admin.close()
+        self.notes.update(rolled_back_to=self.versions,
+                          admin_answered_in_s=round(time.monotonic() - started, 3))
+
+    def end(self) -> None:
+        pass
+
+
+def served_tags(registry: Registry, model_set: ModelSet) -> dict[str, str]:
+    """kind -> the tag answers name for a registered set (recsys.models.registry_client)."""
+    fingerprints = registry.fingerprints(model_set)
+    return {kind: model_tag(name, version, fingerprints[kind])
+            for kind, name, version in model_set.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ class Sample:
     retry_after: bool = False  # a Retry-After header came with it
     user: str = ""
     event_ts: int = 0  # /events: the timestamp it carried
+    versions: tuple[str, ...] = ()  # the model tags a 2xx answer names (versions_key)
 
     @property
     def latency_ms(self) -> float:
@@ -73,6 +74,12 @@ class LoadShape:
     seed: int = 1
 
 
+def versions_key(model_versions: Mapping[str, str]) -> tuple[str, ...]:
+    """An answer's `model_versions` (kind -> model tag) as the tags in kind order: what a
+    promotion or a rollback changes."""
+    return tuple(model_versions[kind] for kind in sorted(model_versions))
+
+
 class ZipfUsers:
     """User ids drawn with P(rank r) proportional to 1 / r^s over `users` in the given order."""
 
@@ -99,6 +106,7 @@ class MixedLoad:
     _thread: threading.Thread | None = None
     _sequence: int = 0
     _new: int = 0
+    _versions: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)  # one each
 
     def start(self) -> MixedLoad:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()),
@@ -162,12 +170,14 @@ class MixedLoad:
             return Sample(start, time.monotonic(), endpoint, 0, type(error).__name__,
                           user=user, event_ts=ts)
         end = time.monotonic()
-        reasons: tuple[str, ...] = ()
-        if response.is_success and endpoint in ("/recommend", "/rank"):
-            reasons = tuple(response.json().get("degraded_reasons") or ())
-        elif response.is_success and endpoint == "/events" and \
-                not response.json().get("cache_invalidated", True):
+        if not response.is_success:
+            return Sample(start, end, endpoint, response.status_code, response.text[:200],
+                          retry_after="retry-after" in response.headers, user=user, event_ts=ts)
+        answer = response.json()
+        reasons: tuple[str, ...] = tuple(answer.get("degraded_reasons") or ())
+        if endpoint == "/events" and not answer.get("cache_invalidated", True):
             reasons = ("cache_not_invalidated",)  # other workers may serve a stale list a while
-        detail = "" if response.is_success else response.text[:200]
-        return Sample(start, end, endpoint, response.status_code, detail, reasons,
-                      "retry-after" in response.headers, user, ts)
+        versions = versions_key(answer.get("model_versions") or {})
+        return Sample(start, end, endpoint, response.status_code, "", reasons,
+                      "retry-after" in response.headers, user, ts,
+                      self._versions.setdefault(versions, versions))

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 
 RECOVERY_WINDOW_S = 2.0  # recovered: no degraded, refused or failed answer for this long
 IN_FLIGHT_S = 1.0  # a connection error this soon after a fault began: the request was in flight
+Versions = tuple[str, ...] | None  # the model tags every answer carries once a change is done
 
 
 @dataclass(frozen=True)
@@ -63,28 +64,62 @@ def phase_stats(samples: Sequence[Sample]) -> dict[str, Any]:
     }
 
 
-def recovery_s(samples: Sequence[Sample], window: Window,
-               hold_s: float = RECOVERY_WINDOW_S) -> float | None:
+def stale(sample: Sample, versions: Versions) -> bool:
+    """An answer from other models than `versions` (None: no change of models expected)."""
+    return versions is not None and bool(sample.versions) and sample.versions != versions
+
+
+def recovery_start(window: Window, versions: Versions) -> float:
+    """Where recovery is timed from: the fault's end, or for a change of models (a promotion, a
+    rollback: instant, held only to watch it) its beginning, when the alias moved."""
+    return window.t1 if versions is not None else window.t2
+
+
+def recovery_s(samples: Sequence[Sample], window: Window, hold_s: float = RECOVERY_WINDOW_S,
+               versions: Versions = None) -> float | None:
     """Seconds from the fault's end to the first moment after which no request sent within
-    hold_s was degraded, refused or failed; None if the after phase never held that long."""
-    after = sorted(window.phase(samples, "after"), key=lambda s: s.start)
-    candidates = [window.t2] + [s.start for s in after if bad(s)]
-    bad_starts = [s.start for s in after if bad(s)]
-    for moment in candidates:
+    hold_s was degraded, refused or failed; None if the after phase never held that long. With
+    `versions` (what every answer carries once a change of models is done), timed from the
+    fault's beginning, and no earlier than the last answer from other models."""
+    since = recovery_start(window, versions)
+    later = sorted((s for s in samples if since <= s.start < window.t3), key=lambda s: s.start)
+    bad_starts = [s.start for s in later if bad(s) or stale(s, versions)]
+    last_old = max((s.start for s in later if stale(s, versions)), default=since)
+    for moment in [since] + bad_starts:
+        if moment < last_old:
+            continue
         if moment + hold_s > window.t3:
             return None
         if not any(moment < t <= moment + hold_s for t in bad_starts):
-            return round(moment - window.t2, 2)
+            return round(moment - since, 2)
     return None
 
 
-def relapses(samples: Sequence[Sample], window: Window, recovered_s: float | None) -> int:
-    """Requests not at full quality sent after the recovery point (a later episode, e.g. a
-    breaker tripped again by a stall), or 0 when there was no recovery to relapse from."""
+def relapses(samples: Sequence[Sample], window: Window, recovered_s: float | None,
+             versions: Versions = None) -> int:
+    """Requests not at full quality (or, after a change of models, from the old ones) sent after
+    the recovery point (a later episode, e.g. a breaker tripped again by a stall), or 0 when
+    there was no recovery to relapse from."""
     if recovered_s is None:
         return 0
-    since = window.t2 + recovered_s + RECOVERY_WINDOW_S
-    return sum(1 for s in window.phase(samples, "after") if s.start > since and bad(s))
+    since = recovery_start(window, versions) + recovered_s + RECOVERY_WINDOW_S
+    return sum(1 for s in window.phase(samples, "all")
+               if s.start > since and (bad(s) or stale(s, versions)))
+
+
+def model_switch(samples: Sequence[Sample], window: Window,
+                 versions: tuple[str, ...]) -> dict[str, Any]:
+    """How answers moved to `versions`, in seconds from the fault's beginning: the first answer
+    from them, the last from other models, how many model sets answered from the beginning on
+    (2: the old and the new, each whole) and answers from other models per phase."""
+    answers = [s for s in window.phase(samples, "all") if s.start >= window.t1 and s.versions]
+    new = [s.start - window.t1 for s in answers if s.versions == versions]
+    old = [s.start - window.t1 for s in answers if s.versions != versions]
+    return {"first_new_s": round(min(new), 2) if new else None,
+            "last_old_s": round(max(old), 2) if old else None,
+            "sets_answering": len({s.versions for s in answers}),
+            "old_answers": {p: sum(1 for s in window.phase(samples, p) if stale(s, versions))
+                            for p in ("during", "after")}}
 
 
 def in_flight_resets(samples: Sequence[Sample], window: Window) -> int:
@@ -106,10 +141,14 @@ def event_outcome(samples: Sequence[Sample], stored: set[tuple[str, int]]) -> di
             "refused_but_stored": sum(1 for s in refused if (s.user, s.event_ts) in stored)}
 
 
-def timeline(samples: Sequence[Sample], window: Window, bin_s: float = 1.0) -> dict[str, list]:
-    """Per bin of sending time: requests/s, p99 (ms) and the share not at full quality."""
+def timeline(samples: Sequence[Sample], window: Window, bin_s: float = 1.0,
+             versions: Versions = None) -> dict[str, list]:
+    """Per bin of sending time: requests/s, p99 (ms), the share not at full quality, and with
+    `versions` the share of answers naming models that came from those."""
     edges = [*np.arange(window.t0, window.t3, bin_s), window.t3]
     out: dict[str, list] = {"t": [], "rps": [], "p99_ms": [], "bad_share": []}
+    if versions is not None:
+        out["new_share"] = []
     chosen = window.phase(samples, "all")
     for start, end in itertools.pairwise(edges):
         if end - start < bin_s / 4:
@@ -120,6 +159,10 @@ def timeline(samples: Sequence[Sample], window: Window, bin_s: float = 1.0) -> d
         out["rps"].append(round(len(in_bin) / (end - start), 1))
         out["p99_ms"].append(float(np.percentile(latencies, 99)) if latencies else None)
         out["bad_share"].append(sum(bad(s) for s in in_bin) / len(in_bin) if in_bin else None)
+        if versions is not None:
+            named = [s for s in in_bin if s.versions]
+            out["new_share"].append(sum(s.versions == versions for s in named) / len(named)
+                                    if named else None)
     return out
 
 
@@ -129,13 +172,17 @@ def plot_timeline(name: str, series: dict[str, list], fault_s: float, path: Path
     for ax, key, label in zip(axes, ("rps", "p99_ms", "bad_share"),
                               ("requests/s", "p99 (ms)", "not full quality")):
         values = [np.nan if v is None else v for v in series[key]]
-        ax.plot(t, values, "-", drawstyle="steps-post", color="C0")
+        ax.plot(t, values, "-", drawstyle="steps-post", color="C0", label=label)
         ax.axvspan(0, fault_s, color="C3", alpha=0.15, label="fault")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylim(bottom=0)
     axes[1].set_yscale("log")
     axes[2].set_ylim(-0.02, 1.02)
+    if "new_share" in series:
+        axes[2].plot(t, [np.nan if v is None else v for v in series["new_share"]], "-",
+                     drawstyle="steps-post", color="C2", label="from the new models")
+        axes[2].legend(fontsize=8, loc="center right")
     axes[0].legend(fontsize=8, loc="upper right")
     axes[-1].set_xlabel("seconds since the fault began (1 s bins, by sending time); not full "
                         "quality = degraded, refused or failed")
@@ -147,22 +194,29 @@ def plot_timeline(name: str, series: dict[str, list], fault_s: float, path: Path
 
 
 def fault_result(name: str, description: str, samples: Sequence[Sample], window: Window,
-                 stored: set[tuple[str, int]], notes: dict[str, Any], out: Path) -> dict[str, Any]:
-    series = timeline(samples, window)
-    return {
+                 stored: set[tuple[str, int]], notes: dict[str, Any], out: Path,
+                 versions: Versions = None) -> dict[str, Any]:
+    """The figures of one fault; `versions`: for a change of models, the tags every answer
+    carries once it is done (recovery then waits for the last answer from other models)."""
+    series = timeline(samples, window, versions=versions)
+    result = {
         "fault": name, "description": description, "notes": notes,
         "seconds": {"before": round(window.t1 - window.t0, 2),
                     "during": round(window.t2 - window.t1, 2),
                     "after": round(window.t3 - window.t2, 2)},
         "phases": {p: phase_stats(window.phase(samples, p))
                    for p in ("before", "during", "after", "all")},
-        "recovery_s": (recovered := recovery_s(samples, window)),
-        "bad_after_recovery": relapses(samples, window, recovered),
+        "recovery_s": (recovered := recovery_s(samples, window, versions=versions)),
+        "recovery_from": "begin" if versions is not None else "end",
+        "bad_after_recovery": relapses(samples, window, recovered, versions),
         "failed_in_flight": in_flight_resets(samples, window),
         "events": event_outcome(window.phase(samples, "all"), stored),
         "plot": plot_timeline(name, series, window.t2 - window.t1, out / f"{name}.png"),
         "timeline": series,
     }
+    if versions is not None:
+        result["models"] = model_switch(samples, window, versions)
+    return result
 
 
 def _cell(value: Any, unit: str = "") -> str:
@@ -173,6 +227,13 @@ def _cell(value: Any, unit: str = "") -> str:
 def _reasons(counts: dict[str, int]) -> str:
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
     return ", ".join(f"{reason} {n:,}" for reason, n in top) or "—"
+
+
+def _recovery(result: dict[str, Any]) -> str:
+    """A change of models is timed from its beginning (the alias moved): marked with "*"."""
+    cell = _cell(result["recovery_s"], " s")
+    return cell + "*" if result.get("recovery_from") == "begin" and result["recovery_s"] \
+        is not None else cell
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:
@@ -187,7 +248,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
                                            if r["failed_in_flight"] else "")
         rows.append(f"| {r['fault']} | {every['sent']:,} | {failed} | "
                     f"{every['degraded']:,} | {events['accepted']:,} / {events['refused_503']:,}"
-                    f" / {events['lost']:,} | {_cell(r['recovery_s'], ' s')} | {p99} |")
+                    f" / {events['lost']:,} | {_recovery(r)} | {p99} |")
     return "\n".join(rows)
 
 
@@ -198,6 +259,17 @@ def write_samples(path: Path, samples: Sequence[Sample], origin: float) -> None:
         for s in samples:
             out.write(json.dumps({**asdict(s), "start": round(s.start - origin, 4),
                                   "end": round(s.end - origin, 4)}) + "\n")
+
+
+def _models_line(result: dict[str, Any]) -> list[str]:
+    models = result.get("models")
+    if models is None:
+        return []
+    old = models["old_answers"]
+    line = (f"Models: the first answer from the new set {_cell(models['first_new_s'], ' s')} and "
+            f"the last from the old one {_cell(models['last_old_s'], ' s')} after the alias "
+            f"moved; answers from the old set {old['during']:,} during, {old['after']:,} after.")
+    return [line]
 
 
 def write(out: Path, report: dict[str, Any]) -> Path:
@@ -216,7 +288,9 @@ def write(out: Path, report: dict[str, Any]) -> Path:
              f"{IN_FLIGHT_S:g} s of the fault's start, requests a killed process held. Degraded: 2xx answers with degraded_reasons (and events whose "
              "cache invalidation failed). Recovery: from the fault's end to the first moment "
              f"after which no request was degraded, refused or failed for {RECOVERY_WINDOW_S:g} s"
-             " (— : not within the after phase)."), ""]
+             " (— : not within the after phase); \"*\": a change of models (promotion, "
+             "rollback), timed from its beginning, when the alias moved, and no earlier than the "
+             "last answer from the models it replaced."), ""]
     for r in report["faults"]:
         lines += [f"## {r['fault']}", "", r["description"], "",
                   ("| phase | s | sent | failed | degraded (top reasons) | refused 503 | p50 ms | "
@@ -234,6 +308,7 @@ def write(out: Path, report: dict[str, Any]) -> Path:
                   f"Recovery: {_cell(r['recovery_s'], ' s')} (not at full quality after it: "
                   f"{r['bad_after_recovery']:,}). Restored: "
                   f"{'yes' if r['restored']['ok'] else 'NO ' + json.dumps(r['restored'])}."),
+                  *_models_line(r),
                   f"Notes: `{json.dumps(r['notes'], default=str)}`", "",
                   f"![{r['fault']}]({r['plot']})", ""]
     path = out / "report.md"

@@ -16,12 +16,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recsys.app.models_file import ModelRefs
 
+if TYPE_CHECKING:
+    from registry import ModelSet
+
 MARKER = "bench-models.json"
+CHALLENGER_MARKER = "bench-challenger.json"  # a second set registered beside it (alias challenger)
+CHALLENGER_SEED = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Sources whose change can change a trained bundle or how it is exported and served.
 SOURCE_DIRS = ("recsys", "training", "registry")
@@ -106,25 +112,42 @@ def train_and_export(n_items: int, root: Path, n_users: int, epochs: int) -> Ben
     The offline evaluation step is skipped (its ALS grid and [users, n_items] float64 score
     matrices take minutes and gigabytes at 1M items, and quality is not what is measured here).
     """
+    from registry import Registry, bentoml_home, export_to_bentoml
+
+    start = time.perf_counter()
+    uri, model_set = train_and_register(n_items, root, n_users, epochs, seed=0)
+    registry = Registry(uri)
+    registry.promote_versions(model_set)
+    home = root / "bentoml"
+    with bentoml_home(home):
+        tags = export_to_bentoml(registry, "champion")
+    models_file = root / "serving-models.json"
+    models_file.write_text(json.dumps({"champion": tags}, indent=2))
+    models = BenchModels(n_items, root, home, models_file, root / "work", uri, n_users,
+                         round(time.perf_counter() - start, 1))
+    payload = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(models).items()}
+    (root / MARKER).write_text(json.dumps(payload, indent=2))
+    return models
+
+
+def train_and_register(n_items: int, root: Path, n_users: int, epochs: int,
+                       seed: int) -> tuple[str, ModelSet]:
+    """One model set trained with model seed `seed` on the synthetic data of `n_items` items
+    (the same data whatever the seed) and registered under alias challenger in the store under
+    `root`; its bundles in root/work (seed 0) or root/work-seed<seed>. Returns (tracking URI,
+    the registered versions)."""
     import mlflow
 
-    from registry import (
-        Registry,
-        bentoml_home,
-        configure_tracking,
-        export_to_bentoml,
-        log_bundle,
-        register_model_set,
-    )
+    from registry import configure_tracking, log_bundle, register_model_set
     from training.config import PipelineConfig
     from training.pipeline import apply_overrides, embedding_step, load_prepared
     from training.settings import TrainingSettings
     from training.steps import train_rankers
 
-    start = time.perf_counter()
-    settings = TrainingSettings(store_dir=root / "mlstore", workdir=root / "work", epochs=epochs,
+    workdir = root / ("work" if seed == 0 else f"work-seed{seed}")
+    settings = TrainingSettings(store_dir=root / "mlstore", workdir=workdir, epochs=epochs,
                                 ranker_epochs=epochs, synthetic_users=n_users,
-                                synthetic_items=n_items, seed=0)
+                                synthetic_items=n_items, seed=seed)
     config = apply_overrides(PipelineConfig(), settings)
     # Both cores: at 100K-1M items encoding the catalogue dominates, and these models are
     # benchmark fixtures, not results to reproduce bit for bit on another machine.
@@ -132,7 +155,7 @@ def train_and_export(n_items: int, root: Path, n_users: int, epochs: int) -> Ben
                      ranker=replace(config.ranker, threads=2))
     uri = configure_tracking(settings.tracking_uri, store_dir=settings.store_dir)
     data = load_prepared(settings, config)
-    with mlflow.start_run(run_name=f"benchmark-{n_items}"):
+    with mlflow.start_run(run_name=f"benchmark-{n_items}" + (f"-seed{seed}" if seed else "")):
         embedding, embedding_uri = embedding_step(data, config, settings.workdir)
         rankers = train_rankers(data, embedding, config.ranker, config.fallback,
                                 settings.workdir / "ranker", settings.workdir / "fallback_ranker",
@@ -141,19 +164,36 @@ def train_and_export(n_items: int, root: Path, n_users: int, epochs: int) -> Ben
         example = {"features": np.zeros((4, n_features), dtype=np.float32)}
         ranker_uri = log_bundle(rankers.ranker.path, "ranker", example)
         fallback_uri = log_bundle(rankers.fallback.path, "fallback_ranker", example)
-    model_set = register_model_set(embedding_uri, ranker_uri, fallback_uri)
-    registry = Registry(uri)
-    registry.promote_versions(model_set)
-    home = root / "bentoml"
-    with bentoml_home(home):
-        tags = export_to_bentoml(registry, "champion")
-    models_file = root / "serving-models.json"
-    models_file.write_text(json.dumps({"champion": tags}, indent=2))
-    models = BenchModels(n_items, root, home, models_file, settings.workdir, uri, n_users,
-                         round(time.perf_counter() - start, 1))
-    payload = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(models).items()}
-    (root / MARKER).write_text(json.dumps(payload, indent=2))
-    return models
+    return uri, register_model_set(embedding_uri, ranker_uri, fallback_uri)
+
+
+def ensure_challenger(models: BenchModels, epochs: int, log_path: Path,
+                      timeout_s: float = 1800) -> None:
+    """A second set beside `models` in their registry, under alias challenger (model seed
+    CHALLENGER_SEED, the same data and catalogue): what the chaos suite promotes and rolls
+    back. Trained once in a child process, then kept with the set."""
+    if (models.root / CHALLENGER_MARKER).is_file():
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "benchmarks.models", "--items", str(models.n_items),
+               "--root", str(models.root), "--users", str(models.n_users), "--epochs",
+               str(epochs), "--challenger"]
+    with log_path.open("wb") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+                               stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+    if code != 0:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"training the challenger failed (exit {code}); log tail:\n{tail}")
+
+
+def train_challenger(n_items: int, root: Path, n_users: int, epochs: int) -> dict[str, object]:
+    """ensure_challenger's child: the second set trained and registered, the marker written."""
+    start = time.perf_counter()
+    _, model_set = train_and_register(n_items, root, n_users, epochs, seed=CHALLENGER_SEED)
+    payload = {"versions": {kind: version for kind, _, version in model_set.items()},
+               "seed": CHALLENGER_SEED, "train_seconds": round(time.perf_counter() - start, 1)}
+    (root / CHALLENGER_MARKER).write_text(json.dumps(payload, indent=2))
+    return payload
 
 
 def main() -> None:
@@ -162,10 +202,16 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--challenger", action="store_true",
+                        help="train and register a second set (alias challenger) beside the set "
+                             "under --root")
     args = parser.parse_args()
     for var in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(var, "true")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.challenger:
+        print(json.dumps(train_challenger(args.items, args.root, args.users, args.epochs)))
+        return
     models = train_and_export(args.items, args.root, args.users, args.epochs)
     print(json.dumps({"n_items": models.n_items, "train_seconds": models.train_seconds}))
 

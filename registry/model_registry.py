@@ -153,10 +153,10 @@ class Registry:
             f"name = '{names.embedding}' and tags.{TAG_DATA_FINGERPRINT} = '{data_fingerprint}'")
         found = []
         for embedding in sorted(embeddings, key=lambda v: int(v.version), reverse=True):
-            rankers = [self._newest_paired(name, str(embedding.version))
-                       for name in (names.ranker, names.fallback)]
-            if all(rankers):
-                found.append(ModelSet(str(embedding.version), *rankers, names=names))
+            ranker, fallback = (self._newest_paired(name, str(embedding.version))
+                                for name in (names.ranker, names.fallback))
+            if ranker and fallback:
+                found.append(ModelSet(str(embedding.version), ranker, fallback, names=names))
         return found
 
     def _newest_paired(self, name: str, embedding_version: str) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.chaos_load import Sample
+from benchmarks.chaos_load import Sample, versions_key
 from benchmarks.chaos_report import (
     Window,
     event_outcome,
     fault_result,
     in_flight_resets,
+    model_switch,
     phase_stats,
     recovery_s,
     relapses,
@@ -17,6 +18,8 @@ from benchmarks.chaos_report import (
 )
 
 WINDOW = Window(0.0, 10.0, 20.0, 40.0)  # before 0-10 s, during 10-20 s, after 20-40 s
+OLD = versions_key({"embedding": "e:v1-aa", "ranker": "r:v1-bb", "fallback_ranker": "f:v1-cc"})
+NEW = versions_key({"embedding": "e:v2-dd", "ranker": "r:v2-ee", "fallback_ranker": "f:v2-ff"})
 
 
 def ok(t: float, endpoint: str = "/recommend", **fields: object) -> Sample:
@@ -95,3 +98,53 @@ def test_a_fault_result_has_phases_a_plot_and_a_table_row(tmp_path: Path) -> Non
     assert result["phases"]["during"]["degraded_by"] == {"history_unavailable": 1}
     assert (tmp_path / result["plot"]).is_file()
     assert "| demo | 161 | 0 | 1 |" in table([result])
+
+
+def test_versions_are_read_in_kind_order() -> None:
+    assert versions_key({"ranker": "r", "embedding": "e", "fallback_ranker": "f"}) == \
+        ("e", "f", "r")
+
+
+def test_a_change_of_models_recovers_with_the_last_answer_from_the_old_ones() -> None:
+    """Timed from the alias move (the fault's beginning): worker 1 swapped at 12 s, worker 2 at
+    16.5 s; an event names no models and counts for nothing either way."""
+    samples = [ok(t / 4, versions=OLD) for t in range(40, 48)]  # 10-12 s: both old
+    samples += [ok(12.0 + t / 2, versions=(OLD if t % 2 else NEW)) for t in range(9)]  # to 16 s
+    samples += [ok(16.5, versions=OLD), ok(16.6, "/events")]
+    samples += [ok(17.0 + t / 4, versions=NEW) for t in range(80)]
+
+    assert recovery_s(samples, WINDOW) == 0.0  # by quality alone: nothing was degraded
+    assert recovery_s(samples, WINDOW, versions=NEW) == 6.5
+    assert model_switch(samples, WINDOW, NEW) == {
+        "first_new_s": 2.0, "last_old_s": 6.5, "sets_answering": 2,
+        "old_answers": {"during": 13, "after": 0}}
+
+
+def test_an_old_answer_after_a_change_of_models_recovered_is_a_relapse() -> None:
+    samples = [ok(10.5, versions=OLD), ok(11.0, versions=NEW), ok(14.0, versions=NEW),
+               ok(30.0, versions=OLD)]
+
+    recovered = recovery_s(samples, WINDOW, versions=NEW)
+
+    assert recovered == 20.0  # the old answer at 30 s is the last one: recovery waits for it
+    assert relapses(samples, WINDOW, 1.0, NEW) == 1
+
+
+def test_a_change_of_models_that_never_arrives_never_recovers() -> None:
+    samples = [ok(10 + t / 4, versions=OLD) for t in range(120)]
+
+    assert recovery_s(samples, WINDOW, versions=NEW) is None
+
+
+def test_a_change_of_models_is_reported_with_its_switch_and_marked_in_the_table(
+        tmp_path: Path) -> None:
+    samples = [ok(t / 4, versions=OLD) for t in range(44)] + \
+        [ok(11.0 + t / 4, versions=NEW) for t in range(116)]
+
+    result = fault_result("promotion", "alias moved", samples, WINDOW, set(), {}, tmp_path, NEW)
+    result["restored"] = {"ok": True}
+
+    assert result["recovery_s"] == 0.75 and result["recovery_from"] == "begin"  # last old one
+    assert result["models"]["first_new_s"] == 1.0 and result["models"]["last_old_s"] == 0.75
+    assert result["timeline"]["new_share"][0] == 0.0 and result["timeline"]["new_share"][-1] == 1
+    assert "| promotion | 160 | 0 | 0 | 0 / 0 / 0 | 0.75 s* |" in table([result])

@@ -4,11 +4,15 @@ in the services topology with two API workers and a durable Redis behind a laten
 
 - Redis SIGKILLed for a few seconds and restarted on its append-only file;
 - the ranker service slowed past its timeout (stopped 900 ms of every second);
-- one API worker SIGKILLed (BentoML's supervisor starts another).
+- one API worker SIGKILLed (BentoML's supervisor starts another);
+- on a second server, which follows a tracking server over a copy of the session's registry
+  (the inline topology), a promotion of the challenger and the rollback through the service's
+  POST /admin/rollback.
 
 Every fault: no request fails (but those on the connections of a worker as it is killed: no
 process is left to answer them), no accepted event is lost, full quality is back within a bound
-after the fault, and the system is as it was. Breakers and degraded results last a second here
+after the fault (after a promotion or a rollback: every answer names the new models), and the
+system is as it was. Breakers and degraded results last a second here
 (RECSYS_BREAKER_RESET_S, RECSYS_DEGRADED_TTL_S) instead of 10 and 5 s, to keep the run short.
 A 20-second soak (benchmarks/soak.py) then runs on the same server: the full 20 minutes is a
 command, `python -m benchmarks.soak`.
@@ -24,9 +28,11 @@ import pytest
 
 from benchmarks import chaos_report, soak
 from benchmarks.chaos import Timing, all_faults, run
+from benchmarks.chaos_faults import served_tags
 from benchmarks.chaos_load import LoadShape
-from benchmarks.chaos_rig import ChaosRig, RigOptions
+from benchmarks.chaos_rig import REGISTRY_OPTIONS, ChaosRig, RigOptions
 from benchmarks.models import BenchModels
+from registry import Registry
 from tests.support.fixtures_models import TrainedModels
 
 pytestmark = pytest.mark.slow
@@ -38,6 +44,11 @@ SOAK_MINUTES = 20 / 60
 RECOVERY_BOUND_S = 6.0  # breaker reset (1 s) + degraded TTL (1 s) + a busy machine's margin
 OPTIONS = RigOptions(shadow_fraction=0.0, extra_env={"RECSYS_BREAKER_RESET_S": "1",
                                                      "RECSYS_DEGRADED_TTL_S": "1"})
+MODEL_FAULTS = ("promotion", "rollback")
+# A poll a second and 50 users cached before a swap: every worker serves the new set within a
+# few seconds, inside the fault's 11 s (held + after) less the 2 s that recovery must hold.
+REGISTRY = replace(REGISTRY_OPTIONS, registry_poll_s=1.0,
+                   extra_env={**OPTIONS.extra_env, "RECSYS_WARM_USERS": "50"})
 
 
 def bench_models(models: TrainedModels) -> BenchModels:
@@ -136,3 +147,49 @@ def test_a_short_soak_samples_every_process_and_renders(chaos: dict[str, Any], r
               "summary": summary, "totals": totals, "histories": {}, "points": points}
     assert "| recommender:" in soak.markdown(report)
     assert (tmp_path / soak.plot(points, tmp_path / "soak.png")).is_file()
+
+
+@pytest.fixture(scope="module")
+def model_moves(trained_models: TrainedModels,
+                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The promotion and the rollback under the same load on a server that follows the
+    registry; the server is stopped once they have run. Also: the tags each set answers with."""
+    out = tmp_path_factory.mktemp("chaos-registry")
+    with ChaosRig(bench_models(trained_models), out, REGISTRY) as rig:
+        assert rig.registry is not None
+        registry = Registry(rig.registry.url)
+        champion, challenger = (served_tags(registry, s) for s in rig.model_sets())
+        chaos = run(rig, all_faults(rig, TIMING), LOAD, TIMING, out, warmup_s=2.0)
+    for r in chaos["faults"]:
+        every = r["phases"]["all"]
+        print(f"\n{r['fault']}: sent {every['sent']}, failed {every['failed']}, degraded "
+              f"{every['degraded']} {every['degraded_by']}, events {r['events']}, recovery "
+              f"{r['recovery_s']} s from the alias move, models {r.get('models')}, p99 during "
+              f"{r['phases']['during']['p99_ms']} ms")
+    return {"champion": champion, "challenger": challenger, "out": out,
+            "events_total": chaos["events_total"],
+            "by_name": {r["fault"]: r for r in chaos["faults"]}}
+
+
+@pytest.mark.parametrize("fault", MODEL_FAULTS)
+def test_a_promotion_and_a_rollback_fail_no_request_and_lose_no_event(
+        model_moves: dict[str, Any], fault: str) -> None:
+    result = model_moves["by_name"][fault]
+
+    assert result["phases"]["all"]["failed"] == 0, result["phases"]["all"]["failed_by"]
+    assert result["events"]["accepted"] > 0 and result["events"]["lost"] == 0, result["events"]
+    assert result["restored"]["ok"], result["restored"]
+    assert model_moves["events_total"]["lost"] == 0, model_moves["events_total"]
+
+
+def test_every_answer_names_the_promoted_then_the_restored_models_within_the_window(
+        model_moves: dict[str, Any]) -> None:
+    promotion, rollback = (model_moves["by_name"][name] for name in MODEL_FAULTS)
+
+    assert promotion["notes"]["promoted"] == model_moves["challenger"]
+    assert rollback["notes"]["rolled_back_to"] == model_moves["champion"]
+    for result in (promotion, rollback):
+        assert result["recovery_s"] is not None, result["timeline"]  # and held 2 s in the window
+        assert result["models"]["sets_answering"] == 2, result["models"]  # old, new: none mixed
+    assert "| promotion |" in chaos_report.table([promotion, rollback])
+    assert (model_moves["out"] / "rollback.png").is_file()
