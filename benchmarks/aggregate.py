@@ -193,3 +193,36 @@ def _check(name: str, value: float | None, op: str, limit: float, unit: str) -> 
     passed = None if value is None else (value <= limit if op == "<=" else value >= limit)
     return {"target": name, "value": value, "op": op, "limit": limit, "unit": unit,
             "passed": passed}
+
+
+def search_ratios(curves: dict[str, dict[int, dict[str, Any]]], slo_ms: float) -> dict[str, Any]:
+    """/search's cache misses over the no-op floor's /search: req/s at each concurrency, at the
+    SLO, at peak, and server CPU per request at the highest concurrency both ran."""
+    miss, noop = curves.get("search-miss", {}), curves.get("noop-search", {})
+    slo = {name: best_within_slo(curve, slo_ms) for name, curve in curves.items()}
+    rps = {name: (p["rps"] if p else None) for name, p in slo.items()}
+    peaks = {name: peak(curve)["rps"] for name, curve in curves.items() if curve}
+    out: dict[str, Any] = {
+        "by_concurrency": {c: ratio(p["rps"], noop.get(c, {}).get("rps"))
+                           for c, p in sorted(miss.items())},
+        "at_slo": {"slo_p99_ms": slo_ms, "rps": rps,
+                   "connections": {n: (p["connections"] if p else None) for n, p in slo.items()},
+                   "miss_over_noop": ratio(rps.get("search-miss"), rps.get("noop-search"))},
+        "at_peak": {"rps": peaks,
+                    "miss_over_noop": ratio(peaks.get("search-miss"), peaks.get("noop-search"))}}
+    top = max((c for c in miss if c in noop), default=None)
+    if top is not None:
+        cost = {name: curves[name][top].get("server_cpu_ms_per_request")
+                for name in ("search-miss", "noop-search")}
+        out["cpu_per_request"] = {"connections": top, "server_cpu_ms": cost, "miss_over_noop":
+                                  ratio(cost["search-miss"], cost["noop-search"])}
+    return out
+
+
+def search_checks(curves: dict[str, dict[int, dict[str, Any]]], n_items: int) -> list[dict[str, Any]]:
+    """Issue 17's /search targets: server-side latency of a cache miss one at a time."""
+    one = curves.get("search-miss", {}).get(1, {})
+    return [_check(f"/search cache-miss server-side p50, one at a time, {n_items:,} items",
+                   one.get("server_p50_ms"), "<=", 10.0, "ms"),
+            _check(f"/search cache-miss server-side p99, one at a time, {n_items:,} items",
+                   one.get("server_p99_ms"), "<=", 20.0, "ms")]

@@ -1,8 +1,9 @@
 """Drive a target with wrk (one thread per connection, bounded in time and requests), parse it.
 
-The same client and Lua script (recommend.lua) serve every target. wrk's own CPU time comes
-from wait4()'s resource usage of the wrk process, so a run where the client saturates its core
-is visible; the server's and the whole machine's CPU come from procstats over the same window.
+The same client and Lua script (recommend.lua) serve every target, /search's too (from a bodies
+file). wrk's own CPU time comes from wait4()'s resource usage of the wrk process, so a run where
+the client saturates its core is visible; the server's and the whole machine's CPU come from
+procstats over the same window.
 """
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ class LoadSpec:
     timeout_s: float = 5.0
     seed: int = 1
     context: bool = True  # False: bodies without a context (a user id and k only)
+    # One JSON object a line, sent instead of users' bodies (request n: line n mod B), with k in
+    # the field k_field (/search: "page_size"); benchmarks/search_http.py writes one.
+    bodies_file: Path | None = None
+    k_field: str = "k"
 
 
 @dataclass
@@ -100,6 +105,7 @@ def run_wrk(target: str, spec: LoadSpec, server_pids: list[int]) -> LoadResult:
                "BENCH_MAX_REQUESTS": str(_per_thread(spec.max_requests, spec.connections)),
                "BENCH_SEED": str(spec.seed), "BENCH_THREADS": str(spec.connections),
                "BENCH_CONTEXT": "1" if spec.context else "0",
+               "BENCH_BODIES_FILE": str(spec.bodies_file or ""), "BENCH_K_FIELD": spec.k_field,
                "BENCH_OUT": str(out_file)}
         # One thread per connection: recommend.lua pairs each request with its response per
         # thread, which is exact only when a thread drives a single connection.
@@ -162,7 +168,8 @@ def _result(target: str, spec: LoadSpec, stdout: str, summary: dict[str, Any], c
         cpu = {**cpu, "server_cpu_ms_per_request": round(1000 * busy_s / requests, 3),
                "client_cpu_ms_per_request": round(1000 * client_cpu / requests, 3)}
     return LoadResult(
-        target=target, spec={**asdict(spec), "users_file": str(spec.users_file)},
+        target=target, spec={**asdict(spec), "users_file": str(spec.users_file),
+                             "bodies_file": spec.bodies_file and str(spec.bodies_file)},
         requests=requests, duration_s=round(duration_s, 3),
         rps=round(requests / duration_s, 1) if duration_s else 0.0, latency_ms=latency,
         non_2xx=max(int(errors["status"]), _non_2xx(stdout)),
@@ -170,7 +177,8 @@ def _result(target: str, spec: LoadSpec, stdout: str, summary: dict[str, Any], c
         server_latency_ms=server_pct, cache_levels=summary.get("cache_levels") or {},
         degraded=int(summary.get("degraded", 0)),
         client_cpu_s=round(client_cpu, 3), cpu=cpu,
-        extra={"capped": bool(summary.get("capped")), "wrk_duration_s": summary["duration_us"] / 1e6,
+        extra={"capped": bool(summary.get("capped")), "next_offset": int(summary.get("next", 0)),
+               "wrk_duration_s": summary["duration_us"] / 1e6,
                "wrk_histogram_ms": histogram})  # kept to show the discrepancy; not used
 
 

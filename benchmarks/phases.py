@@ -120,8 +120,9 @@ def measured_run(session: Session, target: str, server: ServerProcess, spec: Loa
     before = server.metrics()
     result = run_wrk(target, spec, [server.pid])
     result.extra = {**result.extra, **(extra or {}), **summarize_metrics(before, server.metrics())}
-    if spec.mode == "distinct":
-        session.next_offset(target, result.requests + spec.connections)
+    if spec.mode == "distinct":  # past every number a thread sent: threads run unevenly
+        used = max(result.extra["next_offset"] - spec.offset, result.requests + spec.connections)
+        session.next_offset(target, used)
     session.log(f"  {target:<22} c={spec.connections:<3} {result.rps:8.1f} req/s  p50 "
                 f"{result.latency_ms['p50']:7.2f}  p99 {result.latency_ms['p99']:7.2f} ms  "
                 f"non-2xx {result.non_2xx}  client {result.cpu['client_cores']:.2f} / other "
@@ -129,8 +130,8 @@ def measured_run(session: Session, target: str, server: ServerProcess, spec: Loa
     return result
 
 
-def _spec(session: Session, target: str, server: ServerProcess, users: Path, connections: int,
-          mode: str = "distinct", **overrides: Any) -> LoadSpec:
+def load_spec(session: Session, target: str, server: ServerProcess, users: Path,
+              connections: int, mode: str = "distinct", **overrides: Any) -> LoadSpec:
     s = session.settings
     base = LoadSpec(server.url, users, connections, s.duration_s, mode=mode,
                     max_requests=s.max_requests, timeout_s=s.timeout_s, zipf_s=s.zipf_s,
@@ -193,11 +194,12 @@ def peers(session: Session, models: BenchModels) -> dict[str, Any]:
                 session.log(f" repeat {repeat + 1}/{s.repeats}")
                 for c in s.concurrencies:
                     for target, server, mode, k in targets:
-                        spec = _spec(session, target, server, users, c, mode, k=k)
+                        spec = load_spec(session, target, server, users, c, mode, k=k)
                         result = measured_run(session, target, server, spec, {"repeat": repeat})
                         runs.append(result.as_dict())
-                spec = _spec(session, "service-zipf", service, users, s.zipf_concurrency, "zipf",
-                             k=20 + repeat, duration_s=s.zipf_duration_s, seed=repeat + 1)
+                spec = load_spec(session, "service-zipf", service, users, s.zipf_concurrency,
+                                 "zipf", k=20 + repeat, duration_s=s.zipf_duration_s,
+                                 seed=repeat + 1)
                 zipf = run_wrk("service-zipf", spec, [service.pid])  # cold: no warm-up run
                 zipf.extra = {**zipf.extra, "repeat": repeat}
                 session.log(f"  service-zipf           c={spec.connections:<3} {zipf.rps:8.1f} "
@@ -247,7 +249,7 @@ def _batching_variant(session: Session, models: BenchModels, users: Path, name: 
             for repeat in range(s.batching_repeats):
                 for c in s.batching_concurrencies:
                     target = f"batching-{name}"
-                    spec = _spec(session, target, service, users, c)
+                    spec = load_spec(session, target, service, users, c)
                     result = measured_run(session, target, service, spec, {"repeat": repeat})
                     runs.append(result.as_dict())
             rss = sampler.stop()
@@ -302,10 +304,10 @@ def scale(session: Session, all_models: dict[int, BenchModels], gpu: int = 0,
             try:
                 with running(service) as sampler:
                     target = f"scale-{size}-{topology}"
-                    one = measured_run(session, target, service, _spec(
+                    one = measured_run(session, target, service, load_spec(
                         session, target, service, users, 1, duration_s=s.scale_duration_s,
                         max_requests=s.probe_requests))
-                    eight = measured_run(session, target, service, _spec(
+                    eight = measured_run(session, target, service, load_spec(
                         session, target, service, users, 8, duration_s=s.scale_duration_s))
                     rss = sampler.stop()
             finally:

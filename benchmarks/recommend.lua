@@ -1,7 +1,10 @@
--- wrk script: POST /recommend bodies for distinct, Zipf-distributed or hot-set users.
+-- wrk script: POST /recommend bodies for distinct, Zipf-distributed or hot-set users, or the
+-- lines of a bodies file (POST /search: benchmarks/search_http.py writes one).
 --
 -- Configured through the environment (read in every wrk thread):
 --   BENCH_USERS_FILE  one user id a line (required)
+--   BENCH_BODIES_FILE one JSON object a line: request bodies instead of users (default none)
+--   BENCH_K_FIELD     the field a bodies-file request carries BENCH_K in (default k)
 --   BENCH_MODE        distinct | zipf | hot            (default distinct)
 --   BENCH_PATH        request path                      (default /recommend)
 --   BENCH_K           k of every request                (default 10)
@@ -14,7 +17,11 @@
 --   BENCH_OUT         file for done() to write the JSON summary to (required)
 --
 -- distinct: request n asks for user n mod U, hour (n div U) mod 24 and device (n div 24U) mod 4,
--- so no two of the first 96U requests share a cache key.
+-- so no two of the first 96U requests share a cache key. With a bodies file of B lines, request
+-- n sends line (n mod B) + 1 (zipf and hot modes pick lines as they pick users), with
+-- "<BENCH_K_FIELD>": BENCH_K added: the warm-up runs' other k keeps their keys apart too.
+-- Threads run at their own pace, so the numbers one run sent are not a range: "next" in the
+-- summary is the highest number a thread would have sent next, where the next run starts.
 -- Every response body is scanned for "latency_ms", "cache" and "degraded" so that the
 -- server-side latency, the cache level and degradation are known per request.
 --
@@ -61,6 +68,15 @@ function init(args)
    for line in io.lines(env("BENCH_USERS_FILE", "")) do
       if line ~= "" then users[#users + 1] = line end
    end
+   local bodies_file = env("BENCH_BODIES_FILE", "")
+   if bodies_file ~= "" then
+      bodies = {}
+      for line in io.lines(bodies_file) do
+         if line ~= "" then bodies[#bodies + 1] = line end
+      end
+   end
+   k_field = env("BENCH_K_FIELD", "k")
+   local pool = bodies or users
    mode = env("BENCH_MODE", "distinct")
    with_context = env("BENCH_CONTEXT", "1") ~= "0"
    path = env("BENCH_PATH", "/recommend")
@@ -68,17 +84,17 @@ function init(args)
    counter = tonumber(env("BENCH_OFFSET", "0")) + id
    stride = tonumber(env("BENCH_THREADS", "1"))
    max_requests = tonumber(env("BENCH_MAX_REQUESTS", "0"))
-   hot = math.min(tonumber(env("BENCH_HOT_USERS", "64")), #users)
+   hot = math.min(tonumber(env("BENCH_HOT_USERS", "64")), #pool)
    math.randomseed(tonumber(env("BENCH_SEED", "1")) * 7919 + id)
    if mode == "zipf" then
       local s = tonumber(env("BENCH_ZIPF_S", "1.0"))
       cdf = {}
       local total = 0.0
-      for r = 1, #users do
+      for r = 1, #pool do
          total = total + r ^ (-s)
          cdf[r] = total
       end
-      for r = 1, #users do cdf[r] = cdf[r] / total end
+      for r = 1, #pool do cdf[r] = cdf[r] / total end
    end
    headers = {["Content-Type"] = "application/json"}
    latencies = {}
@@ -111,9 +127,29 @@ local function body_for(user, hour, device)
                         user, k, hour, device)
 end
 
+local function line_body(index)
+   -- '{"query":...}' -> '{"page_size":10,"query":...}': every line is a JSON object
+   return string.format('{"%s":%d,%s', k_field, k, string.sub(bodies[index], 2))
+end
+
+local function next_line()
+   if mode == "zipf" then return zipf_rank() end
+   if mode == "hot" then
+      local index = (hot_next % hot) + 1
+      hot_next = hot_next + stride
+      return index
+   end
+   local n = counter
+   counter = counter + stride
+   return (n % #bodies) + 1
+end
+
 function request()
    sent_at = now_s()
    if first_sent == nil then first_sent = sent_at end
+   if bodies then
+      return wrk.format("POST", path, headers, line_body(next_line()))
+   end
    local user, hour, device
    if mode == "zipf" then
       user, hour, device = users[zipf_rank()], 12, "web"
@@ -160,10 +196,12 @@ function done(summary, latency, requests)
    local cache = {}
    local active_s = 0
    local any_capped = false
+   local next_n = 0
    for _, thread in ipairs(threads) do
       local first, last = thread:get("first_sent"), thread:get("last_received")
       if first and last then active_s = math.max(active_s, last - first) end
       any_capped = any_capped or thread:get("capped")
+      next_n = math.max(next_n, thread:get("counter") or 0)
       degraded_total = (degraded_total or 0) + (thread:get("degraded") or 0)
       local lat = thread:get("latencies") or {}
       for i = 1, #lat do server[#server + 1] = lat[i] end
@@ -183,11 +221,13 @@ function done(summary, latency, requests)
    local e = summary.errors
    local out = io.open(os.getenv("BENCH_OUT"), "w")
    out:write(string.format(
-      '{"duration_us":%d,"active_s":%.6f,"capped":%s,"degraded":%d,"requests":%d,"bytes":%d,' ..
+      '{"duration_us":%d,"active_s":%.6f,"capped":%s,"degraded":%d,"requests":%d,"next":%d,' ..
+      '"bytes":%d,' ..
       '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
       '"latency_us":{"min":%.1f,"max":%.1f,"mean":%.1f,"stdev":%.1f,"percentiles":{%s}},' ..
       '"cache_levels":{%s},"server_latency_ms":%s,"client_latency_ms":%s}\n',
       summary.duration, active_s, tostring(any_capped), degraded_total or 0, summary.requests,
+      next_n,
       summary.bytes,
       e.connect, e.read, e.write, e.status, e.timeout,
       latency.min, latency.max, latency.mean, latency.stdev, table.concat(pct, ","),

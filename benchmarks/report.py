@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks import aggregate, plots
+from benchmarks import aggregate, plots, search_http
+from benchmarks.tables import curve_rows, fmt
 
 PEER_TARGETS = ("service-miss", "service-miss-1w", "service-hit", "noop", "naive")
 
@@ -23,11 +24,19 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     checks = aggregate.target_checks(curves, ratios, scale, settings["main_size"],
                                      settings["slo_p99_ms"], inprocess.get("ranked_candidates"))
     gpu_curves = batching_points(results.get("batching_gpu"))
-    derived = {"curves": curves, "zipf": zipf, "ratios": ratios, "batching": batching_curves,
-               "batching_ratios": aggregate.batching_ratios(batching_curves), "checks": checks,
-               "batching_gpu": gpu_curves,
-               "batching_gpu_ratios": aggregate.batching_ratios(gpu_curves)}
-    derived["notes"] = bottleneck_notes(derived, results)
+    derived: dict[str, Any] = {
+        "curves": curves, "zipf": zipf, "ratios": ratios, "batching": batching_curves,
+        "batching_ratios": aggregate.batching_ratios(batching_curves), "checks": checks,
+        "batching_gpu": gpu_curves, "batching_gpu_ratios": aggregate.batching_ratios(gpu_curves)}
+    search_curves = aggregate.points((results.get("search") or {}).get("runs", []))
+    if search_curves:
+        derived["search"] = {"curves": search_curves,
+                             "ratios": aggregate.search_ratios(search_curves,
+                                                               settings["slo_p99_ms"])}
+        derived["checks"] = checks + aggregate.search_checks(search_curves,
+                                                             results["search"]["n_items"])
+    derived["notes"] = bottleneck_notes(derived, results) + search_http.notes(
+        derived.get("search", {}))
     return derived
 
 
@@ -111,42 +120,6 @@ def bottleneck_notes(derived: dict[str, Any], results: dict[str, Any]) -> list[s
     return notes
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
-def _pct(share: float | None) -> str:
-    return "–" if share is None else f"{100 * share:.0f}%"
-
-
-def _curve_rows(curves: dict[str, dict[int, dict[str, Any]]], batching: bool = False) -> list[str]:
-    head = ("| target | c | req/s (median) | p50 | p95 | p99 ms | server p50 / p99 ms | non-2xx / degraded | "
-            "hit rate | server CPU ms/req | client / server / other cores |")
-    if batching:
-        head = head.replace("hit rate", "requests/batch (ranker, tower) | 503s | ranker fallbacks")
-    rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    for target, curve in curves.items():
-        for c, p in sorted(curve.items()):
-            mid = _fmt(p["hit_rate"])
-            if batching:
-                b = p["mean_batch_rows"]
-                falls = sum(v for k, v in p["fallbacks"].items() if k.startswith("ranker"))
-                mid = (f"{_fmt(b.get('score_champion'), 1)}, {_fmt(b.get('encode_champion'), 1)} | "
-                       f"{p['model_503']} | {falls}")
-            rows.append(
-                f"| {target} | {c} | {_fmt(p['rps'], 1)} | {_fmt(p['p50_ms'])} | {_fmt(p['p95_ms'])} "
-                f"| {_fmt(p['p99_ms'])} | {_fmt(p['server_p50_ms'])} / {_fmt(p['server_p99_ms'])} "
-                f"| {p['non_2xx']} / {_pct(p.get('degraded_share'))} | {mid} "
-                f"| {_fmt(p['server_cpu_ms_per_request'])} "
-                f"| {_fmt(p['client_cores'])} / "
-                f"{_fmt(p['server_cores'])} / {_fmt(p['other_cores'])} |")
-    return rows
-
-
 def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str, str]) -> str:
     meta, machine = results["meta"], results["meta"]["machine"]
     s = meta["settings"]
@@ -166,7 +139,7 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
     for c in derived["checks"]:
         passed = {True: "yes", False: "**no**", None: "not measured"}[c["passed"]]
         digits = 4 if c["unit"] == "x" else 3  # ratios at the precision they are checked at
-        lines.append(f"| {c['target']} | {_fmt(c['value'], digits)} {c['unit']} | {c['op']} "
+        lines.append(f"| {c['target']} | {fmt(c['value'], digits)} {c['unit']} | {c['op']} "
                      f"{c['limit']:g} {c['unit']} | {passed} |")
     lines += ["", "## Bottlenecks and caveats seen in this run", ""]
     lines += [f"- {n}" for n in derived["notes"]] or ["- none flagged"]
@@ -179,14 +152,14 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
                   "CPU used by wrk / the server tree / everything else on the machine during the "
                   f"run. The service and the no-op floor run {peers.get('workers', 1)} API "
                   "worker(s); service-miss-1w is the service with one."), ""]
-        lines += _curve_rows({t: derived["curves"][t] for t in PEER_TARGETS if t in derived["curves"]})
+        lines += curve_rows({t: derived["curves"][t] for t in PEER_TARGETS if t in derived["curves"]})
         lines += ["", f"Start-up to ready (s; the three started together): {peers['startup_s']}", ""]
         if derived["zipf"]:
             z = next(iter(derived["zipf"].values()))
             lines.append(f"Zipf users (s={s['zipf_s']}, {s['users']} users, cold cache, "
                          f"c={z['connections']}, {s['zipf_duration_s']:g} s): hit rate reached "
-                         f"{_fmt(z['hit_rate'])}, {_fmt(z['rps'], 1)} req/s, p50 {_fmt(z['p50_ms'])} "
-                         f"/ p99 {_fmt(z['p99_ms'])} ms.")
+                         f"{fmt(z['hit_rate'])}, {fmt(z['rps'], 1)} req/s, p50 {fmt(z['p50_ms'])} "
+                         f"/ p99 {fmt(z['p99_ms'])} ms.")
         lines += ["", "### Ratios", "", "| ratio | at each concurrency | best within p99 SLO | peak |",
                   "|---|---|---|---|"]
         by_c = ratios.get("by_concurrency", {})
@@ -194,26 +167,26 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
                            ("hit_over_noop", "service hit / no-op"),
                            ("miss_over_naive", "service miss / naive"),
                            ("miss_over_one_worker", "service miss / the same with 1 worker")):
-            per = ", ".join(f"c={c}: {_fmt(v.get(key))}" for c, v in by_c.items())
-            lines.append(f"| {label} (req/s) | {per} | {_fmt(ratios['at_slo'].get(key))} | "
-                         f"{_fmt(ratios['at_peak'].get(key))} |")
+            per = ", ".join(f"c={c}: {fmt(v.get(key))}" for c, v in by_c.items())
+            lines.append(f"| {label} (req/s) | {per} | {fmt(ratios['at_slo'].get(key))} | "
+                         f"{fmt(ratios['at_peak'].get(key))} |")
         lines.append(f"| service miss / in-process engine (req/s) | | | "
-                     f"{_fmt(ratios['at_peak'].get('miss_over_inprocess'))} |")
+                     f"{fmt(ratios['at_peak'].get('miss_over_inprocess'))} |")
         lines += ["", (f"SLO for 'best within': client p99 ≤ {s['slo_p99_ms']:g} ms, no errors; "
                   f"req/s at it: {ratios['at_slo']['rps']}."), ""]
         cost = ratios.get("cpu_per_request")
         if cost:
             lines.append(f"Server CPU per request at c={cost['connections']} (robust to other "
                          f"load): {cost['server_cpu_ms']} ms; miss / no-op "
-                         f"{_fmt(cost['miss_over_noop'])}x, hit / no-op {_fmt(cost['hit_over_noop'])}x, "
-                         f"miss / naive {_fmt(cost['miss_over_naive'])}x.")
+                         f"{fmt(cost['miss_over_noop'])}x, hit / no-op {fmt(cost['hit_over_noop'])}x, "
+                         f"miss / naive {fmt(cost['miss_over_naive'])}x.")
             lines.append("")
         one = ratios.get("one_at_a_time")
         if one:
             lines.append(f"One at a time: service server-side p50 {one['service_server_p50_ms']} ms "
                          f"vs in-process {one['inprocess_p50_ms']} ms "
-                         f"({_fmt(one['server_over_inprocess_p50'])}x); client p50 "
-                         f"{one['service_client_p50_ms']} ms ({_fmt(one['client_over_server_p50'])}x "
+                         f"({fmt(one['server_over_inprocess_p50'])}x); client p50 "
+                         f"{one['service_client_p50_ms']} ms ({fmt(one['client_over_server_p50'])}x "
                          "the server's: HTTP + framework).")
         lines += ["", "### In-process engine (no HTTP, no cache)", "",
                   "| coroutines | req/s | p50 | p95 | p99 ms | CPU cores | degraded |", "|---|---|---|---|---|---|---|"]
@@ -226,13 +199,14 @@ def markdown(results: dict[str, Any], derived: dict[str, Any], figures: dict[str
         service_stages = (derived["curves"].get("service-miss", {}).get(1) or {}).get("stages", {})
         engine_stages = peers["inprocess"]["runs"][0].get("stages", {})
         for stage in sorted(set(service_stages) | set(engine_stages)):
-            lines.append(f"| {stage} | {_fmt(service_stages.get(stage, {}).get('mean_ms'), 3)} | "
-                         f"{_fmt(engine_stages.get(stage, {}).get('mean_ms'), 3)} |")
+            lines.append(f"| {stage} | {fmt(service_stages.get(stage, {}).get('mean_ms'), 3)} | "
+                         f"{fmt(engine_stages.get(stage, {}).get('mean_ms'), 3)} |")
         lines += ["", f"![latency]({figures['latency']})", "", f"![throughput]({figures['throughput']})"]
     lines += _batching_section(results.get("batching"), derived["batching"],
                                derived["batching_ratios"], figures, "")
     lines += _batching_section(results.get("batching_gpu"), derived["batching_gpu"],
                                derived["batching_gpu_ratios"], figures, "gpu_")
+    lines += search_http.section(results.get("search"), derived.get("search", {}), figures)
     lines += _scale_section(results.get("scale") or {}, figures.get("size"), "")
     lines += _scale_section(results.get("scale_gpu") or {}, None, " on the GPU")
     if results.get("errors"):
@@ -259,11 +233,11 @@ def _batching_section(batching: dict[str, Any] | None, curves: dict[str, Any],
     for name, error in (b.get("errors") or {}).items():
         lines.append(f"- variant {name} did not run: `{error}`")
     if curves:
-        lines += _curve_rows({f"batching-{k}": v for k, v in curves.items()}, batching=True)
+        lines += curve_rows({f"batching-{k}": v for k, v in curves.items()}, batching=True)
     for key, per in ratios.items():
         lines.append("")
         lines.append(f"{key.replace('_', ' ')}: " + ", ".join(
-            f"c={c}: req/s {_fmt(v['rps'])}x, p99 {_fmt(v['p99'])}x" for c, v in per.items()))
+            f"c={c}: req/s {fmt(v['rps'])}x, p99 {fmt(v['p99'])}x" for c, v in per.items()))
     rss = {n: v["peak_rss_mb"] for n, v in b["variants"].items()}
     lines += ["", f"Peak RSS (MiB) per process: {rss}", ""]
     for key, alt in (("batching_latency", "latency"), ("batching_throughput", "throughput"),
@@ -297,9 +271,9 @@ def _scale_section(scale: dict[str, Any], figure: str | None, where: str) -> lis
                 first = False
                 srv, cli = t["c1"]["server_latency_ms"], t["c1"]["latency_ms"]
                 rss = ", ".join(f"{k.split(':', 1)[1]} {v:.0f}" for k, v in t["peak_rss_mb"].items())
-                lines.append(f"{head}| {topology} | {_fmt(srv.get('p50'))} / {_fmt(srv.get('p99'))} | "
-                             f"{_fmt(cli['p50'])} / {_fmt(cli['p99'])} | "
-                             f"{_fmt(t['c8']['rps'], 1)} (c={t['c8']['spec']['connections']}) | "
+                lines.append(f"{head}| {topology} | {fmt(srv.get('p50'))} / {fmt(srv.get('p99'))} | "
+                             f"{fmt(cli['p50'])} / {fmt(cli['p99'])} | "
+                             f"{fmt(t['c8']['rps'], 1)} (c={t['c8']['spec']['connections']}) | "
                              f"{t['startup_s']} | {rss} |")
         if figure:
             lines += ["", f"![latency vs size]({figure})"]
@@ -324,6 +298,13 @@ def write(out: Path, results: dict[str, Any]) -> Path:
                 named, out / f"{prefix}batching_throughput.png", "Batching: throughput vs concurrency")
             figures[prefix + "batch_size"] = plots.batch_size_vs_concurrency(
                 derived[key], out / f"{prefix}batch_size.png")
+    search = derived.get("search", {}).get("curves")
+    if search:
+        figures["search_latency"] = plots.latency_vs_concurrency(
+            search, out / "search_latency_vs_concurrency.png", "/search: latency vs concurrency")
+        figures["search_throughput"] = plots.throughput_vs_concurrency(
+            search, out / "search_throughput_vs_concurrency.png",
+            "/search: throughput vs concurrency")
     if results.get("scale"):
         figures["size"] = plots.latency_vs_size(results["scale"], out / "latency_vs_size.png")
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))

@@ -3,11 +3,13 @@
     python -m benchmarks.run                  # full: 10K, 100K, 1M items (< 25 min, models cached)
     python -m benchmarks.run --quick          # < 3 min with cached models: 10K items, short runs
     python -m benchmarks.run --sizes 10000,100000 --out reports/mine
+    python -m benchmarks.run --sizes 100000 --phases search   # /search beside its no-op floor
 
 Phases: models (train + register + export per size, cached by code fingerprint), peers
 (service miss / hit / Zipf, no-op BentoML floor, naive FastAPI server, in-process engine),
 batching (topology=services, adaptive batching variants), scale (index build, retrieval latency
-and recall, end-to-end latency and RSS per catalogue size). See benchmarks/README.md.
+and recall, end-to-end latency and RSS per catalogue size), search (/search cache misses against
+the no-op floor's /search). See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine, phases, report
+from benchmarks import machine, phases, report, search_http
 from benchmarks.load import LoadError, wrk_version
 from benchmarks.models import BenchModels, code_fingerprint, default_cache_root, ensure_models
 from benchmarks.settings import BenchSettings
@@ -39,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output directory (default reports/<timestamp>)")
     parser.add_argument("--models-dir", type=Path,
                         help=f"trained model cache (default {default_cache_root()}/<code fingerprint>)")
-    parser.add_argument("--phases", default="peers,batching,scale",
-                        help="comma-separated subset of peers,batching,scale")
+    parser.add_argument("--phases", default="peers,batching,scale,search",
+                        help="comma-separated subset of peers,batching,scale,search")
     parser.add_argument("--repeats", type=int, help="override measured repeats per point")
     parser.add_argument("--workers", type=int,
                         help="API workers of the service and the no-op floor (default: one per core)")
@@ -164,6 +166,9 @@ def run_phases(session: phases.Session, wanted: set[str], all_models: dict[int, 
     if "scale" in wanted:
         out["scale"] = attempt("scale", lambda: phases.scale(session, all_models,
                                                              peers_result=out.get("peers")))
+    if "search" in wanted:
+        out["search"] = attempt("search", lambda: search_http.search(session, main_models,
+                                                                     all_models))
     use_gpu = gpu["available"] and session.settings.gpu_batching
     if use_gpu and "batching" in wanted:
         out["batching_gpu"] = attempt("batching_gpu",

@@ -131,16 +131,21 @@ def report(results: dict[str, Any]) -> str:
               "| stage | p50 ms | p99 ms | mean ms |", "|---|---|---|---|"]
     for stage, s in sorted(lat["stages_ms"].items()):
         lines.append(f"| {stage} | {s['p50']} | {s['p99']} | {s['mean']} |")
-    lines += ["", "## Index build per catalogue size", "",
-              ("| items | catalogue | build s | RSS growth MiB | array MiB | vocabulary | "
+    lines += ["", "## Index build per catalogue size", "", *build_table(results["builds"])]
+    return "\n".join(lines) + "\n"
+
+
+def build_table(builds: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of measure_build's results (benchmarks/search_build.py)."""
+    lines = [("| items | catalogue | build s | RSS growth MiB | array MiB | vocabulary | "
               "parse + BM25 p50 / p99 ms |"), "|---|---|---|---|---|---|---|"]
-    for b in results["builds"]:
+    for b in builds:
         arrays = sum(b["array_bytes"].values()) / 2**20
         text = b["text_path_ms"]
         lines.append(f"| {b['items']:,} | {b['catalogue']} | {b['build_s']} | "
                      f"{b['rss_growth_mib']} | {arrays:.1f} | {b['vocabulary']:,} | "
                      f"{text['p50']:.3f} / {text['p99']:.3f} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:

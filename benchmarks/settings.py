@@ -41,6 +41,10 @@ class BenchSettings:
     # 136-143 ms at 8 connections, so with them the ranker breaker stayed open and the batching
     # runs measured the in-process fallback ranker instead of batching.
     services_timeouts_ms: tuple[float, float, float] = (500.0, 100.0, 300.0)
+    # distinct /search bodies of the search phase (benchmarks/search_http.py): its cache-miss
+    # runs ask each at most once and skip some (threads run unevenly), so they must outnumber
+    # the phase's measured requests by a margin
+    search_bodies: int = 100_000
     inprocess_requests: int = 400
     inprocess_concurrency: tuple[int, ...] = (1, 8)
     index_queries: int = 300

@@ -31,7 +31,7 @@ def test_every_noop_api_matches_the_services(modules: tuple[ModuleType, ModuleTy
     service, noop = modules
     ours, floor = service.Recommender.apis, noop.Noop.apis
 
-    assert set(floor) == {"recommend"} and set(floor) <= set(ours)
+    assert set(floor) == {"recommend", "search"} and set(floor) <= set(ours)
     for name, api in floor.items():
         assert api.route == ours[name].route
         assert api.input_spec is ours[name].input_spec  # the very same body type
@@ -45,6 +45,7 @@ def test_both_run_behind_the_same_edge(modules: tuple[ModuleType, ModuleType]) -
 
     assert [len(e) for e in edges] == [1, 1]
     ours, floor = edges[0][0], edges[1][0]
-    assert floor["bodies"]["/recommend"] is ours["bodies"]["/recommend"]
+    for route in ("/recommend", "/search"):
+        assert floor["bodies"][route] is ours["bodies"][route]
     assert {k: v for k, v in floor.items() if k != "bodies"} == \
         {k: v for k, v in ours.items() if k != "bodies"}
