@@ -3,8 +3,9 @@ ranker raise and the ANN source hang past its timeout. Not part of the runtime p
 Bento: service.py loads it only when RECSYS_FAULTS names stages (serving/fault_injection.py).
 
 Stages: user_tower, ranker, fallback (the fallback ranker has no timeout: no "timeout" there),
-ann, popular, item2item, and search_vector (/search's item-space retriever). Modes: "error" raises, "timeout" hangs past any stage timeout, "slow"
-adds SLOW_S and goes on. An entry applies to every model alias, or to one when prefixed with it:
+ann, popular, item2item, search_vector (/search's item-space retriever) and search_ranker
+(/search's learned order; no timeout either). Modes: "error" raises, "timeout" hangs past any
+stage timeout, "slow" adds SLOW_S and goes on. An entry applies to every model alias, or to one when prefixed with it:
 "challenger/ranker:error" makes a bad challenger (a canary's guards must roll it back). Faults of
 the event store are real ones in the tests: a stopped or paused Redis.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,16 +23,18 @@ from recsys.errors import StageError
 from recsys.pipeline.retrieval import CandidateSource, RetrievalQuery
 from recsys.pipeline.scorers import Scorer
 from recsys.pipeline.towers import UserTower
-from recsys.search.fusion import Ranked
+from recsys.search.fusion import Fused, Ranked
+from recsys.search.learned import SearchRanking
 from recsys.search.query import ParsedQuery
 from recsys.search.retrievers import QueryRetriever
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
-STAGES = ("user_tower", "ranker", "fallback", "ann", "popular", "item2item", "search_vector")
+STAGES = ("user_tower", "ranker", "fallback", "ann", "popular", "item2item", "search_vector",
+          "search_ranker")
 MODES = ("error", "timeout", "slow")
-UNTIMED_STAGES = ("fallback",)  # a hang there would hang the request: only "error"
+UNTIMED_STAGES = ("fallback", "search_ranker")  # a hang there would hang the request: only "error"
 HANG_S = 5.0  # longer than any stage timeout
 SLOW_S = 0.02  # well past a p99 guard's margin, well within the stage timeouts
 EVERY_ALIAS = "*"
@@ -94,6 +98,22 @@ class FaultInjectingSearchRetriever:
         return self.inner.retrieve(query, allowed)
 
 
+class FaultInjectingSearchRanker:
+    """/search's learned order, failing: it runs on the event loop (a few hundred µs), so a
+    failure is an error, or a slow model."""
+
+    def __init__(self, inner: SearchRanking, mode: str) -> None:
+        self.inner, self.mode = inner, mode
+
+    def reorder(self, fused: Fused, lists: Mapping[str, Ranked], query: ParsedQuery,
+                item_vectors: FloatArray, user: FloatArray | None,
+                popularity: FloatArray) -> Fused:
+        if self.mode == "error":
+            raise InjectedFault("injected failure in search_ranker")
+        time.sleep(SLOW_S)
+        return self.inner.reorder(fused, lists, query, item_vectors, user, popularity)
+
+
 @dataclass(frozen=True)
 class FaultPlan:
     """Which stages fail and how, per model alias; wraps the adapters of those stages (a
@@ -134,3 +154,7 @@ class FaultPlan:
     def search_retriever(self, alias: str, retriever: QueryRetriever) -> QueryRetriever:
         mode = self.mode(alias, f"search_{retriever.name}")
         return retriever if mode is None else FaultInjectingSearchRetriever(retriever, mode)
+
+    def search_ranker(self, alias: str, ranker: SearchRanking) -> SearchRanking:
+        mode = self.mode(alias, "search_ranker")
+        return ranker if mode is None else FaultInjectingSearchRanker(ranker, mode)

@@ -96,6 +96,9 @@ class ServingSettings(BaseSettings):
     # "Search"); rerun it on your data and set them here.
     search: bool = Field(True, description="build each model set's search index when it loads")
     search_candidates: int = Field(200, gt=0, description="items each search retriever proposes")
+    search_ranker: bool = Field(True, description="order the first fused results with the "
+                                "bundle's search ranker where training chose it on validation; "
+                                "false: reciprocal rank fusion alone")
     search_typo_similarity: float = Field(75.0, ge=0, le=100, description="least RapidFuzz "
                                           "ratio (0-100) for a typo's correction")
     search_rrf_k: float = Field(5.0, gt=0, description="reciprocal rank fusion constant k")

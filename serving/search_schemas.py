@@ -85,6 +85,9 @@ class SearchResponse(Strict):
     page_size: int = Field(ge=1)
     understood: Understood
     personalised: bool = Field(description="whether the user's taste ordered the results too")
+    ranking: Literal["learned", "fusion"] = Field(
+        "fusion", description="learned: the search ranker ordered the first 50 fused results; "
+        "fusion: reciprocal rank fusion alone (training chose it, or the ranker failed)")
     model_versions: dict[str, str]
     degraded: bool = Field(description="true when a retriever or the personalisation failed or "
                            "ran out of time: the page was fused without it")

@@ -71,6 +71,10 @@ class EvalConfig:
     als_regularization: tuple[float, ...] = (0.01, 0.1)
     als_iterations: int = 15
     ease_regularization: tuple[float, ...] = (50.0, 200.0, 500.0, 1000.0)
+    # Query seeds of the search evaluation (known-item and personalised category queries on the
+    # test split, with the served search settings: training/search_step.py); () skips it. Its
+    # time is logged as search_evaluation_seconds.
+    search_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from recsys.features import PAD
 from recsys.models.policy import item_to_item_vector
@@ -186,3 +187,11 @@ def format_table(results: dict[str, dict[str, float]], columns: Sequence[str]) -
         lines.append(f"| {name} | " + " | ".join(f"{metrics.get(c, float('nan')):.4f}"
                                                  for c in columns) + " |")
     return "\n".join(lines)
+
+
+def interval(values: Sequence[float]) -> dict[str, float]:
+    """Mean and 95% t-interval half-width over seeds (0 for a single seed)."""
+    x = np.asarray(values, dtype=np.float64)
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) \
+        if len(x) > 1 else 0.0
+    return {"mean": float(x.mean()), "ci95": half, "n": float(len(x))}

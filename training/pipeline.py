@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from recsys.models import artifacts
 from recsys.models.bundles import EmbeddingBundle
 from registry import (
     CHAMPION,
@@ -33,6 +34,8 @@ from training.config import PipelineConfig, TwoTowerConfig, flatten
 from training.data import Dataset, SyntheticConfig, load_dataset
 from training.evaluate import format_table, metrics_by_group, paired_gain, tied_to_history
 from training.replay import replay_cut
+from training.search_ranker import train_search_ranker
+from training.search_step import evaluate_search_step
 from training.settings import TrainingSettings
 from training.steps import (
     PreparedData,
@@ -139,11 +142,24 @@ def embedding_step(data: PreparedData, config: PipelineConfig, workdir: Path) ->
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(tried[chosen][0].path, target)
-        embedding = EmbeddingBundle.load(target)
+        embedding = with_search_ranker(data, EmbeddingBundle.load(target))
         history = padded_histories(data.validation, embedding.history_len)[:3]
         example = {"history": history, "attributes": data.eval_attributes(data.validation)[:3]}
         uri = log_bundle(embedding.path, "embedding", example)
     return embedding, uri
+
+
+def with_search_ranker(data: PreparedData, embedding: EmbeddingBundle) -> EmbeddingBundle:
+    """The bundle with its search ranker (training/search_ranker.py) and the choice between it
+    and fusion alone in its manifest; logged to the active run."""
+    chosen = train_search_ranker(data, embedding, embedding.path)
+    artifacts.write_manifest(embedding.path, "embedding",
+                             {**embedding.manifest.metadata, "search_ranking": chosen})
+    mlflow.log_dict(chosen, "search_ranking.json")
+    for ranking in ("fusion", "learned"):
+        for kind, value in chosen.get("validation", {}).get(ranking, {}).items():
+            mlflow.log_metric(f"search_val_{ranking}_{kind}_hr_at_10", value)
+    return EmbeddingBundle.load(embedding.path)
 
 
 def _train_encoder(data: PreparedData, tower: TwoTowerConfig,
@@ -191,6 +207,10 @@ class EvalReport:
     # {"pipeline_vs_retrieval": {"hr@10": {gain, low, high, significant}, "ndcg@10": ...}}: the
     # ranker's gain with a 95% paired bootstrap interval over test users
     significance: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # search on the test split with the served settings (training/search_step.py): config,
+    # chosen, test ({"known_item_clean/hr@10": {mean, ci95, n}, ...}), seconds; {} when skipped
+    search: dict[str, Any] = field(default_factory=dict)
+    search_table: str = ""  # markdown; "" when skipped
 
     def hr10_ratio(self, model: str = "pipeline", baseline: str = "popularity") -> float:
         return self.results[model]["hr@10"] / max(self.results[baseline]["hr@10"], 1e-12)
@@ -212,7 +232,10 @@ def evaluation_step(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
         significance = {f"{name}_vs_retrieval": paired_gain(ranks.ranks[name],
                                                             ranks.ranks["retrieval"])
                         for name in ("pipeline", "als", "ease") if name in ranks.ranks}
-        report = EvalReport(results, diagnostics, table, by_tie, curve, significance)
+        workdir.mkdir(parents=True, exist_ok=True)
+        search = evaluate_search_step(data, embedding, config.evaluation.search_seeds, workdir)
+        report = EvalReport(results, diagnostics, table, by_tie, curve, significance,
+                            search.result if search else {}, search.table if search else "")
         for model, metrics in results.items():
             mlflow.log_metrics({f"test_{model}_{k.replace('@', '_at_')}": v
                                 for k, v in metrics.items()})
@@ -226,15 +249,16 @@ def evaluation_step(data: PreparedData, embedding: EmbeddingBundle, rankers: Ran
                    "embedding": {"user_encoder": embedding.config.get("user_encoder", "pooled"),
                                  "history_len": embedding.history_len},
                    "ranking_policy": rankers.ranker.policy.to_metadata(),
-                   "cold_start": curve.to_dict(orient="records"), "data": data.summary()}
-        workdir.mkdir(parents=True, exist_ok=True)
+                   "cold_start": curve.to_dict(orient="records"), "data": data.summary(),
+                   "search": report.search}
+        text = table + (f"\n\n## Search\n\n{report.search_table}" if search else "\n")
         (workdir / "evaluation.json").write_text(json.dumps(payload, indent=2))
-        (workdir / "evaluation.md").write_text(table + "\n")
+        (workdir / "evaluation.md").write_text(text)
         # each test user's rank per model: what a paired comparison of runs or seeds needs
         np.savez_compressed(workdir / "test_ranks.npz", user_ids=np.asarray(data.test.user_ids),
                             **ranks.ranks)
         mlflow.log_dict(payload, "evaluation.json")
-        mlflow.log_text(table, "evaluation.md")
+        mlflow.log_text(text, "evaluation.md")
         fig = plots.metrics_bar(results)
         fig.savefig(workdir / "evaluation.png", dpi=110)
         mlflow.log_figure(fig, "evaluation.png")

@@ -1,4 +1,4 @@
-"""Plots for notebooks and run reports: offline metrics per model and training curves."""
+"""Plots for notebooks and run reports: offline metrics, search metrics and training curves."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -46,3 +46,19 @@ def training_curves(history: Mapping[str, Sequence[float]], title: str) -> Figur
 def close(fig: Figure) -> None:
     """Release a figure that was only saved or logged (pyplot keeps every open figure alive)."""
     plt.close(fig)
+
+
+def search_bars(rows: Sequence[Mapping[str, float | str]]) -> Figure:
+    """Horizontal bars of HR@10 per query kind with their 95% intervals (rows as
+    training.search_report.rows gives them)."""
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    labels = [str(r["queries"]) for r in rows][::-1]
+    values = [float(r["hr@10"]) for r in rows][::-1]
+    errors = [float(r["hr@10 ±"]) for r in rows][::-1]
+    bars = ax.barh(labels, values, xerr=errors, capsize=3)
+    ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=4)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("HR@10 (test split, mean ± 95% over query seeds)")
+    ax.set_title("Search: known-item and category queries")
+    fig.tight_layout()
+    return fig

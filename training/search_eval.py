@@ -14,7 +14,8 @@ The typo similarity, the fusion's k and its list weights are chosen on the valid
 (each user's second-to-last event), by the mean of three HR@10 (clean and typo queries pooled):
 known-item without a user, known-item with the user, personalised category search. The test
 split (each user's last event) is then reported with them through the served code
-(FusionRule.fuse), as a mean with a 95% t-interval over the query seeds.
+(FusionRule.fuse), as a mean with a 95% t-interval over the query seeds. The training run
+reports the test split with the settings the service uses (evaluate_served: no grid).
 """
 from __future__ import annotations
 
@@ -29,12 +30,12 @@ import numpy as np
 from recsys.models.bundles import EmbeddingBundle
 from recsys.search.engine import SearchEngine, build_search_engine
 from recsys.search.fusion import FusionRule, Ranked, personal_list
+from recsys.settings import ServingSettings
 from training.config import TwoTowerConfig
 from training.data import Dataset
-from training.evaluate import EvalSet
+from training.evaluate import EvalSet, interval
 from training.search_queries import category_queries, known_item_queries
 from training.search_report import markdown
-from training.seeds import interval
 from training.sequences import UserSequences
 from training.steps import PreparedData, padded_histories, prepare_data
 
@@ -228,10 +229,34 @@ def evaluate_search(data: PreparedData, embedding: EmbeddingBundle,
                     config: SearchEvalConfig) -> dict[str, Any]:
     """Choose on validation, report on test; JSON-ready."""
     choice, grid = choose(data, embedding, config)
-    return {"config": asdict(config), "chosen": {"typo_similarity": choice.typo_similarity,
-                                                 "rrf_k": choice.rule.k,
-                                                 "weights": dict(choice.rule.weights)},
+    return {"config": asdict(config), "chosen": described(choice, "validation"),
             "validation_grid": grid, "test": report_test(data, embedding, config, choice)}
+
+
+def served_choice() -> Choice:
+    """The typo similarity and fusion rule the service runs with by default (its settings'
+    defaults, not the environment: the training run reports what a plain deployment serves)."""
+    served = {name: ServingSettings.model_fields[f"search_{name}"].default
+              for name in ("typo_similarity", "rrf_k", "vector_weight", "personal_weight")}
+    return Choice(served["typo_similarity"], FusionRule(served["rrf_k"], {
+        "vector": served["vector_weight"], "personal": served["personal_weight"]}))
+
+
+def evaluate_served(data: PreparedData, embedding: EmbeddingBundle,
+                    seeds: tuple[int, ...]) -> dict[str, Any]:
+    """The test split with the served settings, no validation grid (a few seconds on
+    MovieLens 100K per seed): the training run's report; JSON-ready."""
+    config = SearchEvalConfig(
+        seeds=seeds, candidates=ServingSettings.model_fields["search_candidates"].default)
+    choice = served_choice()
+    return {"config": asdict(config), "chosen": described(choice, "served"),
+            "test": report_test(data, embedding, config, choice)}
+
+
+def described(choice: Choice, source: str) -> dict[str, Any]:
+    """source: "validation" (chosen by the grid) or "served" (the service's defaults)."""
+    return {"typo_similarity": choice.typo_similarity, "rrf_k": choice.rule.k,
+            "weights": dict(choice.rule.weights), "source": source}
 
 
 def prepared_for(dataset: Dataset, embedding: EmbeddingBundle) -> PreparedData:

@@ -23,9 +23,21 @@ ROWS = (
 
 
 def cell(stat: dict[str, float] | None, digits: int = 4) -> str:
-    if stat is None:
+    if stat is None or stat["mean"] is None:  # None: not finite (training/search_step.py)
         return "-"
+    if stat["ci95"] is None:
+        return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+
+
+def rows(test: dict[str, Any]) -> list[dict[str, Any]]:
+    """The test table as records (query kind, queries per seed, HR@10 and MRR@10 with their
+    95% half-widths), in the report's order; for a notebook's DataFrame or plot."""
+    return [{"queries": label, "n per seed": test[f"{name}/queries"]["mean"],
+             "hr@10": test[f"{name}/hr@10"]["mean"], "hr@10 ±": test[f"{name}/hr@10"]["ci95"],
+             "mrr@10": test[f"{name}/mrr@10"]["mean"],
+             "mrr@10 ±": test[f"{name}/mrr@10"]["ci95"]}
+            for label, name in ROWS if f"{name}/hr@10" in test]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -44,16 +56,22 @@ def markdown(result: dict[str, Any]) -> str:
                 "known_item_hr@10_typo": test["known_item_typo/hr@10"]["mean"],
                 "personalised_over_bm25_hr@10": ratio["mean"]}
     for name, wanted in TARGETS.items():
-        met = "yes" if measured[name] >= wanted else "no"
-        lines.append(f"| {name} | >= {wanted} | {measured[name]:.4f} | {met} |")
+        value = measured[name]
+        met = "yes" if value is not None and value >= wanted else "no"
+        shown = "-" if value is None else f"{value:.4f}"
+        lines.append(f"| {name} | >= {wanted} | {shown} | {met} |")
     weights = ", ".join(f"{k} {v:g}" for k, v in chosen["weights"].items())
-    choice = (f"Chosen on validation: typo similarity {chosen['typo_similarity']:g}, RRF k "
-              f"{chosen['rrf_k']:g}, weights bm25 1, {weights}.")
+    settings = (f"typo similarity {chosen['typo_similarity']:g}, RRF k {chosen['rrf_k']:g}, "
+                f"weights bm25 1, {weights}")
+    if "validation_grid" not in result:  # the training run: the served settings, no grid
+        served = f"The served settings (RECSYS_SEARCH_* defaults): {settings}."
+        return "\n".join([*lines, "", served]) + "\n"
     grid = ("Validation grid, best 10 by objective (mean of the three HR@10: known-item "
             "without a user, known-item with the user, personalised category):")
     header = ("| typo similarity | k | vector | personal | known-item | known-item, user | "
               "category, personalised | objective |")
-    lines += ["", choice, "", grid, "", header, "|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"Chosen on validation: {settings}.", "", grid, "", header,
+              "|---|---|---|---|---|---|---|---|"]
     best = sorted(result["validation_grid"], key=lambda r: -r["objective"])[:10]
     for r in best:
         lines.append(f"| {r['typo_similarity']:g} | {r['k']:g} | {r['vector']:g} | "

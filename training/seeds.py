@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from training.evaluate import per_user_metrics
+from training.evaluate import interval, per_user_metrics
 
 MODELS = ("popularity", "als", "ease", "retrieval", "pipeline", "pipeline_int8", "fallback")
 METRICS = ("hr@10", "ndcg@10", "recall@50")
@@ -49,14 +49,6 @@ def run_seeds(data_path: Path | None, seeds: Sequence[int], out: Path, jobs: int
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         for folder in pool.map(run_seed, [data_path] * len(seeds), seeds, [out] * len(seeds)):
             print(f"done: {folder}")
-
-
-def interval(values: Sequence[float]) -> dict[str, float]:
-    """Mean and 95% t-interval half-width over seeds (0 for a single seed)."""
-    x = np.asarray(values, dtype=np.float64)
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) \
-        if len(x) > 1 else 0.0
-    return {"mean": float(x.mean()), "ci95": half, "n": float(len(x))}
 
 
 def seed_gain(ranks: Sequence[dict[str, np.ndarray]], model: str, baseline: str,

@@ -41,6 +41,7 @@ from recsys.pipeline.slots import ModelSlot
 from recsys.pipeline.towers import LocalUserTower, UserTower
 from recsys.search.engine import SearchEngine, build_search_engine
 from recsys.search.fusion import FusionRule
+from recsys.search.learned import SearchRanking
 from recsys.search.retrievers import QueryRetriever
 from recsys.settings import ServingSettings
 from recsys.stores.cache import ResultCache
@@ -77,6 +78,8 @@ class StageWrapper(Protocol):
 
     def search_retriever(self, alias: str, retriever: QueryRetriever) -> QueryRetriever: ...
 
+    def search_ranker(self, alias: str, ranker: SearchRanking) -> SearchRanking: ...
+
 
 class NoWrapping:
     def user_tower(self, alias: str, tower: UserTower) -> UserTower:
@@ -90,6 +93,9 @@ class NoWrapping:
 
     def search_retriever(self, alias: str, retriever: QueryRetriever) -> QueryRetriever:
         return retriever
+
+    def search_ranker(self, alias: str, ranker: SearchRanking) -> SearchRanking:
+        return ranker
 
 
 def candidate_sources(embedding: EmbeddingBundle,
@@ -145,8 +151,10 @@ def build_search(alias: str, embedding: EmbeddingBundle, settings: ServingSettin
     if not settings.search:
         return None
     engine = build_search_engine(embedding, typo_similarity=settings.search_typo_similarity,
-                                 candidates=settings.search_candidates)
-    return replace(engine, vectors=wrap.search_retriever(alias, engine.vectors))
+                                 candidates=settings.search_candidates,
+                                 learned=settings.search_ranker)
+    ranker = None if engine.ranker is None else wrap.search_ranker(alias, engine.ranker)
+    return replace(engine, vectors=wrap.search_retriever(alias, engine.vectors), ranker=ranker)
 
 
 def build_cache(settings: ServingSettings, telemetry: Telemetry) -> ResultCache:

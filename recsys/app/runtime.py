@@ -84,7 +84,9 @@ class Runtime:
             "search": {"candidates": settings.search_candidates, "rrf_k": settings.search_rrf_k,
                        "weights": {"bm25": 1.0, "vector": settings.search_vector_weight,
                                    "personal": settings.search_personal_weight},
-                       "typo_similarity": settings.search_typo_similarity}
+                       "typo_similarity": settings.search_typo_similarity,
+                       "ranking": {alias: slot.search.ranking for alias, slot in slots.items()
+                                   if slot.search is not None}}
             if settings.search else None,
         }
 

@@ -1,6 +1,7 @@
 """POST /search: cache → query understanding → BM25 on the loop, the item space in a worker
 thread and the user's taste as a task, each retriever under its own budget → weighted
-reciprocal rank fusion → one page.
+reciprocal rank fusion → the learned order of the first fused candidates (where training chose
+it, recsys/search/learned.py; if it fails, the fused order, marked degraded) → one page.
 
 BM25 always answers (it is in memory and cannot time out); if the item-space retriever or the
 personalisation fails or runs out of time, the page is fused without it and marked degraded
@@ -14,7 +15,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,7 @@ from recsys.stores.cache import ResultCache
 from recsys.stores.cache_keys import make_key
 from recsys.telemetry import Telemetry
 
+T = TypeVar("T")
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 
@@ -124,7 +126,7 @@ class SearchPipeline:
         lists = {"bm25": engine.text.retrieve(query, allowed)}
         self.observe("search_bm25", t)
         if nearby is not None:
-            found = await self._vectors(nearby, reasons)
+            found = await self._within_budget(nearby, "search_vector", reasons)
             if found is not None:
                 lists["vector"] = found
         user = await self._taste(taste, reasons) if taste is not None else None
@@ -134,8 +136,20 @@ class SearchPipeline:
         fused = self.options.fusion.fuse({name: r.rows for name, r in lists.items()},
                                          scope.slot.catalog.popularity)
         self.observe("search_fusion", t)
+        ranking = "fusion"
+        if engine.ranker is not None and fused.rows.size:
+            t = time.perf_counter()
+            try:
+                fused = engine.ranker.reorder(fused, lists, query,
+                                              scope.slot.embedding.item_vectors, user,
+                                              scope.slot.catalog.popularity)
+                ranking = "learned"
+            except RecsysError:
+                reasons.append("search_ranker_error")  # the fused order answers
+            self.observe("search_ranking", t)
         self.report(query, fused.rows.size, user is not None, reasons)
-        return search_result(scope.slot, request, query, fused, user is not None, reasons)
+        return search_result(scope.slot, request, query, fused, user is not None, reasons,
+                             ranking)
 
     def _start_vectors(self, engine: SearchEngine, query: ParsedQuery,
                        allowed: BoolArray | None) -> asyncio.Future[Ranked] | None:
@@ -148,16 +162,19 @@ class SearchPipeline:
         work = loop.run_in_executor(self.executor, engine.vectors.retrieve, query, allowed)
         return asyncio.ensure_future(asyncio.wait_for(work, self.options.vector_timeout_s))
 
-    async def _vectors(self, nearby: asyncio.Future[Ranked], reasons: list[str]) -> Ranked | None:
+    async def _within_budget(self, work: asyncio.Future[T], stage: str,
+                             reasons: list[str]) -> T | None:
+        """What `work` (already under its timeout) gives, timed as `stage`; None, with the
+        reason "<stage>_timeout" or "<stage>_error" added, when it ran out of time or failed."""
         t = time.perf_counter()
         try:
-            return await nearby
+            return await work
         except asyncio.TimeoutError:
-            reasons.append("search_vector_timeout")
+            reasons.append(f"{stage}_timeout")
         except RecsysError:
-            reasons.append("search_vector_error")
+            reasons.append(f"{stage}_error")
         finally:
-            self.observe("search_vector", t)
+            self.observe(stage, t)
         return None
 
     def _start_taste(self, scope: SearchScope) -> asyncio.Future[Taste] | None:
@@ -186,18 +203,11 @@ class SearchPipeline:
     async def _taste(self, taste: asyncio.Future[Taste], reasons: list[str]) -> FloatArray | None:
         """The user's vector (with the fallbacks it took, e.g. a failed user tower's
         mean-of-items vector, in `reasons`); None when personalisation is off for this request."""
-        t = time.perf_counter()
-        try:
-            found = await taste
-            reasons += found.reasons
-            return found.vector
-        except asyncio.TimeoutError:
-            reasons.append("search_personal_timeout")
-        except RecsysError:
-            reasons.append("search_personal_error")
-        finally:
-            self.observe("search_personal", t)
-        return None
+        found = await self._within_budget(taste, "search_personal", reasons)
+        if found is None:
+            return None
+        reasons += found.reasons
+        return found.vector
 
     def observe(self, stage: str, since: float) -> None:
         self.telemetry.observe(stage, time.perf_counter() - since)

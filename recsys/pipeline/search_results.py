@@ -30,9 +30,10 @@ def page_items(slot: ModelSlot, fused: Fused, request: SearchRequest) -> list[di
 
 
 def search_result(slot: ModelSlot, request: SearchRequest, query: ParsedQuery, fused: Fused,
-                  personalised: bool, reasons: list[str]) -> dict[str, Any]:
+                  personalised: bool, reasons: list[str], ranking: str = "fusion",
+                  ) -> dict[str, Any]:
     return {"query": request.query, "items": page_items(slot, fused, request),
             "total": len(fused.rows), "page": request.page,
             "page_size": request.page_size, "understood": understood(slot, query),
-            "personalised": personalised, "model_versions": slot.versions,
+            "personalised": personalised, "ranking": ranking, "model_versions": slot.versions,
             "degraded": bool(reasons), "degraded_reasons": reasons}

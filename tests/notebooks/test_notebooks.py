@@ -137,6 +137,9 @@ def test_notebooks_run_in_order_and_log_to_mlflow(tmp_path: Path, venv_kernel: s
         assert 0.0 <= metrics[f"test_{model}_ndcg_at_10"] <= 1.0
     assert metrics["pipeline_over_popularity_hr10"] == pytest.approx(
         metrics["test_pipeline_hr_at_10"] / max(metrics["test_popularity_hr_at_10"], 1e-12))
+    for name in ("known_item_clean", "known_item_typo", "category_bm25", "category_personalised"):
+        assert 0.0 <= metrics[f"search_{name}_mrr_at_10"] <= metrics[f"search_{name}_hr_at_10"] \
+            <= 1.0, name  # the search section (notebook 03's table) was logged with the rest
 
     registry = Registry(uri)
     champion = registry.resolve(CHAMPION)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from recsys.models import artifacts
 from recsys.models.bundles import EmbeddingBundle, RankerBundle, check_compatible
+from recsys.settings import ServingSettings
 from registry import (
     CHALLENGER,
     CHAMPION,
@@ -28,6 +29,7 @@ from training import cli
 from training.config import SEQUENCE_TOWER, EvalConfig, PipelineConfig, RankerConfig, TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
 from training.pipeline import PipelineResult, code_version, ensure_champion, run_pipeline
+from training.search_step import LOGGED
 from training.settings import TrainingSettings
 from training.steps import SHORT_HISTORIES, data_fingerprint
 
@@ -37,7 +39,7 @@ CONFIG = PipelineConfig(
     sequence_tower=replace(SEQUENCE_TOWER, dim=16, hidden=32, history_len=6),
     ranker=RankerConfig(retrieval_candidates=50, hard_negatives=7, random_negatives=4, hidden=32),
     evaluation=EvalConfig(candidates=50, als_factors=(8,), als_regularization=(0.1,),
-                          als_iterations=5),
+                          als_iterations=5, search_seeds=(0, 1)),
 )
 MODELS = (EMBEDDING_MODEL, RANKER_MODEL, FALLBACK_MODEL)
 
@@ -199,19 +201,51 @@ def test_evaluation_report_is_written_and_logged(store: Store) -> None:
     for model, metrics in store.first.report.results.items():
         assert payload["results"][model] == pytest.approx(metrics), model
     table = (workdir / "evaluation.md").read_text()
-    assert table.strip() == store.first.report.table.strip()
-    assert "| pipeline |" in table
+    assert table.startswith(store.first.report.table)
+    assert "| pipeline |" in table and "\n## Search\n" in table
     assert (workdir / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     pipeline_id = _two_tower_run(store).data.tags["mlflow.parentRunId"]
     evaluation = _child(pipeline_id, "evaluation")
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(evaluation.info.run_id)}
-    assert {"evaluation.json", "evaluation.md", "evaluation.png", "cold_start.png"} <= logged
+    assert {"evaluation.json", "evaluation.md", "evaluation.png", "cold_start.png",
+            "search_evaluation.png"} <= logged
     assert evaluation.data.metrics["test_pipeline_hr_at_10"] == pytest.approx(
         store.first.report.results["pipeline"]["hr@10"])
     assert "pipeline_over_popularity_hr10" in evaluation.data.metrics
     timings = {a.path for a in mlflow.MlflowClient().list_artifacts(pipeline_id)}
     assert "timings.json" in timings
+
+
+def test_the_report_evaluates_search_with_the_served_settings(store: Store) -> None:
+    workdir = store.first_workdir
+    payload = json.loads((workdir / "evaluation.json").read_text())
+    search, served = payload["search"], ServingSettings.model_fields
+    assert search == store.first.report.search
+    assert search["chosen"] == {
+        "typo_similarity": served["search_typo_similarity"].default,
+        "rrf_k": served["search_rrf_k"].default, "source": "served",
+        "weights": {"vector": served["search_vector_weight"].default,
+                    "personal": served["search_personal_weight"].default}}
+    test, users = search["test"], payload["data"]["test_users"]
+    for name in LOGGED:
+        hr, mrr = test[f"{name}/hr@10"], test[f"{name}/mrr@10"]
+        assert 0.0 <= mrr["mean"] <= hr["mean"] <= 1.0, name
+        assert hr["n"] == 2, name  # one value per query seed
+    assert test["known_item_clean/queries"]["mean"] == users
+    assert 0 < test["category_bm25/queries"]["mean"] <= users
+    # A few title words find the held-out item among 300 far above chance (10 / 300), and one
+    # typo costs some of it, not all.
+    clean, typo = test["known_item_clean/hr@10"]["mean"], test["known_item_typo/hr@10"]["mean"]
+    assert clean >= 0.5 and 0.5 * clean <= typo <= clean
+    assert 0 < search["seconds"] < 60
+    run = _child(_two_tower_run(store).data.tags["mlflow.parentRunId"], "evaluation")
+    for name in LOGGED:
+        assert run.data.metrics[f"search_{name}_hr_at_10"] == pytest.approx(
+            test[f"{name}/hr@10"]["mean"])
+    assert (workdir / "search_evaluation.png").read_bytes()[:4] == b"\x89PNG"
+    report = (workdir / "evaluation.md").read_text()
+    assert "| known-item, one typo |" in report and "RECSYS_SEARCH_* defaults" in report
 
 
 def test_registered_embedding_holds_onnx_towers_and_faiss_index(store: Store) -> None:

@@ -7,6 +7,7 @@ held to the documented HTTP contract."""
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 import pytest
@@ -15,8 +16,10 @@ from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
 from recsys.errors import UnknownIdError
 from recsys.features import ItemCatalog
+from recsys.models import artifacts
 from recsys.models.bundles import EmbeddingBundle
 from recsys.pipeline.search_request import SearchRequest
+from recsys.search.learned import RERANKED, SEARCH_FEATURES, SEARCH_RANKER
 from serving.responses import ResponseEncoder
 from serving.search_schemas import SearchResponse
 from tests.support.runtime import USER, Recorder, serve, settings
@@ -198,6 +201,62 @@ def test_stage_timings_and_events_are_reported(refs: list[ModelRefs]) -> None:
     assert telemetry.named("search") == [{"personalised": "false", "result": "hits"},
                                          {"personalised": "true", "result": "hits"}]
     assert len(telemetry.named("search_correction")) == 1
+
+
+@pytest.fixture(scope="module")
+def learned_refs(refs: list[ModelRefs], tmp_path_factory: pytest.TempPathFactory
+                 ) -> list[ModelRefs]:
+    """The champion with its search ranker chosen whatever validation said on the synthetic
+    data: its embedding bundle copied, the choice rewritten in the manifest (the files, and so
+    the fingerprint the rankers are bound to, stay the same)."""
+    champion = refs[0]
+    copy = tmp_path_factory.mktemp("learned") / "embedding"
+    shutil.copytree(champion.paths["embedding"], copy)
+    manifest = artifacts.read_manifest(copy, "embedding")
+    chosen = {**manifest.metadata["search_ranking"], "use": "learned"}
+    artifacts.write_manifest(copy, "embedding", {**manifest.metadata, "search_ranking": chosen})
+    return [ModelRefs(champion.alias, {**champion.paths, "embedding": copy}, champion.versions),
+            *refs[1:]]
+
+
+def test_training_wrote_a_search_ranker_and_its_choice(champion: EmbeddingBundle) -> None:
+    chosen = champion.manifest.metadata["search_ranking"]
+    assert chosen["use"] in ("learned", "fusion")
+    assert chosen["features"] == list(SEARCH_FEATURES) and chosen["training_queries"] > 0
+    for ranking in ("fusion", "learned"):
+        assert set(chosen["validation"][ranking]) == {"known_item", "known_item_user",
+                                                      "category", "objective"}
+    assert (champion.path / SEARCH_RANKER).is_file()
+    assert chosen["onnx_parity_max_abs_diff"] < 1e-4
+
+
+def test_the_learned_ranker_orders_the_first_fused_results(learned_refs: list[ModelRefs],
+                                                           refs: list[ModelRefs]) -> None:
+    async def scenario(runtime: Runtime) -> list[dict[str, Any]]:
+        return [await search(runtime, "comedy", user_id=USER, page_size=RERANKED),
+                await search(runtime, "comedy", user_id=USER, page_size=RERANKED, page=2)]
+
+    learned = serve(settings(None), learned_refs, scenario)
+    fused = serve(settings(None, search_ranker=False), refs, scenario)
+    assert [page["ranking"] for page in learned] == ["learned", "learned"]
+    assert [page["ranking"] for page in fused] == ["fusion", "fusion"]
+    assert not learned[0]["degraded"]
+    # The same first 50 in another order, the rest as fused; scores still fall down the list.
+    assert sorted(titles(learned[0])) == sorted(titles(fused[0]))
+    assert titles(learned[1]) == titles(fused[1])
+    scores = [i["score"] for page in learned for i in page["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_a_failed_search_ranker_leaves_the_fused_order(learned_refs: list[ModelRefs],
+                                                       refs: list[ModelRefs]) -> None:
+    async def scenario(runtime: Runtime) -> dict[str, Any]:
+        return await search(runtime, "comedy", user_id=USER)
+
+    failed = serve(settings(None, faults="search_ranker:error"), learned_refs, scenario)
+    fused = serve(settings(None, search_ranker=False), refs, scenario)
+    assert failed["degraded"] and failed["degraded_reasons"] == ["search_ranker_error"]
+    assert failed["ranking"] == "fusion" and titles(failed) == titles(fused)
 
 
 def test_without_search_the_endpoint_is_unavailable(refs: list[ModelRefs]) -> None:
