@@ -182,38 +182,45 @@ def limited(split: EvalSet, users: int | None) -> EvalSet:
 
 def report_test(data: PreparedData, embedding: EmbeddingBundle, config: SearchEvalConfig,
                 choice: Choice) -> dict[str, Any]:
-    """Per seed, with the chosen settings, through the served code: test split metrics."""
+    """Per seed, with the chosen settings, through the served code: test split metrics. The
+    fused lists are ordered as the service orders them: by the bundle's search ranker where
+    training chose it (recsys/search/learned.py), else as fused."""
     split, popularity = limited(data.test, config.users), embedding.catalog.popularity
     vectors = user_vectors(data, split, embedding)
     engine = build_search_engine(embedding, typo_similarity=choice.typo_similarity,
                                  candidates=config.candidates)
     hybrid = FusionRule(choice.rule.k, {"vector": choice.rule.weights["vector"]})
+
+    def served(rule: FusionRule, lists: dict[str, Ranked], text: str,
+               user: np.ndarray | None) -> np.ndarray:
+        fused = rule.fuse({n: r.rows for n, r in lists.items()}, popularity)
+        if engine.ranker is None or not fused.rows.size:
+            return fused.rows
+        return engine.ranker.reorder(fused, lists, engine.parser.parse(text),
+                                     embedding.item_vectors, user, popularity).rows
+
     per_seed: dict[str, list[float]] = {}
     for seed in config.seeds:
         found: dict[str, list[int]] = {}
         for q in known_item_queries(embedding.catalog, split.targets, seed):
             for kind, text in (("clean", q.clean), ("typo", q.typo)):
                 lists = retrieve(engine, text)
-                rows = {n: r.rows for n, r in lists.items()}
-                rank = rank_of(q.target, hybrid.fuse(rows, popularity).rows)
+                rank = rank_of(q.target, served(hybrid, lists, text, None))
                 found.setdefault(f"known_item_{kind}", []).append(rank)
                 found.setdefault(f"known_item_{kind}_{q.words}_words", []).append(rank)
-                mine = personal_list(lists, embedding.item_vectors, vectors[q.user])
+                mine = with_personal(lists, embedding, vectors[q.user])
                 found.setdefault(f"known_item_{kind}_user", []).append(rank_of(
-                    q.target, choice.rule.fuse({**rows, "personal": mine.rows},
-                                               popularity).rows))
+                    q.target, served(choice.rule, mine, text, vectors[q.user])))
         for c in category_queries(embedding.catalog, split.targets, seed):
             lists = retrieve(engine, c.text)
             known = split.known[c.user]
             found.setdefault("category_bm25", []).append(rank_of(c.target, lists["bm25"].rows,
                                                                  known))
-            rows = {n: r.rows for n, r in lists.items()}
             found.setdefault("category_hybrid", []).append(
-                rank_of(c.target, hybrid.fuse(rows, popularity).rows, known))
-            mine = personal_list(lists, embedding.item_vectors, vectors[c.user])
+                rank_of(c.target, served(hybrid, lists, c.text, None), known))
+            mine = with_personal(lists, embedding, vectors[c.user])
             found.setdefault("category_personalised", []).append(rank_of(
-                c.target, choice.rule.fuse({**rows, "personal": mine.rows}, popularity).rows,
-                known))
+                c.target, served(choice.rule, mine, c.text, vectors[c.user]), known))
         for name, ranks in found.items():
             for metric, value in metrics(np.asarray(ranks)).items():
                 per_seed.setdefault(f"{name}/{metric}", []).append(value)
@@ -230,6 +237,7 @@ def evaluate_search(data: PreparedData, embedding: EmbeddingBundle,
     """Choose on validation, report on test; JSON-ready."""
     choice, grid = choose(data, embedding, config)
     return {"config": asdict(config), "chosen": described(choice, "validation"),
+            "ranking": served_ranking(embedding),
             "validation_grid": grid, "test": report_test(data, embedding, config, choice)}
 
 
@@ -250,7 +258,13 @@ def evaluate_served(data: PreparedData, embedding: EmbeddingBundle,
         seeds=seeds, candidates=ServingSettings.model_fields["search_candidates"].default)
     choice = served_choice()
     return {"config": asdict(config), "chosen": described(choice, "served"),
+            "ranking": served_ranking(embedding),
             "test": report_test(data, embedding, config, choice)}
+
+
+def served_ranking(embedding: EmbeddingBundle) -> str:
+    """"learned" when the bundle's search ranker orders the fused lists, else "fusion"."""
+    return str(embedding.manifest.metadata.get("search_ranking", {}).get("use", "fusion"))
 
 
 def described(choice: Choice, source: str) -> dict[str, Any]:

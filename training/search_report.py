@@ -43,7 +43,9 @@ def rows(test: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(result: dict[str, Any]) -> str:
     test, chosen = result["test"], result["chosen"]
     seeds = len(result["config"]["seeds"])
-    lines = [f"Test split, mean ± 95% t-interval over {seeds} query seeds.", "",
+    order = {"learned": "the fused lists ordered by the learned search ranker",
+             "fusion": "the fused lists as fused"}[result.get("ranking", "fusion")]
+    lines = [f"Test split, mean ± 95% t-interval over {seeds} query seeds; {order}.", "",
              "| queries | n per seed | HR@10 | MRR@10 |", "|---|---|---|---|"]
     for label, name in ROWS:
         if f"{name}/hr@10" in test:

@@ -227,6 +227,8 @@ def test_the_report_evaluates_search_with_the_served_settings(store: Store) -> N
         "rrf_k": served["search_rrf_k"].default, "source": "served",
         "weights": {"vector": served["search_vector_weight"].default,
                     "personal": served["search_personal_weight"].default}}
+    chosen = json.loads((workdir / "embedding" / "manifest.json").read_text())
+    assert search["ranking"] == chosen["metadata"]["search_ranking"]["use"]  # as served
     test, users = search["test"], payload["data"]["test_users"]
     for name in LOGGED:
         hr, mrr = test[f"{name}/hr@10"], test[f"{name}/mrr@10"]
