@@ -16,8 +16,17 @@ with bentoml.importing():
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 # A model service call fails with a BentoMLException (503 overload, 5xx) or, on the transport
-# (a keep-alive connection the server closed), with an aiohttp error.
+# (a keep-alive connection the server closed), with an aiohttp error, or with the RuntimeError
+# aiohttp's StreamReader raises when the connection closes while a body is read (seen in the
+# chaos suite after a Redis restart: a /recommend answered 500 instead of falling back).
 REMOTE_ERRORS = (bentoml.exceptions.BentoMLException, aiohttp.ClientError)
+CONNECTION_CLOSED = "Connection closed"
+
+
+def transport_failure(error: BaseException) -> bool:
+    """Whether `error` is a failed call to a model service, not a bug of this process."""
+    return isinstance(error, REMOTE_ERRORS) or (
+        isinstance(error, RuntimeError) and str(error).startswith(CONNECTION_CLOSED))
 
 
 class RemoteScorer:
@@ -29,7 +38,9 @@ class RemoteScorer:
     async def score(self, features: FloatArray) -> FloatArray:
         try:
             return await self.service.to_async.call(self.api, features)
-        except REMOTE_ERRORS as error:
+        except (*REMOTE_ERRORS, RuntimeError) as error:
+            if not transport_failure(error):
+                raise
             raise RankingError(f"ranker service: {error!r}") from error
 
 
@@ -45,5 +56,7 @@ class RemoteUserTower:
         packed = np.concatenate([history, attributes], axis=1)
         try:
             return await self.service.to_async.call(self.api, packed)
-        except REMOTE_ERRORS as error:
+        except (*REMOTE_ERRORS, RuntimeError) as error:
+            if not transport_failure(error):
+                raise
             raise UserTowerError(f"user tower service: {error!r}") from error
