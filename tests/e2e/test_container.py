@@ -237,6 +237,9 @@ def test_the_health_check_probes_readyz_and_turns_healthy(image: BuiltImage,
 def test_recommend_answers_from_the_packaged_models(http: httpx.Client,
                                                     image: BuiltImage) -> None:
     body = _recommend(http, f"container-{uuid.uuid4().hex[:8]}", k=7)
+    shown = {k: body[k] for k in ("model_versions", "ranker", "cache", "degraded", "latency_ms")}
+    print(f"\nthe container's /recommend: {shown}, first items "
+          f"{[(i['item_id'], round(i['score'], 4)) for i in body['items'][:3]]}")
 
     assert len(body["items"]) == 7 and [i["rank"] for i in body["items"]] == list(range(1, 8))
     assert len({item["item_id"] for item in body["items"]}) == 7
