@@ -95,14 +95,8 @@ def ensure_models(n_items: int, root: Path, n_users: int, epochs: int, log_path:
             return models
     root.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "benchmarks.models", "--items", str(n_items), "--root",
-               str(root), "--users", str(n_users), "--epochs", str(epochs)]
-    with log_path.open("wb") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
-                               stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
-    if code != 0:
-        tail = log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"training {n_items} items failed (exit {code}); log tail:\n{tail}")
+    _train_in_child(["--items", str(n_items), "--root", str(root), "--users", str(n_users),
+                     "--epochs", str(epochs)], log_path, timeout_s, f"training {n_items} items")
     return BenchModels.read(root)
 
 
@@ -175,15 +169,21 @@ def ensure_challenger(models: BenchModels, epochs: int, log_path: Path,
     if (models.root / CHALLENGER_MARKER).is_file():
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "benchmarks.models", "--items", str(models.n_items),
-               "--root", str(models.root), "--users", str(models.n_users), "--epochs",
-               str(epochs), "--challenger"]
+    _train_in_child(["--items", str(models.n_items), "--root", str(models.root), "--users",
+                     str(models.n_users), "--epochs", str(epochs), "--challenger"], log_path,
+                    timeout_s, "training the challenger")
+
+
+def _train_in_child(args: list[str], log_path: Path, timeout_s: float, what: str) -> None:
+    """`python -m benchmarks.models ARGS` in a child process, its output in `log_path`;
+    RuntimeError with the log's tail when it fails."""
+    command = [sys.executable, "-m", "benchmarks.models", *args]
     with log_path.open("wb") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
                                stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
     if code != 0:
         tail = log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"training the challenger failed (exit {code}); log tail:\n{tail}")
+        raise RuntimeError(f"{what} failed (exit {code}); log tail:\n{tail}")
 
 
 def train_challenger(n_items: int, root: Path, n_users: int, epochs: int) -> dict[str, object]:

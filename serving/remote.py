@@ -29,6 +29,18 @@ def transport_failure(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and str(error).startswith(CONNECTION_CLOSED))
 
 
+async def call_model_service(service: Any, api: str, payload: Any,
+                             failed: type[Exception], what: str) -> Any:
+    """`service`'s `api` on `payload`; a failed call raised as `failed` (the stage error its
+    fallback catches), anything else as itself."""
+    try:
+        return await service.to_async.call(api, payload)
+    except (*REMOTE_ERRORS, RuntimeError) as error:
+        if not transport_failure(error):
+            raise
+        raise failed(f"{what}: {error!r}") from error
+
+
 class RemoteScorer:
     """features [N, F] -> scores [N] on the ranker service's API of one alias."""
 
@@ -36,12 +48,9 @@ class RemoteScorer:
         self.service, self.api = service, f"score_{alias}"
 
     async def score(self, features: FloatArray) -> FloatArray:
-        try:
-            return await self.service.to_async.call(self.api, features)
-        except (*REMOTE_ERRORS, RuntimeError) as error:
-            if not transport_failure(error):
-                raise
-            raise RankingError(f"ranker service: {error!r}") from error
+        scores: FloatArray = await call_model_service(self.service, self.api, features,
+                                                      RankingError, "ranker service")
+        return scores
 
 
 class RemoteUserTower:
@@ -54,9 +63,6 @@ class RemoteUserTower:
 
     async def encode(self, history: IntArray, attributes: IntArray) -> FloatArray:
         packed = np.concatenate([history, attributes], axis=1)
-        try:
-            return await self.service.to_async.call(self.api, packed)
-        except (*REMOTE_ERRORS, RuntimeError) as error:
-            if not transport_failure(error):
-                raise
-            raise UserTowerError(f"user tower service: {error!r}") from error
+        vectors: FloatArray = await call_model_service(self.service, self.api, packed,
+                                                       UserTowerError, "user tower service")
+        return vectors

@@ -90,9 +90,26 @@ def asked(embedding: EmbeddingBundle, queries: Queries, seed: int) -> Iterator[A
         yield Asked(c.text, c.target, queries.vectors[c.user], queries.known[c.user], "category")
 
 
-def candidates(engine: SearchEngine, embedding: EmbeddingBundle, titles: TitleWords,
-               query: Asked) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Searcher:
+    """What every query of training and validation runs through, built once: the search engine
+    as served (fusion alone) over the bundle, and the title words the features read."""
+
+    embedding: EmbeddingBundle
+    engine: SearchEngine
+    titles: TitleWords
+
+    @classmethod
+    def of(cls, embedding: EmbeddingBundle) -> Searcher:
+        engine = build_search_engine(
+            embedding, typo_similarity=served_choice().typo_similarity,
+            candidates=ServingSettings.model_fields["search_candidates"].default, learned=False)
+        return cls(embedding, engine, TitleWords.of(engine.index))
+
+
+def candidates(searcher: Searcher, query: Asked) -> tuple[np.ndarray, np.ndarray]:
     """(the first RERANKED fused rows, their features), as the service computes them."""
+    embedding, engine = searcher.embedding, searcher.engine
     lists = retrieve(engine, query.text)
     if query.user is not None:
         lists = with_personal(lists, embedding, query.user)
@@ -102,19 +119,17 @@ def candidates(engine: SearchEngine, embedding: EmbeddingBundle, titles: TitleWo
         rows = rows[~np.isin(rows, query.known)]
     head = rows[:RERANKED]
     parsed = engine.parser.parse(query.text)
-    return head, candidate_features(head, lists, parsed, titles, embedding.item_vectors,
+    return head, candidate_features(head, lists, parsed, searcher.titles, embedding.item_vectors,
                                     query.user, embedding.catalog.popularity)
 
 
-def fit(data: PreparedData, embedding: EmbeddingBundle,
-        seed: int = 0) -> tuple[Pipeline | None, int]:
+def fit(data: PreparedData, searcher: Searcher, seed: int = 0) -> tuple[Pipeline | None, int]:
     """The model, and how many training queries had their item among the candidates (None and
     0 when none had: nothing to learn from)."""
-    engine = _engine(embedding)
-    titles = TitleWords.of(engine.index)
     features, labels = [], []
-    for query in asked(embedding, last_training_events(data, embedding), seed):
-        head, x = candidates(engine, embedding, titles, query)
+    queries = last_training_events(data, searcher.embedding)
+    for query in asked(searcher.embedding, queries, seed):
+        head, x = candidates(searcher, query)
         if np.any(head == query.target):
             features.append(x)
             labels.append(head == query.target)
@@ -125,17 +140,14 @@ def fit(data: PreparedData, embedding: EmbeddingBundle,
     return model, len(features)
 
 
-def hit_rates(model: Pipeline | None, data: PreparedData, embedding: EmbeddingBundle,
-              split: str, seeds: tuple[int, ...] = (0,)) -> dict[str, float]:
+def hit_rates(model: Pipeline | None, searcher: Searcher, queries: Queries,
+              seeds: tuple[int, ...] = (0,)) -> dict[str, float]:
     """HR@10 per query kind of fusion alone (model None) or the learned order, and the mean of
     the three (the choice's objective)."""
-    engine = _engine(embedding)
-    titles = TitleWords.of(engine.index)
     hits: dict[str, list[bool]] = {}
-    queries = held_out(data, embedding, split)
     for seed in seeds:
-        for query in asked(embedding, queries, seed):
-            head, x = candidates(engine, embedding, titles, query)
+        for query in asked(searcher.embedding, queries, seed):
+            head, x = candidates(searcher, query)
             order = head if model is None or head.size == 0 else \
                 head[np.argsort(-model.predict_proba(x)[:, 1], kind="stable")]
             hits.setdefault(query.kind, []).append(bool(np.any(order[:CUTOFF] == query.target)))
@@ -147,23 +159,26 @@ def train_search_ranker(data: PreparedData, embedding: EmbeddingBundle,
                         directory: Path) -> dict[str, Any]:
     """Fit, export to `directory`/search_ranker.onnx with a parity check, and decide on
     validation; returns the manifest metadata (`search_ranking`)."""
-    model, queries = fit(data, embedding)
+    searcher = Searcher.of(embedding)
+    model, queries = fit(data, searcher)
     if model is None:
         return {"use": "fusion", "reason": "no training query found its item among the fused "
                 "candidates", "training_queries": 0}
-    validation = {"fusion": hit_rates(None, data, embedding, "validation"),
-                  "learned": hit_rates(model, data, embedding, "validation")}
+    held = held_out(data, embedding, "validation")
+    validation = {"fusion": hit_rates(None, searcher, held),
+                  "learned": hit_rates(model, searcher, held)}
     use = validation["learned"]["objective"] > validation["fusion"]["objective"]
     path = directory / SEARCH_RANKER
     onx = to_onnx(model, initial_types=[("features", FloatTensorType([None,
                                                                       len(SEARCH_FEATURES)]))],
                   options={id(model.steps[-1][1]): {"zipmap": False}}, target_opset=17)
     path.write_bytes(onx.SerializeToString())
-    sample = _parity_sample(data, embedding)
+    sample = np.concatenate([candidates(searcher, q)[1] for _, q in
+                             zip(range(8), asked(embedding, held, 1))]).astype(np.float32)
     expected = model.predict_proba(sample)[:, 1].astype(np.float32)
     diff = export.check_parity(expected, export.onnx_outputs(
         path, {"features": sample}, "probabilities")[:, 1], "search ranker")
-    artifacts.save_parity(directory, {**_existing_parity(directory), SEARCH_RANKER: {
+    artifacts.add_parity(directory, {SEARCH_RANKER: {
         "features": sample[:PARITY_ROWS], "expected": expected[:PARITY_ROWS]}})
     log.info("search ranking: %s (validation objective learned %.4f, fusion %.4f)",
              "learned" if use else "fusion", validation["learned"]["objective"],
@@ -171,32 +186,3 @@ def train_search_ranker(data: PreparedData, embedding: EmbeddingBundle,
     return {"use": "learned" if use else "fusion", "features": list(SEARCH_FEATURES),
             "reranked": RERANKED, "training_queries": queries, "validation": validation,
             "onnx_parity_max_abs_diff": diff}
-
-
-def _engine(embedding: EmbeddingBundle) -> SearchEngine:
-    choice = served_choice()
-    return build_search_engine(embedding, typo_similarity=choice.typo_similarity,
-                               candidates=ServingSettings.model_fields["search_candidates"]
-                               .default, learned=False)
-
-
-def _parity_sample(data: PreparedData, embedding: EmbeddingBundle) -> np.ndarray:
-    engine = _engine(embedding)
-    titles = TitleWords.of(engine.index)
-    queries = held_out(data, embedding, "validation")
-    rows = [candidates(engine, embedding, titles, q)[1]
-            for _, q in zip(range(8), asked(embedding, queries, 1))]
-    return np.concatenate(rows).astype(np.float32)
-
-
-def _existing_parity(directory: Path) -> dict[str, dict[str, np.ndarray]]:
-    """The bundle's parity samples so far, kept when the search ranker's is added."""
-    path = directory / artifacts.PARITY
-    if not path.is_file():
-        return {}
-    samples: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(path) as stored:
-        for key in stored.files:
-            onnx_file, _, name = key.partition("/")
-            samples.setdefault(onnx_file, {})[name] = stored[key]
-    return samples

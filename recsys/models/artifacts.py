@@ -197,6 +197,18 @@ def save_parity(directory: Path, samples: Mapping[str, Mapping[str, np.ndarray]]
     np.savez(directory / PARITY, **arrays)  # type: ignore[arg-type]  # savez takes **arrays
 
 
+def add_parity(directory: Path, samples: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """``save_parity`` keeping the samples of the bundle's other ONNX files (a model added to a
+    bundle after its first files, as the search ranker to an embedding bundle)."""
+    kept: dict[str, dict[str, np.ndarray]] = {}
+    if (directory / PARITY).is_file():
+        with np.load(directory / PARITY, allow_pickle=False) as arrays:
+            for key in arrays.files:
+                onnx_file, _, name = key.partition("/")
+                kept.setdefault(onnx_file, {})[name] = arrays[key]
+    save_parity(directory, {**kept, **samples})
+
+
 def load_parity(directory: Path, onnx_file: str) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
     """(feeds, expected output) recorded for one ONNX file of the bundle; None when the bundle
     has no sample for it (bundles written before parity samples existed)."""

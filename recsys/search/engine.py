@@ -63,6 +63,6 @@ def load_search_ranker(embedding: EmbeddingBundle, index: SearchIndex,
     chosen = embedding.manifest.metadata.get("search_ranking", {})
     if chosen.get("use") != "learned" or not (embedding.path / SEARCH_RANKER).is_file():
         return None
-    ranker = SearchRanker.load(embedding.path, index, chosen, threads)
+    ranker = SearchRanker.load(embedding.path, index, threads)
     ranker.check_parity(embedding.path)
     return ranker

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -120,13 +120,11 @@ class SearchRanker:
 
     session: ort.InferenceSession
     titles: TitleWords
-    metadata: Mapping[str, Any]
 
     @classmethod
-    def load(cls, bundle: Path, index: SearchIndex, metadata: Mapping[str, Any],
-             threads: int = 1) -> SearchRanker:
+    def load(cls, bundle: Path, index: SearchIndex, threads: int = 1) -> SearchRanker:
         return cls(create_session(bundle / SEARCH_RANKER, intra_op_threads=threads,
-                                  prefer_gpu=False), TitleWords.of(index), metadata)
+                                  prefer_gpu=False), TitleWords.of(index))
 
     def score(self, features: FloatArray) -> FloatArray:
         try:

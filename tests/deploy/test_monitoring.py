@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
-from devtools.processes import ServerProcess, bentoml_serve
+from devtools.processes import ServerProcess
 from recsys.settings import ServingSettings
 from tests.support.exported_metrics import Catalogue, bentoml_series, runtime_series
 from tests.support.fixtures_models import TrainedModels
-from tests.support.http import RELAXED_LATENCY
+from tests.support.served import served_with_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -371,12 +370,8 @@ def test_the_dashboard_reads_one_prometheus_chosen_by_a_variable(
 @pytest.fixture(scope="module")
 def server(trained_models: TrainedModels, redis_server: Any,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    redis_server.start()  # a module before may have stopped it
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushall()
-    env = {**trained_models.env(), **RELAXED_LATENCY, "RECSYS_REDIS_URL": redis_server.url}
-    with bentoml_serve("service:Recommender", env,
-                        tmp_path_factory.mktemp("serve-monitoring") / "serve.log") as process:
+    with served_with_redis(trained_models, redis_server,
+                           tmp_path_factory.mktemp("serve-monitoring")) as process:
         yield process
 
 

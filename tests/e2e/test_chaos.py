@@ -71,15 +71,19 @@ def chaos(rig: ChaosRig) -> dict[str, Any]:
     return run(rig, faults, LOAD, TIMING, rig.out, warmup_s=2.0)
 
 
+def summary(result: dict[str, Any]) -> str:
+    """One fault's figures, for the log of the run."""
+    every = result["phases"]["all"]
+    return (f"{result['fault']}: sent {every['sent']}, failed {every['failed']}, degraded "
+            f"{every['degraded']} {every['degraded_by']}, events {result['events']}, recovery "
+            f"{result['recovery_s']} s, p99 during {result['phases']['during']['p99_ms']} ms")
+
+
 @pytest.fixture(scope="module")
 def results(chaos: dict[str, Any]) -> dict[str, dict[str, Any]]:
     by_name = {r["fault"]: r for r in chaos["faults"]}
     for r in chaos["faults"]:
-        every = r["phases"]["all"]
-        print(f"\n{r['fault']}: sent {every['sent']}, failed {every['failed']} "
-              f"({r['failed_in_flight']} in flight), degraded {every['degraded']} "
-              f"{every['degraded_by']}, events {r['events']}, recovery {r['recovery_s']} s, "
-              f"p99 during {r['phases']['during']['p99_ms']} ms")
+        print(f"\n{summary(r)}, {r['failed_in_flight']} failed in flight")
     assert sorted(by_name) == sorted(FAULTS), by_name.keys()
     return by_name
 
@@ -161,11 +165,7 @@ def model_moves(trained_models: TrainedModels,
         champion, challenger = (served_tags(registry, s) for s in rig.model_sets())
         chaos = run(rig, all_faults(rig, TIMING), LOAD, TIMING, out, warmup_s=2.0)
     for r in chaos["faults"]:
-        every = r["phases"]["all"]
-        print(f"\n{r['fault']}: sent {every['sent']}, failed {every['failed']}, degraded "
-              f"{every['degraded']} {every['degraded_by']}, events {r['events']}, recovery "
-              f"{r['recovery_s']} s from the alias move, models {r.get('models')}, p99 during "
-              f"{r['phases']['during']['p99_ms']} ms")
+        print(f"\n{summary(r)} (recovery from the alias move), models {r.get('models')}")
     return {"champion": champion, "challenger": challenger, "out": out,
             "events_total": chaos["events_total"],
             "by_name": {r["fault"]: r for r in chaos["faults"]}}

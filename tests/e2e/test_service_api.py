@@ -17,13 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from devtools.processes import ServerProcess, bentoml_serve
+from devtools.processes import ServerProcess
 from serving.schemas import RecommendResponse
 from tests.support.fixtures_models import TrainedModels
 from tests.support.http import (
-    RELAXED_LATENCY,
     error_body,
     error_fields,
     error_text,
@@ -31,6 +29,7 @@ from tests.support.http import (
     metric_samples,
     wait_for,
 )
+from tests.support.served import served_with_redis
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +41,8 @@ MAX_BODY_BYTES = 1_048_576  # RECSYS_MAX_BODY_BYTES default
 @pytest.fixture(scope="module")
 def server(trained_models: TrainedModels, redis_server: Any,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    redis_server.start()  # a module before may have stopped it
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushall()
-    env = {**trained_models.env(), **RELAXED_LATENCY, "RECSYS_REDIS_URL": redis_server.url}
-    with bentoml_serve("service:Recommender", env,
-                        tmp_path_factory.mktemp("serve-api") / "serve.log") as process:
+    with served_with_redis(trained_models, redis_server,
+                           tmp_path_factory.mktemp("serve-api")) as process:
         yield process
 
 
