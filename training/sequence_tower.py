@@ -1,13 +1,20 @@
-"""A sequence-aware user tower: causal self-attention over the ordered history (SASRec's family).
+"""A sequence-aware user tower: causal self-attention over the ordered history (SASRec).
 
 Why this model: the held-out event is the *next* one, and what a user does next depends on the
-order of what they did last (a film series, a genre binge), which pooling throws away. A small
-causal transformer reads the order, trains on every position of a sequence at once (one window
-gives up to `history_len` next-item examples for the price of one forward pass), and at serving
-time is one ONNX graph of a few matrix products, well under a millisecond at history 50.
+order of what they did last (a film series, a genre binge), which pooling throws away. SASRec
+(Kang & McAuley, 2018) is the reference for that, and it is followed closely here because the
+details carry its quality: one item embedding shared by the history inputs and the scored
+outputs, an unnormalised dot product, positions counted from the first item, post-norm blocks,
+weights initialised at N(0, 0.02), a softmax over the whole catalogue at every position. A
+version that kept the project's normalised item tower, an MLP head and a sampled softmax scored
+HR@10 0.178 on MovieLens 100K (seed 0) where RecBole's SASRec scored 0.214; this one scored
+0.212, 0.206 and 0.206 on seeds 0-2 in 100-120 s each (README, Offline evaluation).
 
-The tower keeps the two-tower contract: (padded history [B, H], attribute ids [B, A]) → an
-L2-normalised vector [B, D] in the item tower's space, so the same FAISS index serves it.
+Each item is its id embedding plus its projected genres and title tokens, so an item never
+seen in training still gets a vector from its content. The tower keeps the two-tower contract:
+(padded history [B, H], attribute ids [B, A]) → a vector [B, D] in the item embedding's space,
+so the same FAISS inner-product index serves it. Training uses whole windows: one forward pass
+gives a next-item target at every position.
 """
 from __future__ import annotations
 
@@ -22,84 +29,113 @@ from torch.nn import functional as F
 from recsys.features import PAD
 from training.config import TwoTowerConfig
 from training.sequences import UserSequences
-from training.tower_parts import add_history_inputs, add_user_head, attribute_vectors
+from training.tower_parts import attribute_vectors
 
 _MASKED = -1e4  # additive attention mask: finite, so a row that sees only itself stays finite
+_INIT_STD = 0.02  # SASRec's (and BERT's) initialisation; PyTorch's N(0, 1) embeddings trained far slower
+_LAYER_NORM_EPS = 1e-12
+
+
+class ItemEmbedding(nn.Module):
+    """(item id, genre multi-hot, hashed title tokens) → [B, D], not normalised: the sum of the
+    id embedding, the projected genres and the mean title-token embedding. The sequence tower's
+    item tower, and the embedding of its history items (SASRec ties the two)."""
+
+    def __init__(self, n_rows: int, n_genres: int, config: TwoTowerConfig) -> None:
+        super().__init__()
+        d = config.dim
+        self.item = nn.Embedding(n_rows, d, padding_idx=PAD)
+        self.title = nn.Embedding(config.title_buckets, d, padding_idx=PAD)
+        self.genres = nn.Linear(n_genres, d, bias=False)
+        _initialise(self)
+
+    def forward(self, item: torch.Tensor, genres: torch.Tensor,
+                title_tokens: torch.Tensor) -> torch.Tensor:
+        mask = (title_tokens != PAD).unsqueeze(-1).to(genres.dtype)
+        title = (self.title(title_tokens) * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)
+        return self.item(item) + self.genres(genres) + title
 
 
 class CausalBlock(nn.Module):
-    """Pre-norm transformer block; attention written out (no fused kernels) so that the ONNX
-    export and the eager model run the same operations."""
+    """Post-norm transformer block (SASRec's, as RecBole writes it); attention written out (no
+    fused kernels) so that the ONNX export and the eager model run the same operations."""
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
-        self.attn_norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
-        self.ffn_norm = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(4 * dim, dim))
+        self.attn_norm = nn.LayerNorm(dim, eps=_LAYER_NORM_EPS)
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.ffn_norm = nn.LayerNorm(dim, eps=_LAYER_NORM_EPS)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, h, d = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).reshape(b, h, 3, self.heads, d // self.heads) \
-            .permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).reshape(b, h, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads) + mask
         attended = (self.dropout(torch.softmax(scores, dim=-1)) @ v).transpose(1, 2).reshape(b, h, d)
-        x = x + self.dropout(self.out(attended))
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        x = self.attn_norm(x + self.dropout(self.out(attended)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
 class SequenceUserTower(nn.Module):
-    """(padded history [B, H], most recent last; attribute ids [B, A]) → L2-normalised [B, D].
+    """(padded history [B, H], most recent last; attribute ids [B, A]) → [B, D].
 
-    Each history item is its id embedding plus its genres; a learned position embedding counts
-    back from the most recent slot, so a left-padded history of any length lines up the same way.
-    `states` gives the vector after every position (training's next-item targets); `forward`
-    the one after the most recent item (serving).
+    History items are embedded by the item tower's own `ItemEmbedding` (shared weights). A
+    learned position embedding counts from the first real item, as SASRec's does, so a window's
+    slots mean the same in training and serving. The user's attributes are added to the output.
+    `states` gives the vector after every position (training's next-item targets); `forward` the
+    one after the most recent item (serving).
     """
 
-    def __init__(self, n_rows: int, item_genres: torch.Tensor, cardinalities: list[int],
-                 config: TwoTowerConfig) -> None:
+    def __init__(self, items: ItemEmbedding, item_genres: torch.Tensor, item_titles: torch.Tensor,
+                 cardinalities: list[int], config: TwoTowerConfig) -> None:
         super().__init__()
         d = config.dim
-        add_history_inputs(self, n_rows, item_genres, d)
+        self.items = items
+        self.register_buffer("item_genres", item_genres, persistent=True)
+        self.register_buffer("item_titles", item_titles, persistent=True)
         self.position = nn.Embedding(config.history_len, d)
+        self.input_norm = nn.LayerNorm(d, eps=_LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(CausalBlock(d, config.heads, config.dropout)
                                     for _ in range(config.layers))
-        self.norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.dropout)
-        self.recency = nn.Parameter(torch.zeros(config.history_len))  # logit per age: 0 = newest
-        add_user_head(self, cardinalities, config, history_width=2 * d)
+        self.attributes = nn.ModuleList(nn.Embedding(c, d, padding_idx=PAD) for c in cardinalities)
+        _initialise(self, skip=items)
 
     def states(self, history: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-        """[B, H, D] normalised user vectors after each position (pads give meaningless rows)."""
+        """[B, H, D] user vectors after each position (pads give meaningless rows)."""
         length = history.shape[1]
-        items = self.history(history) + self.genre_proj(self.item_genres[history])
-        real = (history != PAD).unsqueeze(-1).to(items.dtype)
-        x = self.dropout(items * math.sqrt(items.shape[-1]) + self.position.weight[-length:]) * real
+        real = history != PAD
+        padding = (~real).sum(dim=1, keepdim=True)
+        slots = torch.arange(length, device=history.device).unsqueeze(0)
+        positions = (slots - padding).clamp(min=0)  # 0 at the first real item
+        embedded = self.items(history, self.item_genres[history], self.item_titles[history])
+        x = self.dropout(self.input_norm(embedded + self.position(positions)))
         mask = _attention_mask(history)
         for block in self.blocks:
             x = block(x, mask)
-        x = self.norm(x)
-        attrs = attribute_vectors(self.attributes, attributes)
-        attrs_per_position = torch.cat(attrs, dim=-1).unsqueeze(1).expand(-1, length, -1)
-        parts = [x, self._recency_pooled(items, mask), attrs_per_position]
-        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
-
-    def _recency_pooled(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, H, D]: after each position, the mean of the items so far weighted by a learned
-        weight per age (how many events ago): the order-light summary the pooled tower gave."""
-        length = items.shape[1]
-        positions = torch.arange(length, device=items.device)
-        age = (positions.unsqueeze(1) - positions.unsqueeze(0)).clamp(min=0)
-        weights = torch.softmax(self.recency[age].unsqueeze(0).unsqueeze(1) + mask, dim=-1)
-        return (weights.squeeze(1) @ items)
+        user = torch.stack(attribute_vectors(self.attributes, attributes)).sum(0)
+        return x + user.unsqueeze(1)
 
     def forward(self, history: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
         return self.states(history, attributes)[:, -1]
+
+
+def _initialise(module: nn.Module, skip: nn.Module | None = None) -> None:
+    """N(0, 0.02) weights and zero biases for every linear and embedding layer of `module`
+    (not those of `skip`, a shared submodule initialised by its owner); padding rows stay 0."""
+    skipped = set(map(id, skip.modules())) if skip is not None else set()
+    for layer in module.modules():
+        if id(layer) in skipped or not isinstance(layer, (nn.Linear, nn.Embedding)):
+            continue
+        nn.init.normal_(layer.weight, std=_INIT_STD)
+        if isinstance(layer, nn.Linear) and layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+        if isinstance(layer, nn.Embedding) and layer.padding_idx is not None:
+            with torch.no_grad():
+                layer.weight[layer.padding_idx] = 0.0
 
 
 def _attention_mask(history: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,10 @@
 seeded) whose every trial trains the retrieval model with sampled settings and scores it by
 validation NDCG@10 only, each trial an MLflow run nested under one `tuning` run.
 
-The user encoder is one of the choices, and each encoder has its own batch, history and (for the
-sequence encoder) dropout ranges: the two train on differently shaped examples. The study writes
+The user encoder is one of the choices, and each encoder has its own ranges: batch and history
+(pooled) or batch and dropout (sequence), as the two train on differently shaped examples, and a
+temperature and item-id dropout for the pooled one only (the sequence encoder scores an
+unnormalised dot product over the whole catalogue). The study writes
 OUT/trials.csv, OUT/best.json and OUT/history.png and logs them to the parent run. The README
 (Offline evaluation) says what the latest study chose and how the defaults in training/config.py
 stand against it.
@@ -39,10 +41,10 @@ def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None
     values: dict[str, Any] = {
         "dim": trial.suggest_categorical("dim", [32, 64, 128]),
         "learning_rate": trial.suggest_float("learning_rate", 3e-4, 1e-2, log=True),
-        "temperature": trial.suggest_float("temperature", 0.02, 0.2, log=True),
-        "item_id_dropout": trial.suggest_float("item_id_dropout", 0.0, 0.3),
     }
-    if encoder == "pooled":
+    if encoder == "pooled":  # a cosine similarity over a sampled softmax: a temperature to set
+        values["temperature"] = trial.suggest_float("temperature", 0.02, 0.2, log=True)
+        values["item_id_dropout"] = trial.suggest_float("item_id_dropout", 0.0, 0.3)
         values["batch_size"] = trial.suggest_categorical("pooled_batch_size", [256, 512, 1024])
         values["history_len"] = trial.suggest_categorical("pooled_history_len", [10, 20, 50])
     else:

@@ -13,11 +13,14 @@ from torch.nn import functional as F
 from recsys.features import PAD, ItemCatalog, encode_history
 from training.config import TwoTowerConfig
 from training.loop import run_epoch
-from training.sequence_tower import SequenceUserTower, Windows, sequence_windows
+from training.sequence_tower import ItemEmbedding, SequenceUserTower, Windows, sequence_windows
 from training.sequences import UserSequences
 from training.tower_parts import add_history_inputs, add_user_head, attribute_vectors
 
 _MASKED = -1e4  # large negative instead of -inf: keeps softmax finite when a row is all padding
+# Above this many items a softmax over the whole catalogue at every step costs too much (the
+# item tower over every item, a [targets, items] product); training then samples.
+FULL_SOFTMAX_ITEMS = 100_000
 
 
 class ItemTower(nn.Module):
@@ -62,29 +65,40 @@ class PooledUserTower(nn.Module):
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 
-USER_ENCODERS = {"sequence": SequenceUserTower, "pooled": PooledUserTower}
+USER_ENCODERS = ("pooled", "sequence")
 UserTower = SequenceUserTower | PooledUserTower
 
 
 @dataclass
 class TwoTowerModel:
     user_tower: UserTower
-    item_tower: ItemTower
+    item_tower: ItemTower | ItemEmbedding
     config: TwoTowerConfig
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Both towers' parameters, each once (the sequence tower shares the item embedding)."""
+        unique = {id(p): p for tower in (self.user_tower, self.item_tower)
+                  for p in tower.parameters()}
+        return list(unique.values())
 
 
 def build_model(catalog: ItemCatalog, cardinalities: list[int], config: TwoTowerConfig) -> TwoTowerModel:
+    """The pooled encoder with its own normalised item tower, or the sequence encoder (SASRec)
+    with the item embedding it shares between its inputs and outputs."""
     if config.user_encoder not in USER_ENCODERS:
         raise ValueError(f"user_encoder {config.user_encoder!r}: expected one of "
                          f"{sorted(USER_ENCODERS)}")
     n_rows = catalog.size + 1
     genres = torch.from_numpy(catalog.genres)
+    cardinalities = cardinalities or [1]
     torch.manual_seed(config.seed)  # initial weights too follow the seed: same config, same model
-    return TwoTowerModel(
-        USER_ENCODERS[config.user_encoder](n_rows, genres, cardinalities or [1], config),
-        ItemTower(n_rows, catalog.genres.shape[1], config),
-        config,
-    )
+    if config.user_encoder == "pooled":
+        return TwoTowerModel(PooledUserTower(n_rows, genres, cardinalities, config),
+                             ItemTower(n_rows, catalog.genres.shape[1], config), config)
+    items = ItemEmbedding(n_rows, catalog.genres.shape[1], config)
+    titles = torch.from_numpy(catalog.title_tokens.astype(np.int64))
+    return TwoTowerModel(SequenceUserTower(items, genres, titles, cardinalities, config), items,
+                         config)
 
 
 @dataclass(frozen=True)
@@ -140,13 +154,14 @@ def train_two_tower(
     model: TwoTowerModel, catalog: ItemCatalog, examples: Examples | Windows,
     on_epoch_end: EpochCallback | None = None,
 ) -> list[dict[str, float]]:
-    """Softmax over the batch's distinct target items with a logQ correction; returns per-epoch
-    stats. Stops early when `on_epoch_end` returns True."""
+    """Softmax over the whole catalogue (`config.softmax == "full"`, up to FULL_SOFTMAX_ITEMS) or
+    over the batch's distinct target items with a logQ correction; returns per-epoch stats.
+    Stops early when `on_epoch_end` returns True."""
     config = model.config
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    params = list(model.user_tower.parameters()) + list(model.item_tower.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
     counts = np.bincount(examples.target_rows(), minlength=catalog.size + 1).astype(np.float64)
     frequency = torch.from_numpy(counts / counts.sum())
     with torch.no_grad():  # ids never trained on (cold items) would keep their random init:
@@ -154,8 +169,14 @@ def train_two_tower(
     genres = torch.from_numpy(catalog.genres)
     titles = torch.from_numpy(catalog.title_tokens)
 
+    full = config.softmax == "full" and catalog.size + 1 <= FULL_SOFTMAX_ITEMS
+    unknown = torch.from_numpy(counts == 0)  # never a target: not scored, so their ids stay unknown
+
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
-        return _batch_loss(model, examples, idx, genres, titles, frequency, rng)
+        users, target = _user_vectors(model, examples, idx)
+        if full:
+            return _full_softmax_loss(model, users, target, genres, titles, unknown)
+        return _sampled_softmax_loss(model, users, target, genres, titles, frequency, rng)
 
     history = []
     for epoch in range(config.epochs):
@@ -172,23 +193,37 @@ def train_two_tower(
     return history
 
 
-def _batch_loss(model: TwoTowerModel, examples: Examples | Windows, idx: np.ndarray,
-                genres: torch.Tensor, titles: torch.Tensor, frequency: torch.Tensor,
-                rng: np.random.Generator) -> torch.Tensor:
-    """Cross-entropy of each target against the batch's distinct targets. The logQ correction
-    subtracts the log probability that an item is among them (1 - (1 - q)^N for N targets drawn
-    with its training frequency q), so popular items are not punished for being sampled often;
-    with a small catalogue nearly every item is in every batch and this is a full softmax."""
-    config = model.config
+def _user_vectors(model: TwoTowerModel, examples: Examples | Windows,
+                  idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The user vectors [N, D] of a batch and their target rows [N]: one per example, or one per
+    real position of each window."""
     history = torch.from_numpy(examples.history[idx])
     attributes = torch.from_numpy(examples.attributes[idx])
     target = torch.from_numpy(examples.target[idx])
     if target.dim() == 2:  # windows: a next-item target at every real position
         real = target != PAD
-        users = model.user_tower.states(history, attributes)[real]
-        target = target[real]
-    else:
-        users = model.user_tower(history, attributes)
+        return model.user_tower.states(history, attributes)[real], target[real]
+    return model.user_tower(history, attributes), target
+
+
+def _full_softmax_loss(model: TwoTowerModel, users: torch.Tensor, target: torch.Tensor,
+                       genres: torch.Tensor, titles: torch.Tensor,
+                       unknown: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each target against every catalogue item that is some training target.
+    The rest (the padding row, items no one chose in training) are left out: they are not
+    pushed down, so a cold item keeps a zero id embedding and is placed by its content alone."""
+    rows = torch.arange(len(genres))
+    logits = users @ model.item_tower(rows, genres, titles).T / model.config.temperature
+    return F.cross_entropy(logits.masked_fill(unknown, float("-inf")), target)
+
+
+def _sampled_softmax_loss(model: TwoTowerModel, users: torch.Tensor, target: torch.Tensor,
+                          genres: torch.Tensor, titles: torch.Tensor, frequency: torch.Tensor,
+                          rng: np.random.Generator) -> torch.Tensor:
+    """Cross-entropy of each target against the batch's distinct targets. The logQ correction
+    subtracts the log probability that an item is among them (1 - (1 - q)^N for N targets drawn
+    with its training frequency q), so popular items are not punished for being sampled often."""
+    config = model.config
     items, labels = torch.unique(target, return_inverse=True)
     hidden = torch.from_numpy(rng.random(len(items)) < config.item_id_dropout)
     vectors = model.item_tower(items.masked_fill(hidden, PAD), genres[items], titles[items])

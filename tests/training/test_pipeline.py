@@ -260,8 +260,11 @@ def test_registered_embedding_holds_onnx_towers_and_faiss_index(store: Store) ->
     assert embedding.catalog.size == ITEMS
     assert embedding.item_vectors.shape == (ITEMS + 1, 16)
     assert embedding.index.n_items == ITEMS
-    _, rows = embedding.index.search(embedding.item_vectors[1:4], 1)
-    assert rows[:, 0].tolist() == [1, 2, 3]  # each item is its own nearest neighbour
+    # the index answers an inner-product query as an exact search over the item vectors does
+    queries = embedding.item_vectors[1:4]
+    _, rows = embedding.index.search(queries, 1)
+    exact = queries @ embedding.item_vectors[1:].T
+    assert rows[:, 0].tolist() == (exact.argmax(axis=1) + 1).tolist()
     ranker = RankerBundle.load(registry.download(RANKER_MODEL, CHAMPION, root / "ranker"))
     fallback = RankerBundle.load(registry.download(FALLBACK_MODEL, CHAMPION, root / "fallback"),
                                  "fallback_ranker")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from recsys.features import PAD, encode_history
-from training.config import TwoTowerConfig
+from training.config import SEQUENCE_TOWER
 from training.data import SyntheticConfig, generate_synthetic
-from training.sequence_tower import SequenceUserTower, Windows, sequence_windows
+from training.sequence_tower import ItemEmbedding, SequenceUserTower, Windows, sequence_windows
 from training.sequences import UserSequences
 from training.steps import PreparedData, padded_histories, prepare_data
 from training.two_tower import (
@@ -25,7 +25,7 @@ from training.two_tower import (
     training_examples,
 )
 
-CONFIG = TwoTowerConfig(dim=16, hidden=32, epochs=2, history_len=8, user_encoder="sequence")
+CONFIG = replace(SEQUENCE_TOWER, dim=16, hidden=32, epochs=2, history_len=8)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -112,7 +112,9 @@ def test_sequence_windows_target_every_event_after_the_first_once_cut_from_the_e
 
 def test_the_sequence_tower_is_causal_and_serves_its_last_state() -> None:
     config = replace(CONFIG, history_len=6)
-    tower = SequenceUserTower(20, torch.rand(20, 4), [3], config).eval()
+    items = ItemEmbedding(20, 4, config)
+    titles = torch.randint(1, config.title_buckets, (20, 3))
+    tower = SequenceUserTower(items, torch.rand(20, 4), titles, [3], config).eval()
     history = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 0, 3, 4, 5, 9], [0, 0, 0, 0, 0, 0]])
     attributes = torch.tensor([[1], [1], [2]])
     with torch.no_grad():
@@ -133,18 +135,23 @@ def test_training_reduces_the_loss_and_reports_every_epoch(trained: Trained) -> 
     assert trained.history[1]["loss"] < trained.history[0]["loss"]
 
 
-def test_item_vectors_are_unit_norm_with_a_zero_padding_row(trained: Trained) -> None:
+def test_item_vectors_have_a_zero_padding_row_and_one_embedding_for_inputs_and_outputs(
+    trained: Trained,
+) -> None:
     items = trained.items
     assert items.shape == (trained.data.catalog.size + 1, CONFIG.dim)
     assert items.dtype == np.float32
     np.testing.assert_array_equal(items[PAD], 0.0)
-    np.testing.assert_allclose(np.linalg.norm(items[1:], axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(items).all() and (np.linalg.norm(items[1:], axis=1) > 0).all()
     # the padding embeddings stay zero through training, so padding never leaks into vectors
     assert not trained.model.item_tower.item.weight[PAD].any()
-    assert not trained.model.user_tower.history.weight[PAD].any()
+    assert not trained.model.item_tower.title.weight[PAD].any()
+    # SASRec ties the history items' embedding to the scored items' (one set of weights)
+    assert trained.model.user_tower.items is trained.model.item_tower
+    assert len(trained.model.parameters()) == len({id(p) for p in trained.model.parameters()})
 
 
-def test_user_vectors_are_unit_norm_even_for_an_empty_history(trained: Trained) -> None:
+def test_user_vectors_are_finite_even_for_an_empty_history(trained: Trained) -> None:
     data = trained.data
     history = padded_histories(data.validation, CONFIG.history_len)
     attributes = data.eval_attributes(data.validation)
@@ -153,7 +160,6 @@ def test_user_vectors_are_unit_norm_even_for_an_empty_history(trained: Trained) 
                          np.concatenate([attributes, attributes[:1]]))
     assert users.shape == (len(history) + 1, CONFIG.dim) and users.dtype == np.float32
     assert np.isfinite(users).all()
-    np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1.0, atol=1e-5)
 
 
 def test_same_seed_gives_identical_vectors_and_another_seed_does_not(
@@ -201,12 +207,17 @@ def test_the_user_vector_moves_when_an_event_is_appended(trained: Trained) -> No
 
 
 def test_the_pooled_user_tower_still_trains_on_one_history_per_target(data: PreparedData) -> None:
-    config = replace(CONFIG, user_encoder="pooled")
+    config = replace(CONFIG, user_encoder="pooled", softmax="sampled", temperature=0.05)
     examples = training_examples(data.train, data.train_attributes, config)
     assert isinstance(examples, Examples)
     model, history = _train(data, examples, config)
     assert isinstance(model.user_tower, PooledUserTower)
     assert history[1]["loss"] < history[0]["loss"]
+    # its towers normalise: a cosine similarity, scaled by the temperature in training
+    users = encode_users(model, examples.history[:32], examples.attributes[:32])
+    np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1.0, atol=1e-5)
+    items = encode_items(model, data.catalog)
+    np.testing.assert_allclose(np.linalg.norm(items[1:], axis=1), 1.0, atol=1e-5)
 
 
 def test_an_unknown_user_encoder_is_refused_by_name(data: PreparedData) -> None:
