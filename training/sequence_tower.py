@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from recsys.features import PAD
 from training.config import TwoTowerConfig

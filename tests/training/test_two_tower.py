@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recsys.features import PAD, encode_history
-from training.config import SEQUENCE_TOWER
+from training.config import SEQUENCE_TOWER, TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
 from training.sequence_tower import ItemEmbedding, SequenceUserTower, Windows, sequence_windows
 from training.sequences import UserSequences
