@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--epochs", type=int, help="cap on each trial's epochs (default: each "
                       "encoder's own; early stopping ends most trials before)")
     tune.add_argument("--out", type=Path, default=Path("reports/tuning"))
+    tune.add_argument("--seeds", type=int, nargs="+", help="training seeds each trial averages "
+                      "its validation NDCG@10 over (default: the settings' seed)")
+    tune.add_argument("--jobs", type=int, default=1, help="seeds of a trial trained at once")
+    tune.add_argument("--encoders", nargs="+", choices=("pooled", "sequence"),
+                      default=["pooled", "sequence"], help="user encoders the search draws")
     replay = sub.add_parser("replay", help="replay held-out interactions against a running "
                             "service (127.0.0.1 only): /recommend, then a click or view event")
     replay.add_argument("--url", default="http://127.0.0.1:3000")
@@ -111,7 +116,8 @@ def _tune(args: argparse.Namespace) -> int:
     config = apply_overrides(PipelineConfig(), settings)
     configure_tracking(settings.tracking_uri, store_dir=settings.store_dir)
     study = tune(load_prepared(settings, config), config.two_tower, args.trials, args.out,
-                 seed=settings.seed, epochs=args.epochs)
+                 seed=settings.seed, epochs=args.epochs, seeds=args.seeds, jobs=args.jobs,
+                 encoders=args.encoders)
     print(f"best validation NDCG@10 {study.best_value:.4f} (trial {study.best_trial.number} of "
           f"{len(study.trials)}): {study.best_params}; report in {args.out}")
     return 0

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +34,15 @@ from training.threads import torch_threads
 log = logging.getLogger(__name__)
 
 
-def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None) -> TwoTowerConfig:
+ENCODERS = ("pooled", "sequence")
+
+
+def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None,
+            encoders: Sequence[str] = ENCODERS) -> TwoTowerConfig:
     """A two-tower configuration drawn for `trial`: the pooled encoder's from `base`, the sequence
-    encoder's from SEQUENCE_TOWER (with base's seed and threads); `epochs` caps either."""
-    encoder = trial.suggest_categorical("user_encoder", ["pooled", "sequence"])
+    encoder's from SEQUENCE_TOWER (with base's seed and threads); `epochs` caps either; only
+    `encoders` are drawn from."""
+    encoder = trial.suggest_categorical("user_encoder", list(encoders))
     start = base if encoder == "pooled" else replace(SEQUENCE_TOWER, seed=base.seed,
                                                       threads=base.threads)
     start = replace(start, epochs=epochs or start.epochs)
@@ -53,21 +61,46 @@ def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None
     return replace(start, **values)
 
 
+_SHARED: dict[str, PreparedData] = {}  # the data, inherited by forked trial workers
+
+
+def _validation_ndcg(config: TwoTowerConfig) -> float:
+    with torch_threads(config.threads):
+        return fit_embedding(_SHARED["data"], config)[2]
+
+
 def tune(data: PreparedData, base: TwoTowerConfig, trials: int, out: Path, seed: int = 0,
-         epochs: int | None = None) -> optuna.Study:
-    """Run `trials` trials in a `tuning` MLflow run (one nested run each); write the report."""
+         epochs: int | None = None, seeds: Sequence[int] | None = None, jobs: int = 1,
+         encoders: Sequence[str] = ENCODERS) -> optuna.Study:
+    """Run `trials` trials in a `tuning` MLflow run (one nested run each); write the report.
+
+    Each trial trains once per training seed in `seeds` (default: base's) and scores the mean
+    validation NDCG@10, so that the search follows the settings rather than one seed's noise;
+    `jobs` seeds train at once, in forked processes (one torch thread each by default).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", study_name="two-tower",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
+    seeds = list(seeds) if seeds else [base.seed]
+    _SHARED["data"] = data
+    context = multiprocessing.get_context("fork")
 
     def objective(trial: optuna.Trial) -> float:
-        config = suggest(trial, base, epochs)
+        config = suggest(trial, base, epochs, encoders)
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
-            mlflow.log_params(flatten(config, "two_tower."))
-            with torch_threads(config.threads):
-                _, _, ndcg = fit_embedding(data, config)
-            mlflow.log_metric("val_ndcg_at_10", ndcg)
-        log.info("trial %d: validation NDCG@10 %.4f with %s", trial.number, ndcg, trial.params)
+            mlflow.log_params({**flatten(config, "two_tower."),
+                               "training_seeds": ",".join(map(str, seeds))})
+            configs = [replace(config, seed=s) for s in seeds]
+            if jobs > 1 and len(seeds) > 1:
+                with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=context) as pool:
+                    scores = list(pool.map(_validation_ndcg, configs))
+            else:
+                scores = [_validation_ndcg(c) for c in configs]
+            ndcg = float(sum(scores) / len(scores))
+            mlflow.log_metrics({"val_ndcg_at_10": ndcg,
+                                **{f"val_ndcg_at_10_seed{s}": v for s, v in zip(seeds, scores)}})
+        log.info("trial %d: validation NDCG@10 %.4f (seeds %s: %s) with %s", trial.number, ndcg,
+                 seeds, [round(v, 4) for v in scores], trial.params)
         return ndcg
 
     with mlflow.start_run(run_name="tuning", nested=mlflow.active_run() is not None):

@@ -35,6 +35,22 @@ def test_each_encoder_draws_from_its_own_ranges() -> None:
     assert seen["pooled"].history_len in (10, 20, 50)
 
 
+def test_a_trial_scores_the_mean_over_training_seeds_trained_in_parallel(tmp_path: Path) -> None:
+    data = prepare_data(generate_synthetic(SyntheticConfig(n_users=120, n_items=200)), BASE)
+    configure_tracking(None, store_dir=tmp_path / "store")
+    study = tune(data, BASE, trials=1, out=tmp_path / "tuning", epochs=1, seeds=[0, 1], jobs=2,
+                 encoders=["sequence"])
+    [trial] = study.trials
+    assert trial.params["user_encoder"] == "sequence"
+    [run] = mlflow.search_runs(experiment_names=["recsys"], output_format="list",
+                               filter_string="tags.mlflow.runName = 'trial 0'")
+    per_seed = [run.data.metrics[f"val_ndcg_at_10_seed{s}"] for s in (0, 1)]
+    assert run.data.params["training_seeds"] == "0,1"
+    assert per_seed[0] != per_seed[1]  # two seeds, two models
+    assert trial.value == pytest.approx(sum(per_seed) / 2)
+    assert run.data.metrics["val_ndcg_at_10"] == pytest.approx(trial.value)
+
+
 def test_a_study_logs_every_trial_as_a_nested_run_and_reports_the_best(tmp_path: Path) -> None:
     data = prepare_data(generate_synthetic(SyntheticConfig(n_users=120, n_items=200)), BASE)
     uri = configure_tracking(None, store_dir=tmp_path / "store")
