@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 
 
 ENCODERS = ("pooled", "sequence")
+CHOICES: dict[str, list[int]] = {"dim": [32, 64, 128], "pooled_batch_size": [256, 512, 1024],
+                                 "pooled_history_len": [10, 20, 50],
+                                 "sequence_batch_size": [16, 32, 64]}
+RANGES = {"learning_rate": (3e-4, 1e-2), "temperature": (0.02, 0.2),
+          "item_id_dropout": (0.0, 0.3), "sequence_dropout": (0.1, 0.6)}
+LOG_SCALE = ("learning_rate", "temperature")
 
 
 def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None,
@@ -46,19 +52,42 @@ def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None
     start = base if encoder == "pooled" else replace(SEQUENCE_TOWER, seed=base.seed,
                                                       threads=base.threads)
     start = replace(start, epochs=epochs or start.epochs)
-    values: dict[str, Any] = {
-        "dim": trial.suggest_categorical("dim", [32, 64, 128]),
-        "learning_rate": trial.suggest_float("learning_rate", 3e-4, 1e-2, log=True),
-    }
+    def choice(name: str) -> int:
+        return int(trial.suggest_categorical(name, CHOICES[name]))
+
+    def number(name: str) -> float:
+        return trial.suggest_float(name, *RANGES[name], log=name in LOG_SCALE)
+
+    values: dict[str, Any] = {"dim": choice("dim"), "learning_rate": number("learning_rate")}
     if encoder == "pooled":  # a cosine similarity over a sampled softmax: a temperature to set
-        values["temperature"] = trial.suggest_float("temperature", 0.02, 0.2, log=True)
-        values["item_id_dropout"] = trial.suggest_float("item_id_dropout", 0.0, 0.3)
-        values["batch_size"] = trial.suggest_categorical("pooled_batch_size", [256, 512, 1024])
-        values["history_len"] = trial.suggest_categorical("pooled_history_len", [10, 20, 50])
+        values["temperature"] = number("temperature")
+        values["item_id_dropout"] = number("item_id_dropout")
+        values["batch_size"] = choice("pooled_batch_size")
+        values["history_len"] = choice("pooled_history_len")
     else:
-        values["batch_size"] = trial.suggest_categorical("sequence_batch_size", [16, 32, 64])
-        values["dropout"] = trial.suggest_float("sequence_dropout", 0.1, 0.6)
+        values["batch_size"] = choice("sequence_batch_size")
+        values["dropout"] = number("sequence_dropout")
     return replace(start, **values)
+
+
+def in_space(params: dict[str, Any]) -> bool:
+    """Whether the study could draw `params` (a configuration outside it cannot be a trial)."""
+    return all(params[k] in v for k, v in CHOICES.items() if k in params) and all(
+        lo <= params[k] <= hi for k, (lo, hi) in RANGES.items() if k in params)
+
+
+def default_params(base: TwoTowerConfig, encoder: str) -> dict[str, Any]:
+    """The study's parameters of the configuration training uses by default for `encoder`
+    (`base` for the pooled one, SEQUENCE_TOWER for the sequence one)."""
+    config = base if encoder == "pooled" else SEQUENCE_TOWER
+    params: dict[str, Any] = {"user_encoder": encoder, "dim": config.dim,
+                              "learning_rate": config.learning_rate}
+    if encoder == "pooled":
+        return {**params, "temperature": config.temperature,
+                "item_id_dropout": config.item_id_dropout,
+                "pooled_batch_size": config.batch_size, "pooled_history_len": config.history_len}
+    return {**params, "sequence_batch_size": config.batch_size,
+            "sequence_dropout": config.dropout}
 
 
 _SHARED: dict[str, PreparedData] = {}  # the data, inherited by forked trial workers
@@ -82,6 +111,9 @@ def tune(data: PreparedData, base: TwoTowerConfig, trials: int, out: Path, seed:
     study = optuna.create_study(direction="maximize", study_name="two-tower",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
     seeds = list(seeds) if seeds else [base.seed]
+    for encoder in encoders:  # the defaults are trials too: a pick must beat them
+        if in_space(defaults := default_params(base, encoder)):
+            study.enqueue_trial(defaults)
     _SHARED["data"] = data
     context = multiprocessing.get_context("fork")
 

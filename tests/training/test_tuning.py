@@ -13,7 +13,7 @@ from registry import configure_tracking
 from training.config import TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
 from training.steps import prepare_data
-from training.tuning import suggest, tune
+from training.tuning import default_params, suggest, tune
 
 BASE = TwoTowerConfig(dim=16, hidden=32, history_len=8)
 
@@ -41,7 +41,7 @@ def test_a_trial_scores_the_mean_over_training_seeds_trained_in_parallel(tmp_pat
     study = tune(data, BASE, trials=1, out=tmp_path / "tuning", epochs=1, seeds=[0, 1], jobs=2,
                  encoders=["sequence"])
     [trial] = study.trials
-    assert trial.params["user_encoder"] == "sequence"
+    assert trial.params == default_params(BASE, "sequence")  # the defaults are the first trial
     [run] = mlflow.search_runs(experiment_names=["recsys"], output_format="list",
                                filter_string="tags.mlflow.runName = 'trial 0'")
     per_seed = [run.data.metrics[f"val_ndcg_at_10_seed{s}"] for s in (0, 1)]
