@@ -28,7 +28,7 @@ from torch import nn
 from recsys.features import PAD
 from training.config import TwoTowerConfig
 from training.sequences import UserSequences
-from training.tower_parts import attribute_vectors
+from training.tower_parts import add_item_inputs, attribute_vectors, item_inputs
 
 _MASKED = -1e4  # additive attention mask: finite, so a row that sees only itself stays finite
 _INIT_STD = 0.02  # SASRec's (and BERT's) initialisation; PyTorch's N(0, 1) embeddings trained far slower
@@ -42,17 +42,13 @@ class ItemEmbedding(nn.Module):
 
     def __init__(self, n_rows: int, n_genres: int, config: TwoTowerConfig) -> None:
         super().__init__()
-        d = config.dim
-        self.item = nn.Embedding(n_rows, d, padding_idx=PAD)
-        self.title = nn.Embedding(config.title_buckets, d, padding_idx=PAD)
-        self.genres = nn.Linear(n_genres, d, bias=False)
+        add_item_inputs(self, n_rows, n_genres, config)
         _initialise(self)
 
     def forward(self, item: torch.Tensor, genres: torch.Tensor,
                 title_tokens: torch.Tensor) -> torch.Tensor:
-        mask = (title_tokens != PAD).unsqueeze(-1).to(genres.dtype)
-        title = (self.title(title_tokens) * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)
-        return self.item(item) + self.genres(genres) + title
+        ids, projected_genres, title = item_inputs(self, item, genres, title_tokens)
+        return ids + projected_genres + title
 
 
 class CausalBlock(nn.Module):

@@ -18,6 +18,24 @@ def add_history_inputs(tower: nn.Module, n_rows: int, item_genres: torch.Tensor,
     tower.genre_proj = nn.Linear(item_genres.shape[1], dim, bias=False)
 
 
+def add_item_inputs(tower: nn.Module, n_rows: int, n_genres: int, config: TwoTowerConfig) -> None:
+    """`tower.item` (id embedding), `tower.title` (title-token embedding) and `tower.genres` (a
+    projection of the genre multi-hot): what both item towers read an item from."""
+    tower.item = nn.Embedding(n_rows, config.dim, padding_idx=PAD)
+    tower.title = nn.Embedding(config.title_buckets, config.dim, padding_idx=PAD)
+    tower.genres = nn.Linear(n_genres, config.dim, bias=False)
+
+
+def item_inputs(tower: nn.Module, item: torch.Tensor, genres: torch.Tensor,
+                title_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(id embedding, projected genres, mean title-token embedding), each [..., D], of items
+    [...] with genres [..., G] and title tokens [..., T] (0 pads), through add_item_inputs'
+    layers."""
+    mask = (title_tokens != PAD).unsqueeze(-1).to(genres.dtype)
+    title = (tower.title(title_tokens) * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)
+    return tower.item(item), tower.genres(genres), title
+
+
 def add_user_head(tower: nn.Module, cardinalities: list[int], config: TwoTowerConfig,
                   history_width: int) -> None:
     """`tower.attributes` (an embedding per user attribute) and `tower.mlp`, which maps the

@@ -15,7 +15,13 @@ from training.config import TwoTowerConfig
 from training.loop import run_epoch
 from training.sequence_tower import ItemEmbedding, SequenceUserTower, Windows, sequence_windows
 from training.sequences import UserSequences
-from training.tower_parts import add_history_inputs, add_user_head, attribute_vectors
+from training.tower_parts import (
+    add_history_inputs,
+    add_item_inputs,
+    add_user_head,
+    attribute_vectors,
+    item_inputs,
+)
 
 _MASKED = -1e4  # large negative instead of -inf: keeps softmax finite when a row is all padding
 # Above this many items a softmax over the whole catalogue at every step costs too much (the
@@ -28,16 +34,12 @@ class ItemTower(nn.Module):
 
     def __init__(self, n_rows: int, n_genres: int, config: TwoTowerConfig) -> None:
         super().__init__()
+        add_item_inputs(self, n_rows, n_genres, config)
         d = config.dim
-        self.item = nn.Embedding(n_rows, d, padding_idx=PAD)
-        self.title = nn.Embedding(config.title_buckets, d, padding_idx=PAD)
-        self.genres = nn.Linear(n_genres, d, bias=False)
         self.mlp = nn.Sequential(nn.Linear(3 * d, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d))
 
     def forward(self, item: torch.Tensor, genres: torch.Tensor, title_tokens: torch.Tensor) -> torch.Tensor:
-        mask = (title_tokens != PAD).unsqueeze(-1).float()
-        title = (self.title(title_tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        x = torch.cat([self.item(item), self.genres(genres), title], dim=-1)
+        x = torch.cat(item_inputs(self, item, genres, title_tokens), dim=-1)
         return F.normalize(self.mlp(x), dim=-1)
 
 
