@@ -97,7 +97,8 @@ class SequenceUserTower(nn.Module):
         self.blocks = nn.ModuleList(CausalBlock(d, config.heads, config.dropout)
                                     for _ in range(config.layers))
         self.attributes = nn.ModuleList(nn.Embedding(c, d, padding_idx=PAD) for c in cardinalities)
-        _initialise(self, skip=items)
+        for part in (self.position, self.blocks, self.attributes):  # `items` is its owner's
+            _initialise(part)
 
     def states(self, history: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
         """[B, H, D] user vectors after each position (pads give meaningless rows)."""
@@ -118,12 +119,11 @@ class SequenceUserTower(nn.Module):
         return self.states(history, attributes)[:, -1]
 
 
-def _initialise(module: nn.Module, skip: nn.Module | None = None) -> None:
-    """N(0, 0.02) weights and zero biases for every linear and embedding layer of `module`
-    (not those of `skip`, a shared submodule initialised by its owner); padding rows stay 0."""
-    skipped = set(map(id, skip.modules())) if skip is not None else set()
+def _initialise(module: nn.Module) -> None:
+    """N(0, 0.02) weights and zero biases for every linear and embedding layer of `module`;
+    padding rows stay 0."""
     for layer in module.modules():
-        if id(layer) in skipped or not isinstance(layer, (nn.Linear, nn.Embedding)):
+        if not isinstance(layer, (nn.Linear, nn.Embedding)):
             continue
         nn.init.normal_(layer.weight, std=_INIT_STD)
         if isinstance(layer, nn.Linear) and layer.bias is not None:

@@ -41,6 +41,15 @@ CHOICES: dict[str, list[int]] = {"dim": [32, 64, 128], "pooled_batch_size": [256
 RANGES = {"learning_rate": (3e-4, 1e-2), "temperature": (0.02, 0.2),
           "item_id_dropout": (0.0, 0.3), "sequence_dropout": (0.1, 0.6)}
 LOG_SCALE = ("learning_rate", "temperature")
+# Per encoder, the study's parameter → the TwoTowerConfig field it sets, in the order drawn. The
+# pooled encoder scores a cosine similarity over a sampled softmax: a temperature to set.
+FIELDS = {
+    "pooled": {"dim": "dim", "learning_rate": "learning_rate", "temperature": "temperature",
+               "item_id_dropout": "item_id_dropout", "pooled_batch_size": "batch_size",
+               "pooled_history_len": "history_len"},
+    "sequence": {"dim": "dim", "learning_rate": "learning_rate",
+                 "sequence_batch_size": "batch_size", "sequence_dropout": "dropout"},
+}
 
 
 def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None,
@@ -52,22 +61,12 @@ def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None
     start = base if encoder == "pooled" else replace(SEQUENCE_TOWER, seed=base.seed,
                                                       threads=base.threads)
     start = replace(start, epochs=epochs or start.epochs)
-    def choice(name: str) -> int:
-        return int(trial.suggest_categorical(name, CHOICES[name]))
-
-    def number(name: str) -> float:
+    def draw(name: str) -> int | float:
+        if name in CHOICES:
+            return int(trial.suggest_categorical(name, CHOICES[name]))
         return trial.suggest_float(name, *RANGES[name], log=name in LOG_SCALE)
 
-    values: dict[str, Any] = {"dim": choice("dim"), "learning_rate": number("learning_rate")}
-    if encoder == "pooled":  # a cosine similarity over a sampled softmax: a temperature to set
-        values["temperature"] = number("temperature")
-        values["item_id_dropout"] = number("item_id_dropout")
-        values["batch_size"] = choice("pooled_batch_size")
-        values["history_len"] = choice("pooled_history_len")
-    else:
-        values["batch_size"] = choice("sequence_batch_size")
-        values["dropout"] = number("sequence_dropout")
-    return replace(start, **values)
+    return replace(start, **{field: draw(name) for name, field in FIELDS[encoder].items()})
 
 
 def in_space(params: dict[str, Any]) -> bool:
@@ -80,14 +79,8 @@ def default_params(base: TwoTowerConfig, encoder: str) -> dict[str, Any]:
     """The study's parameters of the configuration training uses by default for `encoder`
     (`base` for the pooled one, SEQUENCE_TOWER for the sequence one)."""
     config = base if encoder == "pooled" else SEQUENCE_TOWER
-    params: dict[str, Any] = {"user_encoder": encoder, "dim": config.dim,
-                              "learning_rate": config.learning_rate}
-    if encoder == "pooled":
-        return {**params, "temperature": config.temperature,
-                "item_id_dropout": config.item_id_dropout,
-                "pooled_batch_size": config.batch_size, "pooled_history_len": config.history_len}
-    return {**params, "sequence_batch_size": config.batch_size,
-            "sequence_dropout": config.dropout}
+    return {"user_encoder": encoder,
+            **{name: getattr(config, field) for name, field in FIELDS[encoder].items()}}
 
 
 _SHARED: dict[str, PreparedData] = {}  # the data, inherited by forked trial workers

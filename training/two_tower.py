@@ -98,7 +98,7 @@ def build_model(catalog: ItemCatalog, cardinalities: list[int], config: TwoTower
         return TwoTowerModel(PooledUserTower(n_rows, genres, cardinalities, config),
                              ItemTower(n_rows, catalog.genres.shape[1], config), config)
     items = ItemEmbedding(n_rows, catalog.genres.shape[1], config)
-    titles = torch.from_numpy(catalog.title_tokens.astype(np.int64))
+    titles = torch.from_numpy(catalog.title_tokens)
     return TwoTowerModel(SequenceUserTower(items, genres, titles, cardinalities, config), items,
                          config)
 
@@ -166,13 +166,15 @@ def train_two_tower(
                                   weight_decay=config.weight_decay)
     counts = np.bincount(examples.target_rows(), minlength=catalog.size + 1).astype(np.float64)
     frequency = torch.from_numpy(counts / counts.sum())
-    with torch.no_grad():  # ids never trained on (cold items) would keep their random init:
-        model.item_tower.item.weight[torch.from_numpy(counts == 0)] = 0.0  # make them unknown (PAD)
+    # Never a target (cold items, the padding row): their ids would keep their random init, so
+    # they start as unknown (PAD), and the full softmax leaves them out so that they stay so.
+    unknown = torch.from_numpy(counts == 0)
+    with torch.no_grad():
+        model.item_tower.item.weight[unknown] = 0.0
     genres = torch.from_numpy(catalog.genres)
     titles = torch.from_numpy(catalog.title_tokens)
 
     full = config.softmax == "full" and catalog.size + 1 <= FULL_SOFTMAX_ITEMS
-    unknown = torch.from_numpy(counts == 0)  # never a target: not scored, so their ids stay unknown
 
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
         users, target = _user_vectors(model, examples, idx)
