@@ -4,8 +4,8 @@ HISTORY_SIZES, through the served path and against popularity and item-to-item.
 
 "pipeline" is the served path (recsys/pipeline/recommend.py), which follows the model set's
 ranking policy (recsys/models/policy.py): the popular items for a user without history,
-item-to-item for histories as short as validation found it better, then retrieval and the
-ranker. "retrieval" at n = 0 is what the two-tower alone would show a new user: the reason
+item-to-item for histories as short as validation found it better, then retrieval order for
+histories too short for the ranker to beat it, then the ranker. "retrieval" at n = 0 is what the two-tower alone would show a new user: the reason
 for the first rule.
 """
 from __future__ import annotations

@@ -252,31 +252,46 @@ def _train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config
     return rankers
 
 
-SHORT_HISTORIES = (1, 2, 3, 5)  # the history lengths item-to-item is tried at
+SHORT_HISTORIES = (1, 2, 3, 5, 10)  # the history lengths the short-history paths are tried at
 
 
 def choose_policy(data: PreparedData, validation: EvalUsers, ranker: Scorer,
                   size: int) -> tuple[RankingPolicy, dict[str, float]]:
     """The served path per history length, chosen on validation (recsys/models/policy.py):
-    the ranker only where it beats retrieval order (HR@10 of validation users), and item-to-item
-    for the shortest histories as long as it beats that path with the users' events hidden but
-    their n most recent (as new users). Returns the policy and the validation HR@10s behind it."""
+    the ranker only where it beats retrieval order (HR@10 of validation users); then, with the
+    validation users' events hidden but their n most recent (as new users), item-to-item for
+    the shortest histories as long as it beats both other paths, and retrieval order for the
+    next ones as long as it beats the ranker. Returns the policy and the HR@10s behind it."""
     retrieval = evaluate_scorer(validation.retrieval, data.validation, (10,))["hr@10"]
     ranked = evaluate_scorer(validation.reranked(ranker, size), data.validation, (10,))["hr@10"]
     use_ranker = ranked > retrieval
     scores = {"val_retrieval_hr_at_10": retrieval, "val_ranker_hr_at_10": ranked}
-    short = 0
+    best_paths = []
     for n in SHORT_HISTORIES:
         new = as_new_users(data.validation, n)
         users = EvalUsers(data, validation.embedding, new)
-        served = users.reranked(ranker, size) if use_ranker else users.retrieval
-        scores[f"val_new_{n}_served_hr_at_10"] = evaluate_scorer(served, new, (10,))["hr@10"]
-        scores[f"val_new_{n}_item_to_item_hr_at_10"] = evaluate_scorer(
-            item_to_item(validation.embedding.item_vectors, new), new, (10,))["hr@10"]
-        if scores[f"val_new_{n}_item_to_item_hr_at_10"] <= scores[f"val_new_{n}_served_hr_at_10"]:
-            break
-        short = n
-    return RankingPolicy(short_history=short, use_ranker=use_ranker), scores
+        paths = {"item_to_item": item_to_item(validation.embedding.item_vectors, new),
+                 "retrieval": users.retrieval}
+        if use_ranker:
+            paths["ranker"] = users.reranked(ranker, size)
+        hr = {path: evaluate_scorer(scorer, new, (10,))["hr@10"] for path, scorer in paths.items()}
+        scores.update({f"val_new_{n}_{path}_hr_at_10": v for path, v in hr.items()})
+        # a tie goes to the path for longer histories: a short-history path has to win
+        best_paths.append(max(reversed(hr), key=lambda path: hr[path]))
+    short_history = _last_of_run(best_paths, "item_to_item", 0)
+    retrieval_until = _last_of_run(best_paths, "retrieval", short_history) if use_ranker else 0
+    return RankingPolicy(short_history=SHORT_HISTORIES[short_history - 1] if short_history else 0,
+                         use_ranker=use_ranker,
+                         retrieval_until=(SHORT_HISTORIES[retrieval_until - 1]
+                                          if retrieval_until > short_history else 0)), scores
+
+
+def _last_of_run(best_paths: list[str], path: str, start: int) -> int:
+    """How many of best_paths, from `start` on, are an unbroken run of `path`, plus start."""
+    end = start
+    while end < len(best_paths) and best_paths[end] == path:
+        end += 1
+    return end
 
 
 class Scorer(Protocol):

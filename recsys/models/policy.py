@@ -7,8 +7,10 @@ Paths, by the user's number of events n:
 - "item_to_item": 1 <= n <= short_history, the items nearest the mean of the user's item
   vectors, in that order (with one or two events the two-tower's user vector and the ranker
   trail plain item-to-item similarity on held-out events; validation says how far that holds);
-- "retrieval": the user tower's candidates in retrieval order, when the ranker did not beat that
-  order on validation (use_ranker is False): the ranker is not run at all;
+- "retrieval": the user tower's candidates in retrieval order, for short_history < n <=
+  retrieval_until (histories too short for the ranker to beat that order on validation), or
+  for every n > short_history when the ranker did not beat it on validation at all (use_ranker
+  is False): the ranker is not run;
 - "ranker": the user tower's candidates ordered by the ranker.
 """
 from __future__ import annotations
@@ -28,19 +30,34 @@ METADATA_KEY = "ranking_policy"
 class RankingPolicy:
     short_history: int = 0
     use_ranker: bool = True
+    retrieval_until: int = 0
 
     def path_for(self, events: int) -> str:
         if events == 0:
             return "popularity"
         if events <= self.short_history:
             return "item_to_item"
-        return "ranker" if self.use_ranker else "retrieval"
+        if not self.use_ranker or events <= self.retrieval_until:
+            return "retrieval"
+        return "ranker"
+
+    @property
+    def events_to_rank(self) -> int:
+        """The fewest events that take a user down the policy's last path."""
+        return max(self.short_history, self.retrieval_until if self.use_ranker else 0) + 1
 
     def describe(self) -> str:
-        ranked = "the ranker" if self.use_ranker else "retrieval order (the ranker lost on validation)"
-        short = (f"item-to-item for 1-{self.short_history} events, "
-                 if self.short_history else "")
-        return f"popularity for new users, {short}{ranked} above"
+        parts = ["popularity for new users"]
+        if self.short_history:
+            parts.append(f"item-to-item for {_events(1, self.short_history)}")
+        if not self.use_ranker:
+            parts.append("retrieval order above (the ranker lost on validation)")
+            return ", ".join(parts)
+        if self.retrieval_until > self.short_history:
+            parts.append("retrieval order for "
+                         f"{_events(self.short_history + 1, self.retrieval_until)}")
+        parts.append("the ranker above")
+        return ", ".join(parts)
 
     def to_metadata(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,7 +68,15 @@ class RankingPolicy:
         user with history, as they were served then."""
         recorded = metadata.get(METADATA_KEY) or {}
         return cls(short_history=int(recorded.get("short_history", 0)),
-                   use_ranker=bool(recorded.get("use_ranker", True)))
+                   use_ranker=bool(recorded.get("use_ranker", True)),
+                   retrieval_until=int(recorded.get("retrieval_until", 0)))
+
+
+def _events(first: int, last: int) -> str:
+    """"1 event", "2 events", "1-3 events"."""
+    if first == last:
+        return f"{first} event" + ("s" if first > 1 else "")
+    return f"{first}-{last} events"
 
 
 def item_to_item_vector(item_vectors: npt.NDArray[np.float32],

@@ -102,7 +102,7 @@ class RecommendPipeline:
         for alias, slot in models.slots.items():
             # a new user (the cold-start path) and one with events enough for the ranking
             # policy to take them through every model and source
-            rows = slot.catalog.popular_rows[:slot.policy.short_history + 1]
+            rows = slot.catalog.popular_rows[:slot.policy.events_to_rank]
             popular = tuple(str(i) for i in slot.catalog.item_ids[rows])
             requests = [RecommendRequest(WARMUP_USER, 10),
                         RecommendRequest(WARMUP_USER, 10, recent_items=popular), *self.recent]

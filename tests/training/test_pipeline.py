@@ -276,11 +276,21 @@ def test_the_ranker_bundle_records_the_policy_validation_chose_and_why(store: St
     ranker = RankerBundle.load(store.first_workdir / "ranker")
     policy, scores = ranker.policy, ranker.manifest.metadata["ranking_policy_validation"]
     assert policy.use_ranker == (scores["val_ranker_hr_at_10"] > scores["val_retrieval_hr_at_10"])
-    wins = [scores[f"val_new_{n}_item_to_item_hr_at_10"] > scores[f"val_new_{n}_served_hr_at_10"]
-            for n in SHORT_HISTORIES if f"val_new_{n}_served_hr_at_10" in scores]
-    # item-to-item up to the last length of an unbroken run of wins from one event on
-    won = next((i for i, win in enumerate(wins) if not win), len(wins))
+    paths = ("ranker", "retrieval", "item_to_item")  # a tie goes to the longer histories' path
+    hr = [{p: scores[f"val_new_{n}_{p}_hr_at_10"] for p in paths
+           if f"val_new_{n}_{p}_hr_at_10" in scores} for n in SHORT_HISTORIES]
+    assert all(("ranker" in h) == policy.use_ranker for h in hr)
+    best = [max(h, key=lambda p, h=h: h[p]) for h in hr]
+    # item-to-item up to the last length of an unbroken run of its wins from one event on,
+    won = next((i for i, p in enumerate(best) if p != "item_to_item"), len(best))
     assert policy.short_history == (SHORT_HISTORIES[won - 1] if won else 0)
+    # then retrieval order as long as it wins (only where the ranker is used at all)
+    run = next((i for i, p in enumerate(best[won:]) if p != "retrieval"), len(best) - won)
+    assert policy.retrieval_until == (SHORT_HISTORIES[won + run - 1]
+                                      if run and policy.use_ranker else 0)
+    for n, h in zip(SHORT_HISTORIES, hr):  # each history length takes the path that won there
+        if n <= policy.short_history or n <= policy.retrieval_until:
+            assert h[policy.path_for(n)] == max(h.values())
     payload = json.loads((store.first_workdir / "evaluation.json").read_text())
     gain = payload["significance"]["pipeline_vs_retrieval"]
     for metric in ("hr@10", "ndcg@10"):

@@ -10,17 +10,31 @@ def test_each_history_length_takes_its_path() -> None:
     policy = RankingPolicy(short_history=2, use_ranker=True)
     assert [policy.path_for(n) for n in (0, 1, 2, 3, 50)] == [
         "popularity", "item_to_item", "item_to_item", "ranker", "ranker"]
-    lost = RankingPolicy(short_history=0, use_ranker=False)
+    lost = RankingPolicy(short_history=0, use_ranker=False, retrieval_until=3)
     assert [lost.path_for(n) for n in (0, 1, 50)] == ["popularity", "retrieval", "retrieval"]
-    assert {p for n in range(5) for p in (policy.path_for(n), lost.path_for(n))} <= set(PATHS)
+    short = RankingPolicy(short_history=1, use_ranker=True, retrieval_until=5)
+    assert [short.path_for(n) for n in (0, 1, 2, 5, 6, 50)] == [
+        "popularity", "item_to_item", "retrieval", "retrieval", "ranker", "ranker"]
+    assert {p for n in range(7) for p in (policy.path_for(n), lost.path_for(n),
+                                          short.path_for(n))} == set(PATHS)
+    # the fewest events that reach the last path (what a new model set is warmed with)
+    assert [p.events_to_rank for p in (policy, lost, short)] == [3, 1, 6]
+    assert [p.path_for(p.events_to_rank) for p in (policy, lost, short)] == [
+        "ranker", "retrieval", "ranker"]
 
 
 def test_the_policy_round_trips_through_bundle_metadata_and_old_bundles_rank_everyone() -> None:
     policy = RankingPolicy(short_history=3, use_ranker=False)
     assert RankingPolicy.from_metadata({"ranking_policy": policy.to_metadata()}) == policy
     assert RankingPolicy.from_metadata({}) == RankingPolicy(short_history=0, use_ranker=True)
+    # bundles written before retrieval_until existed rank every history past item-to-item
+    assert RankingPolicy.from_metadata(
+        {"ranking_policy": {"short_history": 2, "use_ranker": True}}).retrieval_until == 0
     assert "retrieval order" in policy.describe() and "1-3 events" in policy.describe()
     assert "the ranker" in RankingPolicy().describe()
+    assert RankingPolicy(short_history=1, retrieval_until=5).describe() == (
+        "popularity for new users, item-to-item for 1 event, retrieval order for 2-5 events, "
+        "the ranker above")
 
 
 def test_the_item_to_item_vector_scores_items_by_mean_similarity_to_the_history() -> None:
