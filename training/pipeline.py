@@ -173,7 +173,7 @@ def _train_encoder(data: PreparedData, tower: TwoTowerConfig,
         fig = plots.training_curves(dict(epochs.series), f"two-tower ({tower.user_encoder})")
         mlflow.log_figure(fig, "two_tower_curves.png")
         plots.close(fig)
-    return embedding, max(epochs.series["two_tower_val_ndcg_at_10"])
+    return embedding, epochs.series["two_tower_model_val_ndcg_at_10"][-1]
 
 
 def ranker_step(data: PreparedData, embedding: EmbeddingBundle, config: PipelineConfig,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +52,7 @@ from training.two_tower import (
     build_model,
     encode_items,
     encode_users,
+    join,
     load_model_state,
     model_state,
     train_two_tower,
@@ -160,32 +161,55 @@ def _train_embedding(data: PreparedData, config: TwoTowerConfig, bundle_dir: Pat
 def fit_embedding(data: PreparedData, config: TwoTowerConfig, log: MetricLogger | None = None,
                   ) -> tuple[TwoTowerModel, Examples | Windows, float]:
     """Train the two-tower model, validation HR@10 and NDCG@10 after each epoch, stopping after
-    `patience` epochs without a better NDCG@10; returns the model at its best epoch, what it
-    trained on and that best NDCG@10. Call within torch_threads (train_embedding does)."""
-    model = build_model(data.catalog, data.attributes.cardinalities(), config)
+    `patience` epochs without a better NDCG@10; with `config.members` > 1 that many, each with its
+    own seed, joined side by side. Returns the model (each member at its best epoch), what it
+    trained on and its validation NDCG@10. Call within torch_threads (train_embedding does)."""
+    if config.members < 1:
+        raise ValueError(f"TwoTowerConfig.members must be at least 1, got {config.members}")
     examples = training_examples(data.train, data.train_attributes, config)
-    history = padded_histories(data.validation, config.history_len)
-    attrs = data.eval_attributes(data.validation)
+    validation = (padded_histories(data.validation, config.history_len),
+                  data.eval_attributes(data.validation))
+    members = []
+    for k in range(config.members):
+        member = replace(config, seed=config.seed * config.members + k)
+        prefix = "two_tower_" if k == 0 else f"two_tower_member{k + 1}_"
+        members.append(_fit_member(data, member, examples, validation, log, prefix))
+    model = join(members)
+    ndcg = _validation_metrics(data, model, validation)["ndcg@10"]
+    if log is not None:
+        log({"two_tower_model_val_ndcg_at_10": ndcg}, 0)
+    return model, examples, ndcg
 
+
+def _validation_metrics(data: PreparedData, model: TwoTowerModel,
+                        validation: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """HR@10 and NDCG@10 of the model's retrieval on the validation users."""
+    users = encode_users(model, *validation)
+    items = encode_items(model, data.catalog)
+    return evaluate_scorer(lambda p: users[p] @ items.T, data.validation, (10,))
+
+
+def _fit_member(data: PreparedData, config: TwoTowerConfig, examples: Examples | Windows,
+                validation: tuple[np.ndarray, np.ndarray], log: MetricLogger | None,
+                prefix: str) -> TwoTowerModel:
+    model = build_model(data.catalog, data.attributes.cardinalities(), config)
     best: dict[str, Any] = {"ndcg": -1.0}
 
     def on_epoch_end(epoch: int, stats: dict[str, float]) -> bool:
-        users = encode_users(model, history, attrs)
-        items = encode_items(model, data.catalog)
-        metrics = evaluate_scorer(lambda p: users[p] @ items.T, data.validation, (10,))
+        metrics = _validation_metrics(data, model, validation)
         stats["val_hr_at_10"] = metrics["hr@10"]
         stats["val_ndcg_at_10"] = metrics["ndcg@10"]
         if metrics["ndcg@10"] > best["ndcg"]:  # keep the best epoch by validation NDCG@10
             best.update(ndcg=metrics["ndcg@10"], epoch=epoch, state=model_state(model))
         if log is not None:
-            log({f"two_tower_{k}": v for k, v in stats.items()}, epoch)
+            log({f"{prefix}{k}": v for k, v in stats.items()}, epoch)
         return epoch - best["epoch"] >= config.patience  # early stopping
 
     train_two_tower(model, data.catalog, examples, on_epoch_end)
     load_model_state(model, best["state"])
     if log is not None:
-        log({"two_tower_best_epoch": float(best["epoch"] + 1)}, 0)
-    return model, examples, float(best["ndcg"])
+        log({f"{prefix}best_epoch": float(best["epoch"] + 1)}, 0)
+    return model
 
 
 @dataclass(frozen=True)

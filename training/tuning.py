@@ -58,8 +58,9 @@ def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None
     encoder's from SEQUENCE_TOWER (with base's seed and threads); `epochs` caps either; only
     `encoders` are drawn from."""
     encoder = trial.suggest_categorical("user_encoder", list(encoders))
+    # a trial trains one model: the settings drawn are each ensemble member's
     start = base if encoder == "pooled" else replace(SEQUENCE_TOWER, seed=base.seed,
-                                                      threads=base.threads)
+                                                      threads=base.threads, members=1)
     start = replace(start, epochs=epochs or start.epochs)
     def draw(name: str) -> int | float:
         if name in CHOICES:

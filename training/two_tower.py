@@ -1,8 +1,10 @@
 """Two-tower embedding model: an item tower over id + content, a user tower over recent history
-(causal self-attention over the ordered history, training/sequence_tower.py, or a pooled one)."""
+(causal self-attention over the ordered history, training/sequence_tower.py, or a pooled one).
+An ensemble of such models, trained with their own seeds, is one model again: its towers side by
+side (`join`), served by the same inner-product search."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,14 +69,42 @@ class PooledUserTower(nn.Module):
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 
+class SideBySide(nn.Module):
+    """Towers over the same inputs, their vectors concatenated: the inner product of a user's
+    and an item's is the sum of the members' scores, so an ensemble stays one search."""
+
+    def __init__(self, towers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.towers = nn.ModuleList(towers)
+
+    def _joined(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tower(*inputs) for tower in self.towers], dim=-1)
+
+
+class UserTowers(SideBySide):  # the ONNX exporter wants each tower's inputs named
+    @property
+    def attributes(self) -> nn.ModuleList:  # what export reads the attribute count from
+        attributes: nn.ModuleList = self.towers[0].attributes
+        return attributes
+
+    def forward(self, history: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        return self._joined(history, attributes)
+
+
+class ItemTowers(SideBySide):
+    def forward(self, item: torch.Tensor, genres: torch.Tensor,
+                title_tokens: torch.Tensor) -> torch.Tensor:
+        return self._joined(item, genres, title_tokens)
+
+
 USER_ENCODERS = ("pooled", "sequence")
-UserTower = SequenceUserTower | PooledUserTower
+UserTower = SequenceUserTower | PooledUserTower | UserTowers
 
 
 @dataclass
 class TwoTowerModel:
     user_tower: UserTower
-    item_tower: ItemTower | ItemEmbedding
+    item_tower: ItemTower | ItemEmbedding | ItemTowers
     config: TwoTowerConfig
 
     def parameters(self) -> list[nn.Parameter]:
@@ -82,6 +112,14 @@ class TwoTowerModel:
         unique = {id(p): p for tower in (self.user_tower, self.item_tower)
                   for p in tower.parameters()}
         return list(unique.values())
+
+
+def join(members: Sequence[TwoTowerModel]) -> TwoTowerModel:
+    """The members as one model whose scores are the sum of theirs (one member: itself)."""
+    if len(members) == 1:
+        return members[0]
+    return TwoTowerModel(UserTowers([m.user_tower for m in members]),
+                         ItemTowers([m.item_tower for m in members]), members[0].config)
 
 
 def build_model(catalog: ItemCatalog, cardinalities: list[int], config: TwoTowerConfig) -> TwoTowerModel:

@@ -136,7 +136,16 @@ def test_two_tower_run_trains_each_user_encoder_in_a_nested_run_and_keeps_the_be
         assert losses[1].value < losses[0].value
         best = max(m.value for m in client.get_metric_history(child.info.run_id,
                                                                "two_tower_val_ndcg_at_10"))
-        assert best == pytest.approx(scores[name])
+        model = client.get_metric_history(child.info.run_id, "two_tower_model_val_ndcg_at_10")
+        assert [m.value for m in model] == [pytest.approx(scores[name])]  # what is compared
+        members = int(params["two_tower.members"])
+        assert members == (1 if name == "pooled" else 2)
+        if members == 1:  # one model: the best epoch's score
+            assert best == pytest.approx(scores[name])
+        for k in range(2, members + 1):  # each further member logs its own curve
+            history = client.get_metric_history(child.info.run_id,
+                                                f"two_tower_member{k}_val_ndcg_at_10")
+            assert sorted(m.step for m in history) == [0, 1]
         assert "two_tower_curves.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
 
 
@@ -258,7 +267,8 @@ def test_registered_embedding_holds_onnx_towers_and_faiss_index(store: Store) ->
         assert (bundle / name).is_file(), name
     embedding = EmbeddingBundle.load(bundle)
     assert embedding.catalog.size == ITEMS
-    assert embedding.item_vectors.shape == (ITEMS + 1, 16)
+    # an ensemble's members side by side: 16 dimensions each
+    assert embedding.item_vectors.shape == (ITEMS + 1, 16 * embedding.config["members"])
     assert embedding.index.n_items == ITEMS
     # the index answers an inner-product query as an exact search over the item vectors does
     queries = embedding.item_vectors[1:4]

@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from recsys.features import PAD, encode_history
+from recsys.features import PAD, encode_history, item_tower_feeds
+from training import export
 from training.config import SEQUENCE_TOWER, TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
+from training.evaluate import evaluate_scorer
 from training.sequence_tower import ItemEmbedding, SequenceUserTower, Windows, sequence_windows
 from training.sequences import UserSequences
-from training.steps import PreparedData, padded_histories, prepare_data
+from training.steps import PreparedData, fit_embedding, padded_histories, prepare_data
 from training.two_tower import (
     Examples,
     PooledUserTower,
+    SideBySide,
     TwoTowerModel,
     build_model,
     encode_items,
@@ -232,3 +236,42 @@ def test_training_stops_when_the_callback_says_so(data: PreparedData, examples: 
     history = train_two_tower(model, data.catalog, examples,
                               lambda epoch, stats: seen.append(epoch) or epoch == 1)
     assert seen == [0, 1] and len(history) == 2
+
+
+def test_members_trained_with_their_own_seeds_serve_as_one_model(
+        data: PreparedData, tmp_path: Path) -> None:
+    """members=2: two models with seeds 2 and 3 (seed 1 * 2 members + k), each kept at its best
+    epoch, joined side by side. An item's score is the sum of the members' scores, the exported
+    towers give the eager vectors, and the NDCG@10 returned is the joined model's."""
+    config = replace(CONFIG, epochs=2, members=2, seed=1)
+    model, _, ndcg = fit_embedding(data, config)
+    assert isinstance(model.user_tower, SideBySide) and isinstance(model.item_tower, SideBySide)
+    halves = [TwoTowerModel(u, i, config) for u, i in
+              zip(model.user_tower.towers, model.item_tower.towers, strict=True)]
+    history = padded_histories(data.validation, config.history_len)
+    attributes = data.eval_attributes(data.validation)
+    users, items = encode_users(model, history, attributes), encode_items(model, data.catalog)
+    assert users.shape[1] == items.shape[1] == 2 * config.dim
+    member_scores = [encode_users(m, history, attributes) @ encode_items(m, data.catalog).T
+                     for m in halves]
+    np.testing.assert_allclose(users @ items.T, sum(member_scores), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(*member_scores)  # two seeds, two models
+    # the second member is the model seed 3 trains alone
+    alone, _, _ = fit_embedding(data, replace(config, members=1, seed=3))
+    np.testing.assert_array_equal(encode_items(alone, data.catalog),
+                                  encode_items(halves[1], data.catalog))
+    expected = evaluate_scorer(lambda p: users[p] @ items.T, data.validation, (10,))["ndcg@10"]
+    assert ndcg == pytest.approx(expected)
+    path = export.export_user_tower(model, tmp_path / "user_tower.onnx")
+    feeds = {"history": history[:64], "attributes": attributes[:64]}
+    assert export.check_parity(users[:64], export.onnx_outputs(path, feeds),
+                               "joined user tower") <= export.PARITY_TOLERANCE
+    path = export.export_item_tower(model, data.catalog.genres.shape[1], tmp_path / "item.onnx")
+    assert export.check_parity(items[1:65], export.onnx_outputs(
+        path, item_tower_feeds(data.catalog, np.arange(1, 65))), "joined item tower") \
+        <= export.PARITY_TOLERANCE
+
+
+def test_fewer_than_one_member_is_refused(data: PreparedData) -> None:
+    with pytest.raises(ValueError, match="members must be at least 1"):
+        fit_embedding(data, replace(CONFIG, members=0))
