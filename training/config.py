@@ -44,12 +44,13 @@ class TwoTowerConfig:
 # (2026-12-06): mean validation NDCG@10 0.1206 over the two seeds against 0.1179 for SASRec's
 # reference settings (batch 16, lr 1e-3, dropout 0.2; trial 0). Trial 6 scored 0.1210 with 128
 # dims; within the seeds' spread of trial 5, at twice the serving cost and 1.8x the training time.
-# Two members: with these settings, pairs of seeds (0-2) scored test HR@10 0.2177 on average
-# against 0.2071 for one model alone, and mean validation NDCG@10 0.1296 against 0.1285, at
-# twice the training time and the user tower's cost (README: Offline evaluation).
+# One member: two (members=2) raised retrieval's test HR@10 over 5 seeds from 0.1977 to 0.2095
+# but the pipeline's only from 0.2189 to 0.2223, and the ranker's HR@10 gain over retrieval was
+# then no longer significant, at twice the training time and the user tower's cost (README:
+# Offline evaluation).
 SEQUENCE_TOWER = TwoTowerConfig(user_encoder="sequence", history_len=50, epochs=200, batch_size=64,
                                 learning_rate=2.62e-3, weight_decay=0.0, temperature=1.0,
-                                item_id_dropout=0.0, dropout=0.44, softmax="full", members=2)
+                                item_id_dropout=0.0, dropout=0.44, softmax="full")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from recsys.pipeline.resolver import (
     UserState,
 )
 from recsys.pipeline.results import items, result_key, scored_list
-from recsys.pipeline.retrieval import Candidates, RetrievalQuery
+from recsys.pipeline.retrieval import AnnSource, Candidates, RetrievalQuery
 from recsys.pipeline.slots import ModelSlot
 from recsys.stores.cache import ResultCache
 from recsys.stores.precomputed import PrecomputedTier
@@ -196,7 +196,7 @@ class RecommendPipeline:
             user = await self.resolver.user_vector(slot, state, reasons)
         telemetry.observe("user_tower", time.perf_counter() - t)
         t = time.perf_counter()
-        candidates = await self._retrieve(slot, user, state, reasons)
+        candidates = await self._retrieve(slot, user, state, reasons, ranked=path == "ranker")
         telemetry.observe("retrieval", time.perf_counter() - t)
         telemetry.event("candidates", count=str(len(candidates.items)))
         ranked = self._to_rank(resolved, candidates, state)
@@ -248,10 +248,14 @@ class RecommendPipeline:
 
     @staticmethod
     async def _retrieve(slot: ModelSlot, user: FloatArray, state: UserState,
-                        reasons: list[str]) -> Candidates:
+                        reasons: list[str], ranked: bool) -> Candidates:
+        """The candidates to rank, or for an unranked list (shown in similarity to `user`) the
+        ANN source's alone: the other sources could add to it only items the ANN search missed,
+        and their searches were most of a miss's retrieval time."""
+        only = None if ranked else (AnnSource.name,)
         try:
             candidates = await slot.retriever.retrieve(
-                RetrievalQuery(user, recent_rows(state.history)))
+                RetrievalQuery(user, recent_rows(state.history)), only)
         except RetrievalError:
             candidates = slot.popular.scored_by(slot.embedding.item_vectors, user)
             reasons.append("retrieval_failed")

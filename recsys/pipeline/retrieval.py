@@ -7,7 +7,7 @@ in a worker thread under a timeout, concurrently with the others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -139,17 +139,22 @@ class Retriever:
         self.executor = None if not self.threaded else ThreadPoolExecutor(
             max_workers=len(self.threaded), thread_name_prefix="retrieval")
 
-    async def retrieve(self, query: RetrievalQuery) -> Candidates:
+    async def retrieve(self, query: RetrievalQuery,
+                       only: Collection[str] | None = None) -> Candidates:
+        """The merged candidates of every source, or of those named in `only` (every source
+        when the retriever has none of them)."""
         loop = asyncio.get_running_loop()
-        results: list[IntArray | BaseException | None] = [None] * len(self.sources)
+        chosen = [i for i, name in enumerate(self.names) if only is None or name in only]
+        chosen = chosen or list(range(len(self.sources)))
+        results: dict[int, IntArray | BaseException] = {}
         pending = {i: asyncio.wait_for(loop.run_in_executor(self.executor, self.sources[i], query),
                                        self.timeout_s)
-                   for i in self.threaded}
+                   for i in self.threaded if i in chosen}
         gathered = asyncio.gather(*pending.values(), return_exceptions=True) if pending else None
-        for i, source in enumerate(self.sources):
+        for i in chosen:
             if i not in pending:
                 try:
-                    results[i] = source(query)
+                    results[i] = self.sources[i](query)
                 except Exception as error:  # noqa: BLE001 - reported below, like a thread's
                     results[i] = error
         if gathered is not None:
@@ -157,7 +162,7 @@ class Retriever:
                 results[i] = outcome
         found: list[tuple[str, IntArray]] = []
         failed = []
-        for name, result in zip(self.names, results):
+        for name, result in ((self.names[i], results[i]) for i in chosen):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
                     raise result
@@ -166,7 +171,6 @@ class Retriever:
                               error="timeout" if isinstance(result, asyncio.TimeoutError) else
                               type(result).__name__)
             else:
-                assert result is not None
                 found.append((name, result))
         if not found:
             raise RetrievalError(f"every candidate source failed: {', '.join(failed)}")

@@ -36,7 +36,8 @@ from training.steps import SHORT_HISTORIES, data_fingerprint
 USERS, ITEMS = 150, 300
 CONFIG = PipelineConfig(
     two_tower=TwoTowerConfig(dim=16, hidden=32, history_len=8),
-    sequence_tower=replace(SEQUENCE_TOWER, dim=16, hidden=32, history_len=6),
+    # two members: an ensemble goes through training, export and the registry like one model
+    sequence_tower=replace(SEQUENCE_TOWER, dim=16, hidden=32, history_len=6, members=2),
     ranker=RankerConfig(retrieval_candidates=50, hard_negatives=7, random_negatives=4, hidden=32),
     evaluation=EvalConfig(candidates=50, als_factors=(8,), als_regularization=(0.1,),
                           als_iterations=5, search_seeds=(0, 1)),

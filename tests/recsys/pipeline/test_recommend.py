@@ -222,28 +222,34 @@ def test_the_trained_policy_takes_each_user_down_the_path_validation_chose(
         redis_url: str, refs: list[ModelRefs], champion: EmbeddingBundle) -> None:
     """By default a slot follows its ranker bundle's policy. Here one where item-to-item serves
     histories of 1-2 events and the ranker lost to retrieval order: the ranker, set to fail,
-    is never called, and nothing is degraded."""
+    is never called, and nothing is degraded. Then one where retrieval order serves 3-4 events
+    and the ranker the longer histories: only those reach the (failing) ranker."""
     telemetry = Recorder()
 
     async def scenario(runtime: Runtime) -> tuple[Any, ...]:
         slot = runtime.pipeline.resolver.slots["champion"]
         trained, slot.policy = slot.policy, RankingPolicy(short_history=2, use_ranker=False)
-        two = tuple(str(i) for i in slot.catalog.item_ids[1:3])
-        three = (*two, str(slot.catalog.item_ids[3]))
-        return (trained, await recommend(runtime, "policy-new-user", recent_items=two),
-                await recommend(runtime, "policy-new-user", recent_items=three),
+        items = [str(i) for i in slot.catalog.item_ids[1:6]]
+        lost = (await recommend(runtime, "policy-new-user", recent_items=tuple(items[:2])),
+                await recommend(runtime, "policy-new-user", recent_items=tuple(items[:3])),
                 await recommend(runtime))
+        slot.policy = RankingPolicy(short_history=2, use_ranker=True, retrieval_until=4)
+        ranked = (await recommend(runtime, "policy-user-4", recent_items=tuple(items[:4])),
+                  await recommend(runtime, "policy-user-5", recent_items=tuple(items)))
+        return trained, lost, ranked
 
-    trained, short, longer, known = serve(
+    trained, (short, longer, known), (four, five) = serve(
         settings(redis_url, ranking_policy="trained", faults="ranker:error"), refs, scenario,
         telemetry)
     assert trained == RankerBundle.load(refs[0].paths["ranker"]).policy
-    assert [r["ranker"] for r in (short, longer, known)] == ["item_to_item", "retrieval",
-                                                             "retrieval"]
-    assert not any(r["degraded"] for r in (short, longer, known))
-    assert not telemetry.named("ranker_error")
-    assert telemetry.named("ranking_path") == [{"path": "item_to_item"}, {"path": "retrieval"},
-                                               {"path": "retrieval"}]
+    assert [r["ranker"] for r in (short, longer, known, four)] == [
+        "item_to_item", "retrieval", "retrieval", "retrieval"]
+    assert not any(r["degraded"] for r in (short, longer, known, four))
+    assert (five["ranker"], five["degraded_reasons"]) == ("fallback", ["ranker_error"])
+    assert telemetry.named("ranker_error") == [{"error": "InjectedFault"}]
+    # lists served without the ranker, by path (recsys_unranked_lists_total)
+    assert telemetry.named("ranking_path") == [{"path": p} for p in (
+        "item_to_item", "retrieval", "retrieval", "retrieval")]
     # item-to-item: each item scored by its mean similarity to the two items, best first
     rows = [champion.catalog.index_lookup()[i] for i in ids(short)]
     query = item_to_item_vector(champion.item_vectors, np.array([1, 2]))
@@ -313,6 +319,28 @@ def test_failed_source_is_reported_and_the_others_serve(redis_url: str,
     assert result["ranker"] == "ranker"
     assert all(item["sources"] and "ann" not in item["sources"] for item in result["items"])
     assert {"source": "ann", "error": "InjectedFault"} in telemetry.named("source_failed")
+
+
+def test_an_unranked_list_asks_the_ann_source_alone(redis_url: str,
+                                                     refs: list[ModelRefs]) -> None:
+    """A list in retrieval order is the user vector's nearest items: the other sources, set to
+    fail here, are not run for it (nothing degraded), and are for a list the ranker orders."""
+    telemetry = Recorder()
+
+    async def scenario(runtime: Runtime) -> tuple[Any, ...]:
+        slot = runtime.pipeline.resolver.slots["champion"]
+        slot.policy = RankingPolicy(short_history=0, use_ranker=True, retrieval_until=3)
+        items = tuple(str(i) for i in slot.catalog.item_ids[1:6])
+        return (await recommend(runtime, "unranked-user", recent_items=items[:2]),
+                await recommend(runtime, "ranked-user", recent_items=items))
+
+    unranked, ranked = serve(settings(redis_url, ranking_policy="trained",
+                                      faults="popular:error,item2item:error"),
+                             refs, scenario, telemetry)
+    assert (unranked["ranker"], unranked["degraded"]) == ("retrieval", False)
+    assert all(item["sources"] == ["ann"] for item in unranked["items"])
+    assert ranked["degraded_reasons"] == ["source_failed:popular", "source_failed:item2item"]
+    assert [e["source"] for e in telemetry.named("source_failed")] == ["popular", "item2item"]
 
 
 def test_every_source_failing_falls_back_to_popularity(redis_url: str, refs: list[ModelRefs],

@@ -169,6 +169,19 @@ def test_retriever_merges_dedups_and_orders_by_similarity(bundle: EmbeddingBundl
         assert candidates.source_mask[position].tolist() == [n in proposed_by for n in parts]
 
 
+def test_only_the_named_sources_run_and_an_unknown_name_runs_them_all(
+        bundle: EmbeddingBundle, query: RetrievalQuery) -> None:
+    events = Events()
+    ann, popular, _ = sources(bundle)
+    retriever = Retriever([ann, Broken("broken"), popular], bundle.item_vectors, 5.0, events)
+    nearest = asyncio.run(retriever.retrieve(query, only=("ann",)))
+    assert nearest.source_names == ("ann",) and nearest.failed == ()
+    assert set(nearest.items.tolist()) == set(ann(query).tolist())
+    assert events.seen == []  # the broken source was not run
+    everything = asyncio.run(retriever.retrieve(query, only=("no-such-source",)))
+    assert everything.source_names == ("ann", "popular") and everything.failed == ("broken",)
+
+
 def test_select_keeps_sources_aligned(bundle: EmbeddingBundle, query: RetrievalQuery) -> None:
     candidates = retrieve(Retriever(sources(bundle), bundle.item_vectors, 5.0), query)
     picked = candidates.select(np.asarray([4, 0, 2]))
