@@ -169,13 +169,14 @@ def fit_embedding(data: PreparedData, config: TwoTowerConfig, log: MetricLogger 
     examples = training_examples(data.train, data.train_attributes, config)
     validation = (padded_histories(data.validation, config.history_len),
                   data.eval_attributes(data.validation))
-    members = []
-    for k in range(config.members):
-        member = replace(config, seed=config.seed * config.members + k)
-        prefix = "two_tower_" if k == 0 else f"two_tower_member{k + 1}_"
-        members.append(_fit_member(data, member, examples, validation, log, prefix))
-    model = join(members)
-    ndcg = _validation_metrics(data, model, validation)["ndcg@10"]
+    fitted = [_fit_member(data, replace(config, seed=config.seed * config.members + k),
+                          examples, validation, log,
+                          "two_tower_" if k == 0 else f"two_tower_member{k + 1}_")
+              for k in range(config.members)]
+    model = join([member for member, _ in fitted])
+    # one member: its best epoch's score; more: the joined model's, measured once
+    ndcg = fitted[0][1] if len(fitted) == 1 else \
+        _validation_metrics(data, model, validation)["ndcg@10"]
     if log is not None:
         log({"two_tower_model_val_ndcg_at_10": ndcg}, 0)
     return model, examples, ndcg
@@ -191,7 +192,8 @@ def _validation_metrics(data: PreparedData, model: TwoTowerModel,
 
 def _fit_member(data: PreparedData, config: TwoTowerConfig, examples: Examples | Windows,
                 validation: tuple[np.ndarray, np.ndarray], log: MetricLogger | None,
-                prefix: str) -> TwoTowerModel:
+                prefix: str) -> tuple[TwoTowerModel, float]:
+    """One model at its best epoch by validation NDCG@10, and that NDCG@10."""
     model = build_model(data.catalog, data.attributes.cardinalities(), config)
     best: dict[str, Any] = {"ndcg": -1.0}
 
@@ -209,7 +211,7 @@ def _fit_member(data: PreparedData, config: TwoTowerConfig, examples: Examples |
     load_model_state(model, best["state"])
     if log is not None:
         log({f"{prefix}best_epoch": float(best["epoch"] + 1)}, 0)
-    return model
+    return model, float(best["ndcg"])
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ from training import plots
 from training.config import SEQUENCE_TOWER, TwoTowerConfig, flatten
 from training.steps import PreparedData, fit_embedding
 from training.threads import torch_threads
+from training.two_tower import USER_ENCODERS
 
 log = logging.getLogger(__name__)
 
 
-ENCODERS = ("pooled", "sequence")
 CHOICES: dict[str, list[int]] = {"dim": [32, 64, 128], "pooled_batch_size": [256, 512, 1024],
                                  "pooled_history_len": [10, 20, 50],
                                  "sequence_batch_size": [16, 32, 64]}
@@ -53,7 +53,7 @@ FIELDS = {
 
 
 def suggest(trial: optuna.Trial, base: TwoTowerConfig, epochs: int | None = None,
-            encoders: Sequence[str] = ENCODERS) -> TwoTowerConfig:
+            encoders: Sequence[str] = USER_ENCODERS) -> TwoTowerConfig:
     """A two-tower configuration drawn for `trial`: the pooled encoder's from `base`, the sequence
     encoder's from SEQUENCE_TOWER (with base's seed and threads); `epochs` caps either; only
     `encoders` are drawn from."""
@@ -94,7 +94,7 @@ def _validation_ndcg(config: TwoTowerConfig) -> float:
 
 def tune(data: PreparedData, base: TwoTowerConfig, trials: int, out: Path, seed: int = 0,
          epochs: int | None = None, seeds: Sequence[int] | None = None, jobs: int = 1,
-         encoders: Sequence[str] = ENCODERS) -> optuna.Study:
+         encoders: Sequence[str] = USER_ENCODERS) -> optuna.Study:
     """Run `trials` trials in a `tuning` MLflow run (one nested run each); write the report.
 
     Each trial trains once per training seed in `seeds` (default: base's) and scores the mean
