@@ -87,7 +87,10 @@ class ServingSettings(BaseSettings):
     popular_candidates: int = Field(100, ge=0)
     item_to_item_seeds: int = Field(5, ge=0, description="recent items used as item-to-item seeds")
     item_to_item_per_seed: int = Field(50, ge=0)
-    ranked_candidates: int = Field(1000, gt=0, description="candidates scored by the ranker")
+    # What training evaluates the ranker on and chooses the ranking policy with (EvalConfig's
+    # candidates, the retrieval's top 200): more would serve a ranker on lists it was not
+    # measured on, at 5x the features' and the ranker's cost.
+    ranked_candidates: int = Field(200, gt=0, description="candidates scored by the ranker")
     diversity: float = Field(0.0, ge=0.0, le=1.0, description="MMR weight of diversity (0: off)")
     max_per_category: int = Field(0, ge=0, description="cap of items sharing a first genre (0: off)")
 

@@ -24,7 +24,12 @@ from recsys.models.index import ItemIndex, save_index
 from recsys.settings import ServingSettings
 from training import export
 from training.fallback import fallback_scores
-from training.index_build import IndexSpec, build_index
+from training.index_build import (
+    NEIGHBOUR_TABLE_MAX_ITEMS,
+    IndexSpec,
+    build_index,
+    item_neighbours,
+)
 from training.index_tuning import ensure_recall, tune_item_nprobe
 from training.ranker import DCNRanker, score
 from training.two_tower import TwoTowerModel, encode_users
@@ -73,6 +78,10 @@ def write_embedding_bundle(
     seeds = _seed_rows(sample_history, user_histories, serving["item_to_item_seeds"].default)
     k = min(serving["item_to_item_per_seed"].default + 1, catalog.size)
     item_probes = tune_item_nprobe(index, seeds, k=k) if seeds.size else None
+    neighbours = k - 1 if catalog.size <= NEIGHBOUR_TABLE_MAX_ITEMS else 0
+    if neighbours:  # the item-to-item source reads its seeds' neighbours instead of searching
+        np.save(directory / artifacts.ITEM_NEIGHBOURS,
+                item_neighbours(index, neighbours, item_probes[0] if item_probes else None))
     save_index(index.index, directory / artifacts.ITEM_INDEX)
     artifacts.save_catalog(directory, catalog)
     artifacts.save_user_attributes(directory, encoder)
@@ -87,6 +96,7 @@ def write_embedding_bundle(
                                      **({"index_item_nprobe": item_probes[0],
                                          "index_item_recall": round(item_probes[1], 4)}
                                         if item_probes is not None else {}),
+                                     "item_neighbours": neighbours,
                                      "dim": int(item_vectors.shape[1]),
                                      "n_items": int(catalog.size)})
 

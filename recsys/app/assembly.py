@@ -100,15 +100,17 @@ class NoWrapping:
 
 def candidate_sources(embedding: EmbeddingBundle,
                       settings: ServingSettings) -> list[CandidateSource]:
-    """The retrieval sources of one embedding bundle: ANN, popular, item-to-item (with the IVF
-    probes training measured for item queries, when the manifest has them)."""
+    """The retrieval sources of one embedding bundle: ANN, popular, item-to-item (from the
+    bundle's neighbour table, else searched with the IVF probes training measured for item
+    queries, when the manifest has them)."""
     return [
         AnnSource(embedding.index, settings.ann_candidates),
         PopularSource(embedding.catalog.popular_rows, settings.popular_candidates),
         ItemToItemSource(embedding.index, embedding.item_vectors, settings.item_to_item_seeds,
                          settings.item_to_item_per_seed,
                          item_query_nprobe(embedding.index,
-                                           embedding.manifest.metadata.get("index_item_nprobe"))),
+                                           embedding.manifest.metadata.get("index_item_nprobe")),
+                         embedding.item_neighbours),
     ]
 
 

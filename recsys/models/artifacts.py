@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from recsys.errors import ArtifactError
 from recsys.features import FeatureScaler, ItemCatalog, UserAttributeEncoder
@@ -41,6 +42,9 @@ RANKER_INT8 = "ranker_int8.onnx"  # optional: the ranker with int8 weights (CPU 
 SCALER = "scaler.json"
 CONFIG = "config.json"
 USER_HISTORIES = "user_histories.npz"  # optional: known users' recent items at training time
+# optional: each item's nearest other items [n+1, K] int32 (row 0 and missing slots PAD), the
+# item-to-item source's answers precomputed at training
+ITEM_NEIGHBOURS = "item_neighbours.npy"
 PARITY = "parity.npz"  # optional: per ONNX file, sample inputs and the outputs training expects
 PARITY_TOLERANCE = 1e-4
 
@@ -188,6 +192,20 @@ def load_user_histories(directory: Path) -> UserHistories | None:
         return None
     with np.load(directory / USER_HISTORIES, allow_pickle=False) as arrays:
         return UserHistories(**{name: arrays[name] for name in arrays.files})
+
+
+def load_item_neighbours(directory: Path) -> npt.NDArray[np.int32] | None:
+    """The precomputed neighbour table, memory-mapped (a replica reads only the rows of the
+    items its users have seen, and processes share the pages); None when the bundle has none
+    (written before it existed, or a catalogue too large for one)."""
+    path = directory / ITEM_NEIGHBOURS
+    if not path.is_file():
+        return None
+    table = np.load(path, mmap_mode="r", allow_pickle=False)
+    if table.ndim != 2 or table.dtype != np.int32:
+        raise ArtifactError(f"{path}: expected an int32 [items + 1, K] table, got "
+                            f"{table.dtype} {table.shape}")
+    return table
 
 
 def save_parity(directory: Path, samples: Mapping[str, Mapping[str, np.ndarray]]) -> None:

@@ -66,6 +66,8 @@ class EmbeddingBundle:
     item_vectors: npt.NDArray[np.float32]  # [n+1, D], row 0 zeros
     index: ItemIndex
     users: artifacts.UserHistories | None
+    # [n+1, K] int32: each item's nearest other items, precomputed at training; None: searched
+    item_neighbours: npt.NDArray[np.int32] | None = None
 
     @property
     def history_len(self) -> int:
@@ -98,6 +100,10 @@ class EmbeddingBundle:
         vectors = np.load(path / artifacts.ITEM_VECTORS, allow_pickle=False)
         index = ItemIndex(load_index(path / artifacts.ITEM_INDEX, use_gpu=prefer_gpu), vectors,
                           threads=threads)
+        neighbours = artifacts.load_item_neighbours(path)
+        if neighbours is not None and len(neighbours) != len(vectors):
+            raise ArtifactError(f"{path}: {artifacts.ITEM_NEIGHBOURS} has {len(neighbours)} rows "
+                                f"for {len(vectors)} item vectors")
         return cls(
             path=path,
             manifest=manifest,
@@ -109,6 +115,7 @@ class EmbeddingBundle:
             item_vectors=vectors,
             index=index,
             users=artifacts.load_user_histories(path),
+            item_neighbours=neighbours,
         )
 
 

@@ -143,3 +143,12 @@ def test_tied_users_are_those_whose_held_out_event_shares_the_last_history_secon
     assert set(groups) == {"tied", "untied"}  # an empty group is left out
     assert groups["tied"]["users"]["n"] == 2 and groups["tied"]["m"]["hr@10"] == 1.0
     assert groups["untied"]["m"]["hr@10"] == 0.0
+
+
+def test_the_service_ranks_as_many_candidates_as_training_evaluates_the_ranker_on() -> None:
+    """The policy (ranker or retrieval order) and the README's pipeline figures are chosen and
+    measured on the retrieval's top EvalConfig.candidates; serving more would serve the ranker
+    on lists it was not measured on."""
+    from recsys.settings import ServingSettings
+    from training.config import EvalConfig
+    assert ServingSettings.model_fields["ranked_candidates"].default == EvalConfig().candidates

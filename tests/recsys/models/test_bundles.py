@@ -81,7 +81,7 @@ def test_an_ivf_embedding_records_its_item_query_probes_and_serving_searches_wit
     """Training measures how few IVF probes item-to-item queries need (tune_item_nprobe on the
     users' recent items) and the served item-to-item source uses that number."""
     from recsys.app.assembly import candidate_sources
-    from recsys.pipeline.retrieval import ItemToItemSource
+    from recsys.pipeline.retrieval import ItemToItemSource, RetrievalQuery
     from recsys.settings import ServingSettings
     from training.bundles import write_embedding_bundle
     from training.config import TwoTowerConfig
@@ -111,6 +111,15 @@ def test_an_ivf_embedding_records_its_item_query_probes_and_serving_searches_wit
     assert item_to_item.nprobe == meta["index_item_nprobe"]
     # the tuned number, not the default rule's (which scans every list of this small index)
     assert item_to_item.nprobe < ivf_spec(data.catalog.size, nlist=32).nprobe
+    # ...with which training searched every item's neighbours once: the source reads them
+    assert meta["item_neighbours"] == settings.item_to_item_per_seed
+    assert item_to_item.neighbours is not None
+    assert item_to_item.neighbours.shape == (data.catalog.size + 1, meta["item_neighbours"])
+    searched = ItemToItemSource(item_to_item.index, item_to_item.vectors, 5,
+                                settings.item_to_item_per_seed, item_to_item.nprobe)
+    for recent in history[:8]:
+        query = RetrievalQuery(np.zeros(config.dim, dtype=np.float32), recent)
+        np.testing.assert_array_equal(item_to_item(query), searched(query))
 
 
 def test_every_loaded_session_answers_its_parity_sample_as_training_recorded(
@@ -151,3 +160,17 @@ def test_bundles_written_before_parity_samples_load_without_the_check(tmp_path: 
 
     assert EmbeddingBundle.load(tmp_path / "embedding").check_parity() is None
     assert RankerBundle.load(tmp_path / "ranker").check_parity() is None
+
+
+def test_bundles_without_a_neighbour_table_load_and_a_table_of_other_items_is_refused(
+        tmp_path: Path) -> None:
+    manifest = make_embedding_bundle(tmp_path / "embedding", n_items=50)
+    assert EmbeddingBundle.load(tmp_path / "embedding").item_neighbours is None  # searched
+    np.save(tmp_path / "embedding" / artifacts.ITEM_NEIGHBOURS, np.zeros((40, 5), np.int32))
+    artifacts.write_manifest(tmp_path / "embedding", "embedding", manifest.metadata)
+    with pytest.raises(ArtifactError, match="has 40 rows for 51 item vectors"):
+        EmbeddingBundle.load(tmp_path / "embedding")
+    np.save(tmp_path / "embedding" / artifacts.ITEM_NEIGHBOURS, np.zeros((51, 5), np.int64))
+    artifacts.write_manifest(tmp_path / "embedding", "embedding", manifest.metadata)
+    with pytest.raises(ArtifactError, match="expected an int32"):
+        EmbeddingBundle.load(tmp_path / "embedding")

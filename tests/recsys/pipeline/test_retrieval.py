@@ -23,7 +23,7 @@ from recsys.pipeline.retrieval import (
 )
 from tests.support.bundle_factory import make_embedding_bundle
 from tests.support.events import Events
-from training.index_build import IndexSpec, build_index
+from training.index_build import IndexSpec, build_index, item_neighbours
 
 N_ITEMS = 200
 
@@ -136,6 +136,56 @@ def test_item_to_item_without_recent_items_or_seeds_returns_nothing(
     empty = RetrievalQuery(query.user_vector, np.zeros(0, dtype=np.int64))
     assert ItemToItemSource(bundle.index, bundle.item_vectors, 5, 10)(empty).size == 0
     assert ItemToItemSource(bundle.index, bundle.item_vectors, 0, 10)(query).size == 0
+
+
+class NoSearch:
+    """An index that must not be searched."""
+
+    def search(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the neighbour table should have answered")
+
+
+def test_item_to_item_reads_the_neighbour_table_and_answers_as_the_search_does(
+        bundle: EmbeddingBundle) -> None:
+    """Training's table (training.index_build.item_neighbours) gives the source the lists its
+    search gave, without searching: here the index cannot be searched at all."""
+    table = item_neighbours(bundle.index, 10)
+    assert table.dtype == np.int32 and table.shape == (N_ITEMS + 1, 10)
+    assert (table[PAD] == PAD).all()
+    for row in (1, 42, N_ITEMS):  # each row: the exact nearest other items, best first
+        np.testing.assert_array_equal(table[row], [i for i in exact_top(
+            bundle, bundle.item_vectors[row], 11) if i != row][:10])
+    recent = np.asarray([5, 17, 42, 99], dtype=np.int64)
+    query = RetrievalQuery(bundle.item_vectors[42], recent)
+    searched = ItemToItemSource(bundle.index, bundle.item_vectors, seeds=3, per_seed=10)(query)
+    read = ItemToItemSource(NoSearch(), bundle.item_vectors, seeds=3, per_seed=10,  # type: ignore[arg-type]
+                            neighbours=table)(query)
+    np.testing.assert_array_equal(read, searched)
+    # fewer neighbours than the table holds: the first ones of each row
+    fewer = ItemToItemSource(NoSearch(), bundle.item_vectors, seeds=3, per_seed=4,  # type: ignore[arg-type]
+                             neighbours=table)(query)
+    np.testing.assert_array_equal(
+        fewer, ItemToItemSource(bundle.index, bundle.item_vectors, 3, 4)(query))
+
+
+def test_item_to_item_searches_when_the_table_is_narrower_than_asked(
+        bundle: EmbeddingBundle) -> None:
+    table = item_neighbours(bundle.index, 4)
+    source = ItemToItemSource(NoSearch(), bundle.item_vectors, seeds=2, per_seed=10,  # type: ignore[arg-type]
+                              neighbours=table)
+    assert source.neighbours is None
+    with pytest.raises(AssertionError, match="neighbour table"):
+        source(RetrievalQuery(bundle.item_vectors[1], np.asarray([3, 4], dtype=np.int64)))
+
+
+def test_item_neighbours_of_a_catalogue_smaller_than_k_fill_with_padding() -> None:
+    vectors = np.zeros((4, 2), dtype=np.float32)
+    vectors[1:] = [[1, 0], [0.9, 0.1], [0, 1]]
+    table = item_neighbours(ItemIndex(build_index(vectors), vectors), 5)
+    np.testing.assert_array_equal(table, [[0] * 5, [2, 3, 0, 0, 0], [1, 3, 0, 0, 0],
+                                          [2, 1, 0, 0, 0]])
+    with pytest.raises(ValueError, match="k must be positive"):
+        item_neighbours(ItemIndex(build_index(vectors), vectors), 0)
 
 
 # ---- Retriever ----------------------------------------------------------------------------
