@@ -304,20 +304,25 @@ def choose_policy(data: PreparedData, validation: EvalUsers, ranker: Scorer,
         scores.update({f"val_new_{n}_{path}_hr_at_10": v for path, v in hr.items()})
         # a tie goes to the path for longer histories: a short-history path has to win
         best_paths.append(max(reversed(hr), key=lambda path: hr[path]))
-    short_history = _last_of_run(best_paths, "item_to_item", 0)
-    retrieval_until = _last_of_run(best_paths, "retrieval", short_history) if use_ranker else 0
-    return RankingPolicy(short_history=SHORT_HISTORIES[short_history - 1] if short_history else 0,
-                         use_ranker=use_ranker,
-                         retrieval_until=(SHORT_HISTORIES[retrieval_until - 1]
-                                          if retrieval_until > short_history else 0)), scores
+    short_history = _served_until(best_paths, "item_to_item")
+    retrieval_until = _served_until(best_paths, "retrieval", after=short_history) \
+        if use_ranker else 0
+    return RankingPolicy(short_history=short_history, use_ranker=use_ranker,
+                         retrieval_until=retrieval_until), scores
 
 
-def _last_of_run(best_paths: list[str], path: str, start: int) -> int:
-    """How many of best_paths, from `start` on, are an unbroken run of `path`, plus start."""
-    end = start
-    while end < len(best_paths) and best_paths[end] == path:
-        end += 1
-    return end
+def _served_until(best_paths: list[str], path: str, after: int = 0) -> int:
+    """The longest of SHORT_HISTORIES up to which `path` was the best at every length tried
+    after `after` events (best_paths[i]: the best at SHORT_HISTORIES[i]); 0 when it lost at the
+    first of them."""
+    until = 0
+    for n, best in zip(SHORT_HISTORIES, best_paths):
+        if n <= after:
+            continue
+        if best != path:
+            break
+        until = n
+    return until
 
 
 class Scorer(Protocol):

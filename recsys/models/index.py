@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.errors import ArtifactError
+from recsys.features import PAD
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -153,6 +154,19 @@ class ItemIndex:
         if missing.any():
             scores[missing] = -np.inf
         return scores, ids
+
+    def neighbours(self, rows: IntArray, k: int, nprobe: int | None = None) -> IntArray:
+        """[len(rows), k] the k nearest *other* items of each catalogue row, best first (the
+        row itself dropped where the search found it, else the k+1-th; with unnormalised
+        vectors an item is not always its own nearest); slots the search could not fill are
+        PAD. `nprobe` as in `search`."""
+        _, ids = self.search(np.ascontiguousarray(self.vectors[rows]), k + 1, nprobe=nprobe)
+        keep = ids != np.asarray(rows)[:, None]
+        keep[keep.all(axis=1), -1] = False
+        found = ids[keep].reshape(len(rows), -1)[:, :k]
+        out = np.full((len(rows), k), PAD, dtype=np.int64)
+        out[:, :found.shape[1]] = np.where(found > PAD, found, PAD)
+        return out
 
     def _index_for(self, k: int) -> faiss.Index:
         if not self._on_gpu or k <= GPU_MAX_K:

@@ -31,7 +31,7 @@ from training.data import SyntheticConfig, generate_synthetic
 from training.pipeline import PipelineResult, code_version, ensure_champion, run_pipeline
 from training.search_step import LOGGED
 from training.settings import TrainingSettings
-from training.steps import SHORT_HISTORIES, data_fingerprint
+from training.steps import SHORT_HISTORIES, _served_until, data_fingerprint
 
 USERS, ITEMS = 150, 300
 CONFIG = PipelineConfig(
@@ -400,3 +400,16 @@ def test_run_pipeline_rejects_an_unknown_promotion_policy(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="promote='sometimes'"):
         run_pipeline(_settings(tmp_path / "store", tmp_path / "work", 1), CONFIG,
                      promote="sometimes")
+
+
+@pytest.mark.parametrize(("best", "item_to_item", "retrieval"), [
+    (["item_to_item", "item_to_item", "retrieval", "retrieval", "ranker"], 2, 5),
+    (["retrieval", "item_to_item", "retrieval", "ranker", "retrieval"], 0, 1),
+    (["ranker"] * 5, 0, 0),
+    (["item_to_item"] * 5, 10, 0),
+    (["retrieval"] * 4 + ["ranker"], 0, 5),
+])
+def test_each_short_history_path_is_served_up_to_the_end_of_its_unbroken_run_of_wins(
+        best: list[str], item_to_item: int, retrieval: int) -> None:
+    assert _served_until(best, "item_to_item") == item_to_item
+    assert _served_until(best, "retrieval", after=item_to_item) == retrieval

@@ -144,6 +144,8 @@ class NoSearch:
     def search(self, *args: object, **kwargs: object) -> None:
         raise AssertionError("the neighbour table should have answered")
 
+    neighbours = search
+
 
 def test_item_to_item_reads_the_neighbour_table_and_answers_as_the_search_does(
         bundle: EmbeddingBundle) -> None:
@@ -186,6 +188,16 @@ def test_item_neighbours_of_a_catalogue_smaller_than_k_fill_with_padding() -> No
                                           [2, 1, 0, 0, 0]])
     with pytest.raises(ValueError, match="k must be positive"):
         item_neighbours(ItemIndex(build_index(vectors), vectors), 0)
+
+
+def test_an_item_that_is_not_its_own_nearest_still_gets_exactly_k_others() -> None:
+    """Inner product over unnormalised vectors: a short vector scores its own item below
+    longer ones, so the search's k+1 results may not hold it; the k+1-th is dropped then."""
+    vectors = np.zeros((5, 2), dtype=np.float32)
+    vectors[1:] = [[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.05]]
+    index = ItemIndex(build_index(vectors), vectors)
+    np.testing.assert_array_equal(index.neighbours(np.asarray([4, 2]), 1), [[1], [1]])
+    np.testing.assert_array_equal(index.neighbours(np.asarray([4]), 2), [[1, 2]])
 
 
 # ---- Retriever ----------------------------------------------------------------------------
