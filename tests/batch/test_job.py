@@ -155,6 +155,11 @@ def test_the_in_process_loop_and_the_users_it_is_given(trained_models: TrainedMo
     refs = trained_models.refs(CHAMPION)
     config = settings(None, **LIST_SETTINGS)
     spec = ScoringSpec.for_batch(refs, config, 10, None, 3600.0)
+    # no client waits on the job: no list is degraded for a slow stage or a slow Redis call
+    for timeout in ("tower_timeout_ms", "retrieval_timeout_ms", "ranking_timeout_ms",
+                    "redis_timeout_ms"):
+        served = ServingSettings.model_fields[timeout].default
+        assert getattr(spec.settings, timeout) >= 100 * served
     top = select_users(spec, "top:7")
     assert top == select_users(spec, "all")[:7] and len(set(top)) == 7
     with pytest.raises(ValueError, match="'all' or 'top:N'"):
