@@ -116,4 +116,3 @@ def test_ensure_recall_never_lowers_nprobe_and_leaves_flat_indexes_alone(
     flat_vectors, flat_queries = clustered_small
     flat = ItemIndex(build_index(flat_vectors, use_gpu=False), flat_vectors)
     assert ensure_recall(flat, flat_queries, k=10) == (None, 1.0)
-
