@@ -100,9 +100,7 @@ class NoWrapping:
 
 def candidate_sources(embedding: EmbeddingBundle,
                       settings: ServingSettings) -> list[CandidateSource]:
-    """The retrieval sources of one embedding bundle: ANN, popular, item-to-item (from the
-    bundle's neighbour table, else searched with the IVF probes training measured for item
-    queries, when the manifest has them)."""
+    """The retrieval sources of one embedding bundle (item-to-item: its table, else searched)."""
     return [
         AnnSource(embedding.index, settings.ann_candidates),
         PopularSource(embedding.catalog.popular_rows, settings.popular_candidates),
