@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from redis.exceptions import RedisError
 
 from recsys.app.canary_control import CanaryControl, CanaryError
 from recsys.app.live_models import LiveModels
@@ -21,6 +23,10 @@ from recsys.stores.invalidation import InvalidationListener
 from recsys.stores.precomputed import PrecomputedTier
 
 LOG = logging.getLogger("bentoml.recsys.runtime")
+
+
+class _Closes(Protocol):
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -100,19 +106,19 @@ class Runtime:
         return self.canary
 
     async def aclose(self) -> None:
-        if self.invalidations is not None:
-            await self.invalidations.aclose()
-        if self.canary is not None:
-            await self.canary.aclose()
-        if self.live is not None:
-            await self.live.aclose()
-        if self.shadow is not None:
-            await self.shadow.aclose()
-        if self.cache is not None:
-            await self.cache.aclose()
-        if self.history is not None:
-            await self.history.aclose()
-        if self.precomputed is not None:
-            await self.precomputed.aclose()
+        """Close every part. A part whose close fails (under load a Redis socket can take longer
+        than its timeout to close) is logged, and the parts after it still close."""
+        parts: dict[str, _Closes | None] = {
+            "invalidations": self.invalidations, "canary": self.canary, "live": self.live,
+            "shadow": self.shadow, "cache": self.cache, "history": self.history,
+            "precomputed": self.precomputed}
+        for name, part in parts.items():
+            if part is None:
+                continue
+            try:
+                await part.aclose()
+            except (RedisError, OSError) as error:
+                LOG.warning("closing the %s failed (%s: %s), the other parts are closed",
+                            name, type(error).__name__, error)
         if self.search is not None:
             self.search.close()
