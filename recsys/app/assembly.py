@@ -19,7 +19,6 @@ from recsys.experiments.canary_store import CanaryStore
 from recsys.experiments.routing import Router, active_experiment
 from recsys.experiments.shadow import ShadowConfig, ShadowScorer
 from recsys.models.bundles import EmbeddingBundle, RankerBundle, check_compatible
-from recsys.models.index import item_query_nprobe
 from recsys.models.policy import RankingPolicy
 from recsys.models.registry_client import CHALLENGER, CHAMPION, RegistryClient
 from recsys.pipeline.event_recording import EventRecorder
@@ -104,11 +103,8 @@ def candidate_sources(embedding: EmbeddingBundle,
     return [
         AnnSource(embedding.index, settings.ann_candidates),
         PopularSource(embedding.catalog.popular_rows, settings.popular_candidates),
-        ItemToItemSource(embedding.index, embedding.item_vectors, settings.item_to_item_seeds,
-                         settings.item_to_item_per_seed,
-                         item_query_nprobe(embedding.index,
-                                           embedding.manifest.metadata.get("index_item_nprobe")),
-                         embedding.item_neighbours),
+        ItemToItemSource(embedding.neighbours(), settings.item_to_item_seeds,
+                         settings.item_to_item_per_seed),
     ]
 
 

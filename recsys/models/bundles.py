@@ -18,7 +18,8 @@ from recsys.features import (
     user_tower_feeds,
 )
 from recsys.models import artifacts
-from recsys.models.index import ItemIndex, load_index
+from recsys.models.index import ItemIndex, item_query_nprobe, load_index
+from recsys.models.neighbours import ItemNeighbours
 from recsys.models.onnx_runtime import CPU, active_provider, create_session, providers
 from recsys.models.policy import RankingPolicy
 
@@ -76,6 +77,12 @@ class EmbeddingBundle:
     @property
     def fingerprint(self) -> str:
         return self.manifest.fingerprint()
+
+    def neighbours(self) -> ItemNeighbours:
+        """Each item's nearest other items: from the table when the bundle has one, else searched
+        with the IVF probes training tuned for item queries (the manifest's index_item_nprobe)."""
+        return ItemNeighbours(self.index, item_query_nprobe(
+            self.index, self.manifest.metadata.get("index_item_nprobe")), self.item_neighbours)
 
     def check_parity(self) -> float | None:
         """The loaded user tower's output on the bundle's parity sample against training's

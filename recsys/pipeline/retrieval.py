@@ -18,6 +18,7 @@ import numpy.typing as npt
 from recsys.errors import RetrievalError
 from recsys.features import PAD
 from recsys.models.index import ItemIndex
+from recsys.models.neighbours import ItemNeighbours
 from recsys.telemetry import EventSink, ignore_event
 
 IntArray = npt.NDArray[np.int64]
@@ -83,35 +84,20 @@ class PopularSource:
 
 
 class ItemToItemSource:
-    """Nearest neighbours (by item vector) of the user's most recent items: read from the table
-    training precomputed (`neighbours`, [n+1, K] rows of catalogue rows), else searched in the
-    index (bundles without a table, or more neighbours per seed than it holds).
-
-    On the 100K-item benchmark model (item queries need 128 IVF probes there), 5 seeds: 30 µs
-    read against 1.7-2.0 ms searched per request, the same lists.
-    """
+    """Nearest neighbours (by item vector) of the user's most recent items (`neighbours`: the
+    table training precomputed, else the index searched; recsys/models/neighbours.py)."""
 
     name = "item2item"
     inline = True
 
-    def __init__(self, index: ItemIndex, item_vectors: FloatArray, seeds: int, per_seed: int,
-                 nprobe: int | None = None,
-                 neighbours: npt.NDArray[np.int32] | None = None) -> None:
-        self.index, self.vectors = index, item_vectors
-        self.seeds, self.per_seed = seeds, per_seed
-        self.nprobe = nprobe  # IVF probes for item queries (None: the index's own)
-        # A table narrower than per_seed is used only when it holds every other item.
-        self.neighbours = neighbours if neighbours is not None and \
-            neighbours.shape[1] >= min(per_seed, len(neighbours) - 2) else None
+    def __init__(self, neighbours: ItemNeighbours, seeds: int, per_seed: int) -> None:
+        self.neighbours, self.seeds, self.per_seed = neighbours, seeds, per_seed
 
     def __call__(self, query: RetrievalQuery) -> IntArray:
         seeds = query.recent[-self.seeds:] if self.seeds else query.recent[:0]
         if seeds.size == 0:
             return np.zeros(0, dtype=np.int64)
-        if self.neighbours is not None:
-            ids = self.neighbours[seeds, :self.per_seed].astype(np.int64)
-        else:
-            ids = self.index.neighbours(seeds, self.per_seed, self.nprobe)
+        ids = self.neighbours.of(seeds, self.per_seed)
         # Interleave neighbour lists (most recent seed first) so every seed is represented.
         flat = ids[::-1].T.reshape(-1)
         return flat[(flat > PAD) & ~np.isin(flat, seeds)]

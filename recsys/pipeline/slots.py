@@ -11,6 +11,7 @@ from cachetools import LRUCache
 from recsys.errors import UnknownIdError
 from recsys.features import FeatureScaler, ItemCatalog
 from recsys.models.bundles import EmbeddingBundle
+from recsys.models.neighbours import ItemNeighbours
 from recsys.models.policy import RankingPolicy
 from recsys.pipeline.fallbacks import popularity_candidates
 from recsys.pipeline.ranking import RankerChain
@@ -45,6 +46,7 @@ class ModelSlot:
     user_rows: dict[str, int] = field(init=False)
     # the most popular items, scored by popularity: the cold-start list, built once per slot
     popular: Candidates = field(init=False)
+    neighbours: ItemNeighbours = field(init=False)  # each item's nearest others (/similar_items)
     # request -> its result cache key: a repeat (every cache hit) skips hashing the request.
     result_keys: LRUCache[RecommendRequest, str] = field(
         init=False, default_factory=lambda: LRUCache(maxsize=RESULT_KEYS_KEPT))
@@ -55,6 +57,7 @@ class ModelSlot:
         users = self.embedding.users
         self.user_rows = {} if users is None else {u: i for i, u in enumerate(users.user_ids)}
         self.popular = popularity_candidates(self.catalog)
+        self.neighbours = self.embedding.neighbours()
 
     @property
     def catalog(self) -> ItemCatalog:

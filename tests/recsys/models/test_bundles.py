@@ -11,6 +11,7 @@ import pytest
 from recsys.errors import ArtifactError
 from recsys.models import artifacts
 from recsys.models.bundles import EmbeddingBundle, RankerBundle, UserTowerBundle
+from recsys.models.neighbours import ItemNeighbours
 from tests.support.bundle_factory import make_embedding_bundle, make_ranker_bundle
 from tests.support.fixtures_models import TrainedModels
 
@@ -108,15 +109,17 @@ def test_an_ivf_embedding_records_its_item_query_probes_and_serving_searches_wit
     settings = ServingSettings(models_file=tmp_path / "unused.json", redis_url=None)
     sources = candidate_sources(EmbeddingBundle.load(tmp_path / "embedding"), settings)
     (item_to_item,) = [s for s in sources if isinstance(s, ItemToItemSource)]
-    assert item_to_item.nprobe == meta["index_item_nprobe"]
+    neighbours = item_to_item.neighbours
+    assert neighbours.nprobe == meta["index_item_nprobe"]
     # the tuned number, not the default rule's (which scans every list of this small index)
-    assert item_to_item.nprobe < ivf_spec(data.catalog.size, nlist=32).nprobe
+    assert neighbours.nprobe < ivf_spec(data.catalog.size, nlist=32).nprobe
     # ...with which training searched every item's neighbours once: the source reads them
     assert meta["item_neighbours"] == settings.item_to_item_per_seed
-    assert item_to_item.neighbours is not None
-    assert item_to_item.neighbours.shape == (data.catalog.size + 1, meta["item_neighbours"])
-    searched = ItemToItemSource(item_to_item.index, item_to_item.vectors, 5,
-                                settings.item_to_item_per_seed, item_to_item.nprobe)
+    assert neighbours.table is not None
+    assert neighbours.table.shape == (data.catalog.size + 1, meta["item_neighbours"])
+    assert neighbours.reads_table(settings.item_to_item_per_seed)
+    searched = ItemToItemSource(ItemNeighbours(neighbours.index, neighbours.nprobe), 5,
+                                settings.item_to_item_per_seed)
     for recent in history[:8]:
         query = RetrievalQuery(np.zeros(config.dim, dtype=np.float32), recent)
         np.testing.assert_array_equal(item_to_item(query), searched(query))

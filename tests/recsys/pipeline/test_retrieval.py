@@ -13,6 +13,7 @@ from recsys.errors import RetrievalError
 from recsys.features import PAD
 from recsys.models.bundles import EmbeddingBundle
 from recsys.models.index import ItemIndex
+from recsys.models.neighbours import ItemNeighbours
 from recsys.pipeline.retrieval import (
     AnnSource,
     Candidates,
@@ -116,7 +117,7 @@ def test_item_to_item_returns_neighbours_of_recent_items_but_never_the_seeds(
     anchor = 42
     neighbour = int(exact_top(bundle, bundle.item_vectors[anchor], 2)[1])
     recent = np.asarray([5, neighbour, anchor], dtype=np.int64)  # anchor most recent
-    source = ItemToItemSource(bundle.index, bundle.item_vectors, seeds=2, per_seed=10)
+    source = ItemToItemSource(ItemNeighbours(bundle.index), seeds=2, per_seed=10)
     found = source(RetrievalQuery(bundle.item_vectors[anchor], recent))
     assert len(found) > 0 and (found > PAD).all()
     assert anchor not in found and neighbour not in found  # both are seeds
@@ -134,8 +135,8 @@ def test_item_to_item_returns_neighbours_of_recent_items_but_never_the_seeds(
 def test_item_to_item_without_recent_items_or_seeds_returns_nothing(
         bundle: EmbeddingBundle, query: RetrievalQuery) -> None:
     empty = RetrievalQuery(query.user_vector, np.zeros(0, dtype=np.int64))
-    assert ItemToItemSource(bundle.index, bundle.item_vectors, 5, 10)(empty).size == 0
-    assert ItemToItemSource(bundle.index, bundle.item_vectors, 0, 10)(query).size == 0
+    assert ItemToItemSource(ItemNeighbours(bundle.index), 5, 10)(empty).size == 0
+    assert ItemToItemSource(ItemNeighbours(bundle.index), 0, 10)(query).size == 0
 
 
 class NoSearch:
@@ -159,23 +160,23 @@ def test_item_to_item_reads_the_neighbour_table_and_answers_as_the_search_does(
             bundle, bundle.item_vectors[row], 11) if i != row][:10])
     recent = np.asarray([5, 17, 42, 99], dtype=np.int64)
     query = RetrievalQuery(bundle.item_vectors[42], recent)
-    searched = ItemToItemSource(bundle.index, bundle.item_vectors, seeds=3, per_seed=10)(query)
-    read = ItemToItemSource(NoSearch(), bundle.item_vectors, seeds=3, per_seed=10,  # type: ignore[arg-type]
-                            neighbours=table)(query)
+    searched = ItemToItemSource(ItemNeighbours(bundle.index), seeds=3, per_seed=10)(query)
+    read = ItemToItemSource(ItemNeighbours(NoSearch(), table=table),  # type: ignore[arg-type]
+                            seeds=3, per_seed=10)(query)
     np.testing.assert_array_equal(read, searched)
     # fewer neighbours than the table holds: the first ones of each row
-    fewer = ItemToItemSource(NoSearch(), bundle.item_vectors, seeds=3, per_seed=4,  # type: ignore[arg-type]
-                             neighbours=table)(query)
+    fewer = ItemToItemSource(ItemNeighbours(NoSearch(), table=table),  # type: ignore[arg-type]
+                             seeds=3, per_seed=4)(query)
     np.testing.assert_array_equal(
-        fewer, ItemToItemSource(bundle.index, bundle.item_vectors, 3, 4)(query))
+        fewer, ItemToItemSource(ItemNeighbours(bundle.index), 3, 4)(query))
 
 
 def test_item_to_item_searches_when_the_table_is_narrower_than_asked(
         bundle: EmbeddingBundle) -> None:
     table = item_neighbours(bundle.index, 4)
-    source = ItemToItemSource(NoSearch(), bundle.item_vectors, seeds=2, per_seed=10,  # type: ignore[arg-type]
-                              neighbours=table)
-    assert source.neighbours is None
+    source = ItemToItemSource(ItemNeighbours(NoSearch(), table=table),  # type: ignore[arg-type]
+                              seeds=2, per_seed=10)
+    assert not source.neighbours.reads_table(10) and source.neighbours.reads_table(4)
     with pytest.raises(AssertionError, match="neighbour table"):
         source(RetrievalQuery(bundle.item_vectors[1], np.asarray([3, 4], dtype=np.int64)))
 
@@ -204,7 +205,7 @@ def test_an_item_that_is_not_its_own_nearest_still_gets_exactly_k_others() -> No
 
 def sources(bundle: EmbeddingBundle) -> list:
     return [AnnSource(bundle.index, 30), PopularSource(bundle.catalog.popular_rows, 20),
-            ItemToItemSource(bundle.index, bundle.item_vectors, 3, 10)]
+            ItemToItemSource(ItemNeighbours(bundle.index), 3, 10)]
 
 
 def retrieve(retriever: Retriever, query: RetrievalQuery) -> Candidates:

@@ -29,6 +29,10 @@ def test_neighbours_leave_the_item_out_and_come_best_first(refs: list[ModelRefs]
     assert [i["score"] for i in answer["items"]] == pytest.approx(expected, abs=2e-6)
     assert expected == sorted(expected, reverse=True)
     assert answer["model_versions"] == refs[0].versions
+    # read from training's neighbour table, which holds the same items
+    table = slot.neighbours.table
+    assert table is not None and slot.neighbours.reads_table(7)
+    assert sorted(slot.item_rows[f] for f in found) == sorted(table[slot.item_rows[item], :7])
 
 
 def test_an_unknown_item_is_not_found(refs: list[ModelRefs]) -> None:

