@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from recsys.models.bundles import EmbeddingBundle
-from recsys.search.engine import SearchEngine, build_search_engine
+from recsys.search.engine import SearchEngine, build_search_engine, chosen_search_ranking
 from recsys.search.fusion import FusionRule, Ranked, personal_list
 from recsys.settings import ServingSettings
 from training.config import TwoTowerConfig
@@ -237,7 +237,7 @@ def evaluate_search(data: PreparedData, embedding: EmbeddingBundle,
     """Choose on validation, report on test; JSON-ready."""
     choice, grid = choose(data, embedding, config)
     return {"config": asdict(config), "chosen": described(choice, "validation"),
-            "ranking": served_ranking(embedding),
+            "ranking": chosen_search_ranking(embedding),
             "validation_grid": grid, "test": report_test(data, embedding, config, choice)}
 
 
@@ -258,13 +258,8 @@ def evaluate_served(data: PreparedData, embedding: EmbeddingBundle,
         seeds=seeds, candidates=ServingSettings.model_fields["search_candidates"].default)
     choice = served_choice()
     return {"config": asdict(config), "chosen": described(choice, "served"),
-            "ranking": served_ranking(embedding),
+            "ranking": chosen_search_ranking(embedding),
             "test": report_test(data, embedding, config, choice)}
-
-
-def served_ranking(embedding: EmbeddingBundle) -> str:
-    """"learned" when the bundle's search ranker orders the fused lists, else "fusion"."""
-    return str(embedding.manifest.metadata.get("search_ranking", {}).get("use", "fusion"))
 
 
 def described(choice: Choice, source: str) -> dict[str, Any]:

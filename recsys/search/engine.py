@@ -56,12 +56,19 @@ def build_search_engine(embedding: EmbeddingBundle, *, typo_similarity: float, c
     return engine
 
 
+def chosen_search_ranking(embedding: EmbeddingBundle) -> str:
+    """"learned" when training chose the bundle's search ranker on validation and the bundle
+    holds it, else "fusion" (training chose fusion alone, or bundles trained before it)."""
+    chosen = embedding.manifest.metadata.get("search_ranking", {})
+    learned = chosen.get("use") == "learned" and (embedding.path / SEARCH_RANKER).is_file()
+    return "learned" if learned else "fusion"
+
+
 def load_search_ranker(embedding: EmbeddingBundle, index: SearchIndex,
                        threads: int = 1) -> SearchRanker | None:
     """The bundle's search ranker, parity-checked, when training chose it on validation; None
     when it chose fusion alone or the bundle has none (bundles trained before it existed)."""
-    chosen = embedding.manifest.metadata.get("search_ranking", {})
-    if chosen.get("use") != "learned" or not (embedding.path / SEARCH_RANKER).is_file():
+    if chosen_search_ranking(embedding) != "learned":
         return None
     ranker = SearchRanker.load(embedding.path, index, threads)
     ranker.check_parity(embedding.path)

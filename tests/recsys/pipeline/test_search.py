@@ -19,6 +19,7 @@ from recsys.features import ItemCatalog
 from recsys.models import artifacts
 from recsys.models.bundles import EmbeddingBundle
 from recsys.pipeline.search_request import SearchRequest
+from recsys.search.engine import chosen_search_ranking
 from recsys.search.learned import RERANKED, SEARCH_FEATURES, SEARCH_RANKER
 from serving.responses import ResponseEncoder
 from serving.search_schemas import SearchResponse
@@ -228,6 +229,17 @@ def test_training_wrote_a_search_ranker_and_its_choice(champion: EmbeddingBundle
                                                       "category", "objective"}
     assert (champion.path / SEARCH_RANKER).is_file()
     assert chosen["onnx_parity_max_abs_diff"] < 1e-4
+
+
+def test_the_served_search_ranking_is_learned_only_where_chosen_and_present(
+        learned_refs: list[ModelRefs], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What /search serves and what the offline search evaluation reports it serves: one rule."""
+    learned = learned_refs[0].paths["embedding"]
+    assert chosen_search_ranking(EmbeddingBundle.load(learned)) == "learned"
+    without = tmp_path_factory.mktemp("without") / "embedding"
+    shutil.copytree(learned, without)
+    (without / SEARCH_RANKER).unlink()
+    assert chosen_search_ranking(EmbeddingBundle.load(without, verify=False)) == "fusion"
 
 
 def test_the_learned_ranker_orders_the_first_fused_results(learned_refs: list[ModelRefs],
