@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from training.replay import KEEPALIVE_EXPIRY_S
+
 ENDPOINTS = ("/recommend", "/events", "/similar_items", "/rank")
 DEFAULT_MIX = (0.6, 0.2, 0.1, 0.1)  # shares of ENDPOINTS
 EVENT_TYPES = ("click", "view")
@@ -124,7 +126,8 @@ class MixedLoad:
         rng = np.random.default_rng(self.shape.seed)
         zipf = ZipfUsers(self.users, self.shape.zipf_s, rng)
         limits = httpx.Limits(max_connections=self.shape.concurrency,
-                              max_keepalive_connections=self.shape.concurrency)
+                              max_keepalive_connections=self.shape.concurrency,
+                              keepalive_expiry=KEEPALIVE_EXPIRY_S)  # see training/replay.py
         async with httpx.AsyncClient(base_url=self.url, timeout=self.shape.timeout_s,
                                      limits=limits) as client:
             await asyncio.gather(*(self._worker(client, zipf, rng, n)
