@@ -103,7 +103,7 @@ def candidate_sources(embedding: EmbeddingBundle,
     return [
         AnnSource(embedding.index, settings.ann_candidates),
         PopularSource(embedding.catalog.popular_rows, settings.popular_candidates),
-        ItemToItemSource(embedding.neighbours(), settings.item_to_item_seeds,
+        ItemToItemSource(embedding.neighbours, settings.item_to_item_seeds,
                          settings.item_to_item_per_seed),
     ]
 

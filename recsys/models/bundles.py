@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,9 +79,11 @@ class EmbeddingBundle:
     def fingerprint(self) -> str:
         return self.manifest.fingerprint()
 
+    @cached_property
     def neighbours(self) -> ItemNeighbours:
         """Each item's nearest other items: from the table when the bundle has one, else searched
-        with the IVF probes training tuned for item queries (the manifest's index_item_nprobe)."""
+        with the IVF probes training tuned for item queries (the manifest's index_item_nprobe).
+        One object per bundle, shared by item-to-item retrieval and /similar_items."""
         return ItemNeighbours(self.index, item_query_nprobe(
             self.index, self.manifest.metadata.get("index_item_nprobe")), self.item_neighbours)
 

@@ -46,7 +46,6 @@ class ModelSlot:
     user_rows: dict[str, int] = field(init=False)
     # the most popular items, scored by popularity: the cold-start list, built once per slot
     popular: Candidates = field(init=False)
-    neighbours: ItemNeighbours = field(init=False)  # each item's nearest others (/similar_items)
     # request -> its result cache key: a repeat (every cache hit) skips hashing the request.
     result_keys: LRUCache[RecommendRequest, str] = field(
         init=False, default_factory=lambda: LRUCache(maxsize=RESULT_KEYS_KEPT))
@@ -57,11 +56,15 @@ class ModelSlot:
         users = self.embedding.users
         self.user_rows = {} if users is None else {u: i for i, u in enumerate(users.user_ids)}
         self.popular = popularity_candidates(self.catalog)
-        self.neighbours = self.embedding.neighbours()
 
     @property
     def catalog(self) -> ItemCatalog:
         return self.embedding.catalog
+
+    @property
+    def neighbours(self) -> ItemNeighbours:
+        """Each item's nearest other items (/similar_items; item-to-item retrieval shares it)."""
+        return self.embedding.neighbours
 
     @property
     def history_len(self) -> int:
