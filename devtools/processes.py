@@ -27,6 +27,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
              "DO_NOT_TRACK": "true", "TQDM_DISABLE": "1"}
 READY_TIMEOUT_S = 90.0
+# How long `bentoml serve` keeps an idle keep-alive connection open (`--timeout-keep-alive`):
+# longer than its clients' and load balancers' idle timeouts (httpx 5 s, HAProxy's idle server
+# connections 5 s, an AWS ALB 60 s), so the client end always closes an idle connection first.
+# uvicorn's default, 5 s, equals httpx's: a request sent on a connection the server is closing
+# at that moment is reset. serving/Dockerfile.template gives the image the same value.
+KEEP_ALIVE_S = 75
 STOP_TIMEOUT_S = 10.0
 STARTUP_FAILED = "Application startup failed"
 STARTUP_FAILURES_TO_GIVE_UP = 3  # lines; BentoML may log each failure twice, and retries it
@@ -149,7 +155,7 @@ def bentoml_serve(target: str, env: Mapping[str, str], log_path: Path, *,
                   ready_timeout_s: float = READY_TIMEOUT_S) -> ServerProcess:
     """`python -m bentoml serve <target>` on 127.0.0.1 and a free port."""
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
-               "--port", "{port}", *args]
+               "--port", "{port}", "--timeout-keep-alive", str(KEEP_ALIVE_S), *args]
     return ServerProcess(name or f"bentoml serve {target}", command, env, log_path, cwd=cwd,
                          base_env=base_env, ready_timeout_s=ready_timeout_s)
 

@@ -24,7 +24,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from devtools.local_redis import LocalRedis
-from devtools.processes import ServerProcess
+from devtools.processes import KEEP_ALIVE_S, ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("RECSYS_MODEL_SOURCE", "registry")
     command = [sys.executable, "-m", "bentoml", "serve", "service:Recommender",
-               "--port", str(args.port)]
+               "--port", str(args.port), "--timeout-keep-alive", str(KEEP_ALIVE_S)]
     if not env.get("RECSYS_ADMIN_TOKEN"):
         env["RECSYS_ADMIN_TOKEN"] = admin_token(args.run_dir)
         print(f"==> admin endpoints: the token is in {args.run_dir / 'admin-token'} (python -m "

@@ -26,12 +26,16 @@ class ItemNeighbours:
 
     def reads_table(self, k: int) -> bool:
         """Whether k neighbours come from the table: it holds k per item, or every other item."""
-        return self.table is not None and \
-            self.table.shape[1] >= min(k, len(self.table) - 2)
+        return self._table_for(k) is not None
 
     def of(self, rows: IntArray, k: int) -> IntArray:
         """[len(rows), k or fewer] the k nearest other items of each row (fewer columns only
         when the table holds every other item and k exceeds them); PAD where there are fewer."""
-        if self.table is not None and self.reads_table(k):
-            return self.table[rows, :k].astype(np.int64)
+        table = self._table_for(k)
+        if table is not None:
+            return table[rows, :k].astype(np.int64)
         return self.index.neighbours(rows, k, self.nprobe)
+
+    def _table_for(self, k: int) -> npt.NDArray[np.int32] | None:
+        table = self.table
+        return table if table is not None and table.shape[1] >= min(k, len(table) - 2) else None

@@ -30,11 +30,17 @@ import pytest
 import redis
 
 from devtools.local_redis import LocalRedis, free_port
-from devtools.processes import REPO_ROOT
+from devtools.processes import KEEP_ALIVE_S, REPO_ROOT
 from serving.schemas import RecommendResponse
 from tests.support.bento_build import build_bento, build_context, clean_env
 from tests.support.fixtures_models import TrainedModels
-from tests.support.http import RELAXED_LATENCY, metric_delta, metric_samples, wait_for
+from tests.support.http import (
+    RELAXED_LATENCY,
+    idle_connection_still_answers,
+    metric_delta,
+    metric_samples,
+    wait_for,
+)
 
 SCRIPT = REPO_ROOT / "scripts" / "container.sh"
 # Debian's docker client (BuildKit built in) before any other on PATH, as the script does.
@@ -230,6 +236,14 @@ def test_the_health_check_probes_readyz_and_turns_healthy(image: BuiltImage,
 
     wait_for(lambda: _inspect(container.name, ".State.Health.Status") == "healthy",
              HEALTHY_TIMEOUT_S, f"{container.name} healthy")
+
+
+def test_idle_keep_alive_connections_outlive_a_load_balancers(image: BuiltImage,
+                                                            container: RunningContainer) -> None:
+    """The image's CMD gives `bentoml serve` the keep-alive timeout the main command uses,
+    longer than a load balancer's idle timeout (uvicorn's default, 5 s, is not)."""
+    assert _inspect(image.name, ".Config.Cmd") == ["--timeout-keep-alive", str(KEEP_ALIVE_S)]
+    assert idle_connection_still_answers("127.0.0.1", container.port)
 
 
 # ---- the service in it --------------------------------------------------------------------

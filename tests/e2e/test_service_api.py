@@ -25,6 +25,7 @@ from tests.support.http import (
     error_body,
     error_fields,
     error_text,
+    idle_connection_still_answers,
     metric_delta,
     metric_samples,
     wait_for,
@@ -87,6 +88,13 @@ def _assert_client_error(response: httpx.Response, field: str, status: int = 400
 @pytest.mark.parametrize("probe", ["/livez", "/readyz"])
 def test_probes_answer_200(http: httpx.Client, probe: str) -> None:
     assert http.get(probe).status_code == 200
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_idle_timeout(
+        server: ServerProcess) -> None:
+    """The server holds an idle connection longer than httpx's and HAProxy's 5 s, so a client
+    never sends a request on a connection the server is closing (uvicorn's default is 5 s)."""
+    assert idle_connection_still_answers("127.0.0.1", server.port)
 
 
 def test_info_lists_models_limits_and_topology(http: httpx.Client,

@@ -3,12 +3,15 @@ relaxed stage timeouts, error bodies, Prometheus samples, polling."""
 from __future__ import annotations
 
 import functools
+import http.client
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
 
+from devtools.processes import KEEP_ALIVE_S
 from serving.schemas import ErrorBody
 
 # Stage timeouts for servers whose tests are about behaviour, not latency: the defaults (150 ms
@@ -18,6 +21,9 @@ RELAXED_LATENCY = {"RECSYS_BUDGET_MS": "2000", "RECSYS_TOWER_TIMEOUT_MS": "400",
                    "RECSYS_RETRIEVAL_TIMEOUT_MS": "500", "RECSYS_RANKING_TIMEOUT_MS": "1000",
                    "RECSYS_REDIS_TIMEOUT_MS": "500"}
 T = TypeVar("T")
+# Past uvicorn's default keep-alive timeout (5 s), well short of the one the service runs with.
+IDLE_S = 6.0
+assert IDLE_S < KEEP_ALIVE_S
 
 
 def error_body(response: httpx.Response) -> ErrorBody:
@@ -75,3 +81,30 @@ def popular_item(client: httpx.Client) -> str:
     response = client.post("/recommend", json={"user_id": "newcomer-for-an-item", "k": 1})
     assert response.status_code == 200, response.text
     return str(response.json()["items"][0]["item_id"])
+
+
+def idle_connection_still_answers(host: str, port: int, idle_s: float = IDLE_S,
+                                  path: str = "/livez") -> bool:
+    """GET `path` on one keep-alive connection, leave it idle `idle_s`, then GET it again on
+    the same connection: whether the server still held it open and answered 200."""
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request("GET", path)
+        first = connection.getresponse()
+        first.read()
+        assert first.status == 200 and not first.will_close, (first.status, first.headers)
+        sock = connection.sock
+        time.sleep(idle_s)
+        sock.setblocking(False)
+        try:  # b"" (end of stream): the server closed it while it was idle
+            if sock.recv(1, socket.MSG_PEEK) == b"":
+                return False
+        except BlockingIOError:
+            pass  # nothing to read, still open
+        sock.settimeout(10)
+        connection.request("GET", path)
+        second = connection.getresponse()
+        second.read()
+        return second.status == 200 and connection.sock is sock
+    finally:
+        connection.close()
