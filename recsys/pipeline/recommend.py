@@ -196,7 +196,7 @@ class RecommendPipeline:
             user = await self.resolver.user_vector(slot, state, reasons)
         telemetry.observe("user_tower", time.perf_counter() - t)
         t = time.perf_counter()
-        candidates = await self._retrieve(slot, user, state, reasons, ranked=path == "ranker")
+        candidates = await self._retrieve(resolved, user, state, reasons, ranked=path == "ranker")
         telemetry.observe("retrieval", time.perf_counter() - t)
         telemetry.event("candidates", count=str(len(candidates.items)))
         ranked = self._to_rank(resolved, candidates, state)
@@ -246,16 +246,18 @@ class RecommendPipeline:
             await add_explanations(result, ranked, slot.item_rows, features, slot.ranker)
         return result
 
-    @staticmethod
-    async def _retrieve(slot: ModelSlot, user: FloatArray, state: UserState,
+    async def _retrieve(self, resolved: ResolvedRequest, user: FloatArray, state: UserState,
                         reasons: list[str], ranked: bool) -> Candidates:
         """The candidates to rank, or for an unranked list (shown in similarity to `user`) the
         ANN source's alone: the other sources could add to it only items the ANN search missed,
-        and their searches were most of a miss's retrieval time."""
+        and their searches were most of a miss's retrieval time. Of the nearest items, only the
+        number ranked plus those the filters may drop can be ranked (`needed`)."""
+        slot, dropped = resolved.slot, resolved.most_filtered(state.seen)
         only = None if ranked else (AnnSource.name,)
+        needed = None if dropped is None else self.options.ranked_candidates + dropped
         try:
             candidates = await slot.retriever.retrieve(
-                RetrievalQuery(user, recent_rows(state.history)), only)
+                RetrievalQuery(user, recent_rows(state.history), needed), only)
         except RetrievalError:
             candidates = slot.popular.scored_by(slot.embedding.item_vectors, user)
             reasons.append("retrieval_failed")

@@ -47,6 +47,13 @@ class ResolvedRequest:
     include_genres: IntArray | None  # genre columns; None: no filter
     exclude_genres: IntArray | None
 
+    def most_filtered(self, seen: IntArray) -> int | None:
+        """The most candidates the filters can drop: each seen or excluded row once, or any
+        number (None) with a category filter."""
+        if any(g is not None and g.size for g in (self.include_genres, self.exclude_genres)):
+            return None
+        return len(seen) + len(self.excluded)
+
 
 @dataclass(frozen=True)
 class UserState:

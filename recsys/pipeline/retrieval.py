@@ -29,6 +29,9 @@ FloatArray = npt.NDArray[np.float32]
 class RetrievalQuery:
     user_vector: FloatArray  # [D]
     recent: IntArray  # the user's recent catalogue rows, most recent last (no padding)
+    # How many of the nearest items can still be among the candidates kept (None: any number).
+    # The ANN source asks for no more: a result past them could never be kept.
+    needed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ class Candidates:
 
 
 class AnnSource:
-    """Nearest items to the user vector in the FAISS index."""
+    """Nearest items to the user vector in the FAISS index: `k`, or the query's `needed` when
+    fewer. The index orders them by the exact inner product (its flat, IVF-flat and HNSW-flat
+    kinds keep the vectors), the similarity the merge orders candidates by."""
 
     name = "ann"
     inline = True  # an in-memory FAISS search: a thread hop cost more than the search itself
@@ -66,7 +71,8 @@ class AnnSource:
         self.index, self.k = index, k
 
     def __call__(self, query: RetrievalQuery) -> IntArray:
-        _, ids = self.index.search(query.user_vector.reshape(1, -1), self.k)
+        k = self.k if query.needed is None else max(1, min(self.k, query.needed))
+        _, ids = self.index.search(query.user_vector.reshape(1, -1), k)
         return ids[0][ids[0] > PAD]
 
 

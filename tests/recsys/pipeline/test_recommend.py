@@ -9,6 +9,7 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from recsys.models.policy import RankingPolicy, item_to_item_vector
 from recsys.pipeline.explain import EMBEDDING_GROUPS, contributions, feature_groups, occluded
 from recsys.pipeline.recommend import result_key
 from recsys.pipeline.request import RecommendRequest
+from recsys.pipeline.retrieval import AnnSource, CandidateSource, RetrievalQuery
 from recsys.pipeline.scorers import LocalScorer
 from recsys.pipeline.towers import LocalUserTower
 from recsys.stores.cache_keys import make_key
@@ -341,6 +343,49 @@ def test_an_unranked_list_asks_the_ann_source_alone(redis_url: str,
     assert all(item["sources"] == ["ann"] for item in unranked["items"])
     assert ranked["degraded_reasons"] == ["source_failed:popular", "source_failed:item2item"]
     assert [e["source"] for e in telemetry.named("source_failed")] == ["popular", "item2item"]
+
+
+class NeededAnn:
+    """The slot's ANN source, recording each query's `needed`; unbounded, it asks for all k."""
+
+    name, inline = "ann", True
+
+    def __init__(self, source: CandidateSource, bounded: bool) -> None:
+        assert source.name == AnnSource.name
+        self.source, self.bounded = source, bounded
+        self.needed: list[int | None] = []
+
+    def __call__(self, query: RetrievalQuery) -> np.ndarray:
+        self.needed.append(query.needed)
+        return self.source(query if self.bounded else replace(query, needed=None))
+
+
+@pytest.mark.parametrize("ranker", ["ranked", "retrieval"])
+def test_the_ann_source_is_asked_for_no_more_than_can_be_ranked_and_the_list_is_the_same(
+        redis_url: str, refs: list[ModelRefs], champion: EmbeddingBundle, ranker: str) -> None:
+    """The number ranked plus the seen and excluded items, or every one of its k under a
+    category filter (it may drop any number): the nearest items past that many could never be
+    ranked, so the answers equal those of an ANN source asked for all k."""
+    async def scenario(runtime: Runtime, bounded: bool) -> tuple[list[Any], NeededAnn]:
+        slot = runtime.pipeline.resolver.slots["champion"]
+        if ranker == "retrieval":  # the unranked path: the ANN source alone, cut to 20 too
+            slot.policy = RankingPolicy(short_history=0, use_ranker=True, retrieval_until=10**6)
+        ann = NeededAnn(slot.retriever.sources[0], bounded)
+        slot.retriever.sources[0] = ann
+        answers = [await recommend(runtime, USER, k=20),
+                   await recommend(runtime, USER, k=20, exclude_items=("i1", "i2", "i3")),
+                   await recommend(runtime, USER, k=20, include_categories=("Drama",))]
+        return [(ids(a), [i["score"] for i in a["items"]], a["ranker"]) for a in answers], ann
+
+    config = settings(None, ranked_candidates=20, ann_candidates=300,
+                      ranking_policy="trained" if ranker == "retrieval" else "rank_all")
+    bounded, ann = serve(config, refs, lambda runtime: scenario(runtime, True))
+    unbounded, _ = serve(config, refs, lambda runtime: scenario(runtime, False))
+    seen = len(seen_by(champion, USER))
+    assert ann.needed == [20 + seen, 20 + seen + 3, None]
+    assert 20 + seen + 3 < 300  # the bound cut the search short
+    assert bounded == unbounded
+    assert {r for _, _, r in bounded} == {"retrieval" if ranker == "retrieval" else "ranker"}
 
 
 def test_every_source_failing_falls_back_to_popularity(redis_url: str, refs: list[ModelRefs],

@@ -82,6 +82,15 @@ def test_ann_returns_the_nearest_items_best_first(bundle: EmbeddingBundle,
     assert (np.diff(scores) <= 1e-6).all()
 
 
+def test_ann_asks_for_no_more_than_the_query_needs(bundle: EmbeddingBundle,
+                                                  query: RetrievalQuery) -> None:
+    source = AnnSource(bundle.index, 30)
+    everything = source(query)
+    assert len(everything) == 30
+    for needed, expected in ((7, 7), (30, 30), (500, 30), (None, 30)):
+        np.testing.assert_array_equal(source(replace(query, needed=needed)), everything[:expected])
+
+
 def test_ann_never_returns_padding_or_missing_ids(bundle: EmbeddingBundle,
                                                   query: RetrievalQuery) -> None:
     # IVF probing one of 4 lists reaches fewer than k items: FAISS pads the row with -1.
