@@ -61,17 +61,21 @@ class Candidates:
 
 class AnnSource:
     """Nearest items to the user vector in the FAISS index: `k`, or the query's `needed` when
-    fewer. The index orders them by the exact inner product (its flat, IVF-flat and HNSW-flat
-    kinds keep the vectors), the similarity the merge orders candidates by."""
+    fewer and the index allows. Flat and IVF-flat indexes return the first items of the same
+    list for a smaller k (the same lists probed, ordered by the exact inner product the merge
+    sorts by); HNSW explores max(efSearch, k) nodes, so a smaller k may find other items: it is
+    always asked for k."""
 
     name = "ann"
     inline = True  # an in-memory FAISS search: a thread hop cost more than the search itself
 
     def __init__(self, index: ItemIndex, k: int) -> None:
         self.index, self.k = index, k
+        self.takes_needed = index.kind != "hnsw"
 
     def __call__(self, query: RetrievalQuery) -> IntArray:
-        k = self.k if query.needed is None else max(1, min(self.k, query.needed))
+        k = self.k if query.needed is None or not self.takes_needed \
+            else max(1, min(self.k, query.needed))
         _, ids = self.index.search(query.user_vector.reshape(1, -1), k)
         return ids[0][ids[0] > PAD]
 

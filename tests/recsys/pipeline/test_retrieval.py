@@ -89,6 +89,19 @@ def test_ann_asks_for_no_more_than_the_query_needs(bundle: EmbeddingBundle,
     assert len(everything) == 30
     for needed, expected in ((7, 7), (30, 30), (500, 30), (None, 30)):
         np.testing.assert_array_equal(source(replace(query, needed=needed)), everything[:expected])
+    ivf = ItemIndex(build_index(bundle.item_vectors, IndexSpec("ivf", nlist=4, nprobe=2)),
+                    bundle.item_vectors)
+    probed = AnnSource(ivf, 30)(query)
+    np.testing.assert_array_equal(AnnSource(ivf, 30)(replace(query, needed=7)), probed[:7])
+
+
+def test_an_hnsw_index_is_always_asked_for_all_k(bundle: EmbeddingBundle,
+                                                 query: RetrievalQuery) -> None:
+    """HNSW searches max(efSearch, k) nodes: a smaller k is not the start of the same list."""
+    hnsw = ItemIndex(build_index(bundle.item_vectors, IndexSpec("hnsw", ef_search=8)),
+                     bundle.item_vectors)
+    source = AnnSource(hnsw, 30)
+    assert len(source(replace(query, needed=7))) == 30
 
 
 def test_ann_never_returns_padding_or_missing_ids(bundle: EmbeddingBundle,
