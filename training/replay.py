@@ -33,10 +33,11 @@ from training.data.schema import ITEM_ID, USER_ID
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_RATE = 2000.0  # requests a second
 MAX_COUNT = 1_000_000
-# An idle connection is dropped by this client before the server would close it: BentoML's
-# uvicorn closes one after 5 s idle, httpx's default expiry is 5 s too, and a request sent on a
-# connection the server is closing at that moment is reset (a ReadError: 1 of 3,000 requests in
-# a test run on 2 loaded cores).
+# An idle connection is dropped by this client before the server would close it. The project's
+# servers hold idle connections 75 s (devtools/processes.py KEEP_ALIVE_S), but a plain `bentoml
+# serve` closes one after 5 s, httpx's default expiry too, and a request sent on a connection the
+# server is closing at that moment is reset (a ReadError: 1 of 3,000 requests in a test run on 2
+# loaded cores). The replay may target any server, so it does not rely on the server's timeout.
 KEEPALIVE_EXPIRY_S = 2.0
 
 
