@@ -1,9 +1,12 @@
 """HTTP servers as child processes on 127.0.0.1, for the tests and the benchmarks alike: start,
 wait until ready, read the log, stop the whole process group.
 
-Every server runs in its own session (process group), so stopping it also ends the worker
-processes BentoML forks for each service. Its output goes to a log file that a failed start
-prints and that callers can attach to an assertion message (`log_tail`).
+Every server runs in its own session (process group). Stopping it sends SIGTERM to that group,
+then SIGKILL to whatever of the server's process tree is left after a while: BentoML's supervisor
+(circus) starts each worker in a session of its own, out of the group's reach, and a worker whose
+supervisor was killed goes on serving on its inherited socket and ticking against the shared
+Redis. Its output goes to a log file that a failed start prints and that callers can attach to an
+assertion message (`log_tail`).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import psutil
 
 from devtools.local_redis import free_port
 
@@ -137,10 +141,15 @@ class ServerProcess:
         return response.text if response.status_code == 200 else ""
 
     def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL if it is still there after a while."""
+        """SIGTERM to the whole process group; SIGKILL to every process of the server left
+        after STOP_TIMEOUT_S (noted in its log)."""
         process, self.process = self.process, None
         if process is not None:
-            stop_process_group(process, STOP_TIMEOUT_S)
+            killed = stop_process_group(process, STOP_TIMEOUT_S)
+            if killed:
+                with self.log_path.open("a") as log:
+                    log.write(f"\n[devtools] not stopped {STOP_TIMEOUT_S:g} s after SIGTERM: "
+                              f"SIGKILLed {', '.join(killed)}\n")
 
     def __enter__(self) -> Self:
         return self.start()
@@ -160,17 +169,39 @@ def bentoml_serve(target: str, env: Mapping[str, str], log_path: Path, *,
                          base_env=base_env, ready_timeout_s=ready_timeout_s)
 
 
-def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> list[str]:
     """SIGTERM a process started with start_new_session=True and its group, SIGKILL after
-    timeout_s, then SIGKILL the group again for workers that outlived their parent."""
+    timeout_s; then SIGKILL every descendant still running, whatever its session (a worker
+    that outlived its parent). Returns what had to be SIGKILLed ("pid name"), if anything."""
+    tree = process_tree(process.pid)  # before the parent exits and its children are reparented
+    killed = []
     if process.poll() is None:
         _signal_group(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
+            killed.append(f"{process.pid} {tree[0].name() if tree else 'the server'}")
             _signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout_s)
     _signal_group(process.pid, signal.SIGKILL)
+    left = [member for member in tree[1:] if member.is_running()]
+    for member in left:
+        try:
+            member.kill()  # psutil: not a process that took a reused pid
+            killed.append(f"{member.pid} {member.name()}")
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=timeout_s)
+    return killed
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and every descendant, whatever their session (empty when it has exited)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -28,7 +28,14 @@ import psutil
 
 from devtools.haproxy import Backend, BalancerConfig, LoadBalancer
 from devtools.local_redis import LocalRedis, free_port, server_pid
-from devtools.processes import QUIET_ENV, READY_TIMEOUT_S, REPO_ROOT, ServerProcess, bentoml_serve
+from devtools.processes import (
+    QUIET_ENV,
+    READY_TIMEOUT_S,
+    REPO_ROOT,
+    ServerProcess,
+    bentoml_serve,
+    process_tree,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -104,7 +111,7 @@ class ReplicaSet:
                 self._stack.enter_context(self.redis)
             for replica in self.replicas:
                 self._prepare(replica)
-                self._stack.callback(self._stop_replica, replica)
+                self._stack.callback(replica.stop)
                 replica.launch()
             for replica in self.replicas:
                 replica.wait_ready()
@@ -119,16 +126,6 @@ class ReplicaSet:
         replica.env["RECSYS_REDIS_URL"] = self.redis_url
         replica_home(self.shared_home, Path(replica.env["BENTOML_HOME"]))
 
-    def _stop_replica(self, replica: ServerProcess) -> None:
-        """SIGTERM (its supervisor stops its workers), then SIGKILL any worker left behind."""
-        tree = _process_tree(replica)
-        replica.stop()
-        for member in tree:
-            try:
-                member.kill()
-            except psutil.NoSuchProcess:
-                pass
-
     def replica(self, name: str) -> ServerProcess:
         return next(r for r in self.replicas if r.name == name)
 
@@ -141,7 +138,7 @@ class ReplicaSet:
         replica = self.replica(name)
         if replica.process is None:
             return
-        tree = _process_tree(replica)
+        tree = process_tree(replica.process.pid)
         for member in tree:
             try:
                 member.kill()  # SIGKILL
@@ -172,17 +169,6 @@ class ReplicaSet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _process_tree(server: ServerProcess) -> list[psutil.Process]:
-    """The server's root process and every descendant (empty when it is not running)."""
-    if server.process is None:
-        return []
-    try:
-        root = psutil.Process(server.process.pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def main(argv: list[str] | None = None) -> int:
