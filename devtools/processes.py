@@ -184,7 +184,7 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> li
             _signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout_s)
     _signal_group(process.pid, signal.SIGKILL)
-    left = [member for member in tree[1:] if member.is_running()]
+    left = [member for member in tree[1:] if _outside_group_and_running(member, process.pid)]
     for member in left:
         try:
             member.kill()  # psutil: not a process that took a reused pid
@@ -193,6 +193,15 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> li
             pass
     psutil.wait_procs(left, timeout=timeout_s)
     return killed
+
+
+def _outside_group_and_running(member: psutil.Process, group: int) -> bool:
+    """Still running and out of `group`'s reach (the group's own were SIGKILLed with it)."""
+    try:
+        return os.getpgid(member.pid) != group and member.is_running() and \
+            member.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

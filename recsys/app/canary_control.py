@@ -202,10 +202,21 @@ class CanaryControl:
             await self.apply(pipeline, state)  # (the challenger not loaded yet: try again)
         if state is not None and state.status == "running" and \
                 await self.store.lease(self.holder, self.tick_s * LEASE_TICKS):
-            await self.judge(pipeline, state)
+            try:
+                await self.judge(pipeline, state)
+            except Exception:  # e.g. the registry unreachable: another worker judges next
+                await self.release_lease()
+                raise
         elif state is not None and state.active:
             last = await self.store.verdicts(state.id, last=1)
             self.verdict = last[0] if last else None
+
+    async def release_lease(self) -> None:
+        """Renewed at every tick, a failing judge's lease would stall the canary: given up."""
+        try:
+            await self.store.release(self.holder)
+        except StoreError:
+            pass  # Redis is down: the lease expires by itself
 
     async def flush(self) -> None:
         tally, self.tally = self.tally, defaultdict(lambda: defaultdict(int))

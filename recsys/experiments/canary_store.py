@@ -118,6 +118,25 @@ class CanaryStore:
             return False
         return bool(await self._call(take))
 
+    async def release(self, holder: str) -> bool:
+        """Give the judging lease up now if `holder` holds it (True), so that another worker
+        takes it at its next tick instead of when it expires."""
+        key = self.prefix + "lease"
+
+        async def give_up() -> bool:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    if await pipe.get(key) != holder.encode():
+                        return False
+                    pipe.multi()
+                    pipe.delete(key)
+                    await pipe.execute()
+                    return True
+                except WatchError:  # renewed or taken meanwhile: not this holder's to give up
+                    return False
+        return bool(await self._call(give_up))
+
     async def aclose(self) -> None:
         await self.redis.aclose()
 

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 import redis
 
+from devtools.local_redis import free_port
 from recsys.app.assembly import build_live_runtime
 from recsys.app.canary_control import CanaryControl, CanaryError
 from recsys.app.runtime import Runtime
 from recsys.experiments.canary import CANARY, CONTROL, Guards
+from recsys.models.registry_client import RegistryClient, RegistryUnavailableError
 from recsys.pipeline.request import RecommendRequest
 from recsys.settings import ServingSettings
 from registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION
@@ -102,6 +104,42 @@ def test_a_canary_routes_counts_judges_and_promotes(
     registry = server.registry()
     assert not registry.alias_exists(CHALLENGER) and registry.alias_exists(PREVIOUS_CHAMPION)
     assert seen["served after"] == {"control"}
+
+
+def test_a_judge_that_cannot_reach_the_registry_gives_the_lease_up(
+        settings: ServingSettings, tmp_path: Path) -> None:
+    """The last stage passes, but this worker's registry is unreachable, so it cannot promote:
+    it gives the judging lease up at once (another worker takes it at its next tick, not after
+    the lease's 5 ticks, and never while this one would have gone on renewing it)."""
+    async def scenario() -> dict[str, Any]:
+        runtime = build_live_runtime(settings, Recorder())
+        canary = control_of(runtime)
+        seen: dict[str, Any] = {}
+        try:
+            await canary.begin((0.3, 1.0), QUICK)
+            await canary.tick(runtime.pipeline)  # stage 0 applied
+            await serve_everyone(runtime)
+            await canary.tick(runtime.pipeline)  # stage 0 counted and passed, stage 1 applied
+            await serve_everyone(runtime)
+            reachable = canary.live.client
+            canary.live.client = RegistryClient(f"http://127.0.0.1:{free_port()}",
+                                                tmp_path / "unreachable-cache", timeout_s=2.0)
+            with pytest.raises(RegistryUnavailableError):
+                await canary.tick(runtime.pipeline)  # passes, cannot promote
+            seen["state"] = (await canary.status(0))["canary"]
+            seen["another worker"] = await canary.store.lease("another-worker", 5.0)
+            await canary.store.release("another-worker")
+            canary.live.client = reachable
+            await canary.tick(runtime.pipeline)  # this worker again, the registry back
+            seen["end"] = (await canary.status(0))["canary"]
+        finally:
+            await runtime.aclose()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert (seen["state"]["status"], seen["state"]["stage"]) == ("running", 1)
+    assert seen["another worker"] is True
+    assert seen["end"]["status"] == "promoted"
 
 
 def test_clicks_count_for_the_variant_that_recommended_the_item(

@@ -78,6 +78,15 @@ def test_one_worker_at_a_time_holds_the_judging_lease(redis_url: str) -> None:
     assert with_store(redis_url, scenario) == [True, False, True, True]
 
 
+def test_only_its_holder_gives_the_lease_up(redis_url: str) -> None:
+    async def scenario(store: CanaryStore) -> list[bool]:
+        return [await store.lease("worker-a", 30), await store.release("worker-b"),
+                await store.lease("worker-b", 30),  # still worker-a's
+                await store.release("worker-a"), await store.lease("worker-b", 30)]
+
+    assert with_store(redis_url, scenario) == [True, False, False, True, True]
+
+
 def test_verdicts_are_kept_in_order(redis_url: str) -> None:
     async def scenario(store: CanaryStore) -> tuple[list[object], list[object]]:
         for n in range(5):
