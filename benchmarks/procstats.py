@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from devtools.processes import process_tree
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -25,18 +27,10 @@ def process_label(process: psutil.Process) -> str:
     return os.path.basename(args[0]) if args else "?"
 
 
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
 def tree_cpu_seconds(pid: int) -> dict[str, float]:
     """label -> user + system CPU seconds so far of every process under `pid` (itself included)."""
     out: dict[str, float] = {}
-    for process in tree(pid):
+    for process in process_tree(pid):
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
@@ -76,7 +70,7 @@ class RssSampler:
 
     def sample(self) -> None:
         for server, pid in self.roots().items():
-            for process in tree(pid):
+            for process in process_tree(pid):
                 try:
                     rss = process.memory_info().rss / 2**20
                 except psutil.NoSuchProcess:

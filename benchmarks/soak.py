@@ -29,8 +29,8 @@ import redis
 from benchmarks.chaos import chaos_models
 from benchmarks.chaos_load import LoadShape, MixedLoad, Sample
 from benchmarks.chaos_rig import ChaosRig, RigOptions, load_average
-from benchmarks.procstats import process_label, tree
-from devtools.processes import QUIET_ENV, REPO_ROOT
+from benchmarks.procstats import process_label
+from devtools.processes import QUIET_ENV, REPO_ROOT, process_tree
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -42,7 +42,7 @@ MIB = 2**20
 def process_sample(root_pid: int) -> dict[str, dict[str, float]]:
     """"<service>:<pid>" -> {"rss_mib", "fds"} for every process of the server's tree."""
     out = {}
-    for process in tree(root_pid):
+    for process in process_tree(root_pid):
         try:
             key = f"{process_label(process)}:{process.pid}"
             out[key] = {"rss_mib": round(process.memory_info().rss / MIB, 1),
