@@ -1,5 +1,5 @@
 """HTTP servers as child processes on 127.0.0.1, for the tests and the benchmarks alike: start,
-wait until ready, read the log, stop the whole process group.
+wait until ready, read the log, stop the whole process tree.
 
 Every server runs in its own session (process group). Stopping it sends SIGTERM to that group,
 then SIGKILL to whatever of the server's process tree is left after a while: BentoML's supervisor
@@ -180,19 +180,28 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> li
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            killed.append(f"{process.pid} {tree[0].name() if tree else 'the server'}")
+            killed.append(_label(tree[0]) if tree else str(process.pid))
             _signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout_s)
     _signal_group(process.pid, signal.SIGKILL)
     left = [member for member in tree[1:] if _outside_group_and_running(member, process.pid)]
     for member in left:
+        label = _label(member)  # while it still has a name
         try:
             member.kill()  # psutil: not a process that took a reused pid
-            killed.append(f"{member.pid} {member.name()}")
+            killed.append(label)
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(left, timeout=timeout_s)
     return killed
+
+
+def _label(member: psutil.Process) -> str:
+    """"pid name" (just the pid once it has exited)."""
+    try:
+        return f"{member.pid} {member.name()}"
+    except psutil.NoSuchProcess:
+        return str(member.pid)
 
 
 def _outside_group_and_running(member: psutil.Process, group: int) -> bool:
