@@ -23,7 +23,7 @@ def recall_at_k(index: ItemIndex | faiss.Index, vectors: FloatArray, queries: Fl
 
 def tune_nprobe(index: ItemIndex, queries: FloatArray, *, k: int = 100,
                 target_recall: float = 0.95) -> tuple[int, float]:
-    """Set the smallest power-of-two nprobe whose recall@k on `queries` reaches the target.
+    """Set the fewest IVF probes whose recall@k on `queries` reaches the target.
 
     For catalogues whose vectors are harder to partition than the data choose_index_spec was
     measured on. Returns (nprobe, recall); nprobe is nlist (exact) if the target is never met.
@@ -38,7 +38,7 @@ ITEM_QUERY_K = 51  # item-to-item: the serving default of 50 neighbours per seed
 
 def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K,
                      target_recall: float = 0.95) -> tuple[int, float] | None:
-    """The smallest power-of-two nprobe, at most the index's own, whose recall@k for item-vector
+    """The fewest probes, at most the index's own, whose recall@k for item-vector
     queries (the catalogue rows `seeds`, e.g. users' recent items, repeats kept so popular
     seeds weigh as they do in serving) reaches the target; (nprobe, recall). The index's own
     nprobe is left as it is. None for flat and HNSW indexes.
@@ -56,14 +56,14 @@ def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K
                          f"[1, {len(index.vectors) - 1}], got shape {seeds.shape}")
     queries = np.ascontiguousarray(index.vectors[seeds])
     truth = _exact_top_k(index.vectors, queries, k)
-    return _double_probes(lambda nprobe: _recall(index, truth, queries, nprobe=nprobe),
+    return _fewest_probes(lambda nprobe: _recall(index, truth, queries, nprobe=nprobe),
                           1, index.nprobe, target_recall)
 
 
 def ensure_recall(index: ItemIndex, queries: FloatArray, *, k: int = 100,
                   target_recall: float = 0.95) -> tuple[int | None, float]:
-    """Double an IVF index's nprobe from its current value until recall@k on `queries` (real
-    user vectors) reaches the target; never lowers it. Returns (nprobe, recall); nprobe is None
+    """Raise an IVF index's nprobe from its current value to the fewest probes whose recall@k on
+    `queries` (real user vectors) reaches the target; never lowers it. Returns (nprobe, recall); nprobe is None
     for flat and HNSW indexes, which are left as they are.
 
     choose_index_spec's defaults were measured on clustered vectors; a trained model's user
@@ -83,18 +83,34 @@ def ensure_recall(index: ItemIndex, queries: FloatArray, *, k: int = 100,
         index.nprobe = nprobe
         return _recall(index, truth, queries)
 
-    return _double_probes(measure, index.nprobe, index.nlist, target_recall, recall)
+    nprobe, recall = _fewest_probes(measure, index.nprobe, index.nlist, target_recall, recall)
+    index.nprobe = nprobe  # measuring left the last value tried
+    return nprobe, recall
 
 
-def _double_probes(measure: Callable[[int], float], start: int, cap: int, target: float,
+def _fewest_probes(measure: Callable[[int], float], start: int, cap: int, target: float,
                    recall: float | None = None) -> tuple[int, float]:
-    """Double nprobe from `start` (recall there already known, or measured) until `measure`
-    reaches the target or nprobe reaches `cap`; (nprobe, recall)."""
+    """The fewest probes from `start` up to `cap` whose recall (`measure`, recall at `start`
+    already known or measured) reaches the target, else `cap`; (nprobe, recall). Doubles until
+    the target is reached, then bisects between the last miss and the first hit: recall never
+    falls as probes are added (more lists scanned, the same exact scores), and doubling alone
+    overshoots by up to 2x, the scan time with it (100K benchmark model: 168 probes, recall
+    0.992, where 96 reach 0.956 in two thirds of the time)."""
     nprobe = start
     recall = measure(nprobe) if recall is None else recall
+    below = None  # the most probes known to miss the target
     while recall < target and nprobe < cap:
-        nprobe = min(2 * nprobe, cap)
+        below, nprobe = nprobe, min(2 * nprobe, cap)
         recall = measure(nprobe)
+    if recall < target or below is None:
+        return nprobe, recall
+    while nprobe - below > 1:
+        middle = (below + nprobe) // 2
+        reached = measure(middle)
+        if reached >= target:
+            nprobe, recall = middle, reached
+        else:
+            below = middle
     return nprobe, recall
 
 

@@ -10,6 +10,7 @@ import pytest
 from recsys.models.index import ItemIndex, item_query_nprobe, load_index, save_index
 from training.index_build import build_index, ivf_spec
 from training.index_tuning import (
+    _fewest_probes,
     ensure_recall,
     recall_at_k,
     tune_item_nprobe,
@@ -28,14 +29,14 @@ def test_ivf_recall_at_100_meets_target(clustered_ivf: tuple[np.ndarray, np.ndar
     assert recall_at_k(raw, vectors, queries, 100) >= 0.95  # a bare faiss index works too
 
 
-def test_tune_nprobe_finds_smallest_power_of_two_reaching_target(
+def test_tune_nprobe_finds_the_fewest_probes_reaching_the_target(
         clustered_ivf: tuple[np.ndarray, np.ndarray, faiss.Index]) -> None:
     vectors, queries, raw = clustered_ivf
     index = ItemIndex(faiss.clone_index(raw), vectors)
     nprobe, recall = tune_nprobe(index, queries[:50], k=100, target_recall=0.9)
     assert recall >= 0.9 and index.nprobe == nprobe
     if nprobe > 1:
-        index.nprobe = nprobe // 2
+        index.nprobe = nprobe - 1
         assert recall_at_k(index, vectors, queries[:50], 100) < 0.9
 
 
@@ -82,7 +83,7 @@ def test_tune_item_nprobe_finds_the_fewest_probes_that_keep_item_neighbours(
     nprobe, recall = tuned
     assert index.nprobe == 64  # measured per call, the index's own setting untouched
     queries = vectors[seeds]
-    assert recall >= 0.95 and nprobe < 64 and nprobe & (nprobe - 1) == 0  # a power of two
+    assert recall >= 0.95 and nprobe < 64
     truth = index.search(queries, 51, nprobe=index.nlist)[1]
 
     def measured(probes: int) -> float:
@@ -91,7 +92,7 @@ def test_tune_item_nprobe_finds_the_fewest_probes_that_keep_item_neighbours(
 
     assert measured(nprobe) == pytest.approx(recall)
     if nprobe > 1:
-        assert measured(nprobe // 2) < 0.95  # the smallest power of two that reaches it
+        assert measured(nprobe - 1) < 0.95  # the fewest probes that reach it
     # never above the index's own probes, even when the target is out of reach
     assert tune_item_nprobe(index, seeds, k=51, target_recall=1.01) == (64, pytest.approx(
         measured(64)))
@@ -116,3 +117,19 @@ def test_ensure_recall_never_lowers_nprobe_and_leaves_flat_indexes_alone(
     flat_vectors, flat_queries = clustered_small
     flat = ItemIndex(build_index(flat_vectors, use_gpu=False), flat_vectors)
     assert ensure_recall(flat, flat_queries, k=10) == (None, 1.0)
+
+
+def test_the_fewest_probes_are_found_by_doubling_then_bisecting() -> None:
+    """Recall grows with probes; the search returns the first count that reaches the target,
+    measures far fewer counts than a scan, never goes below its start and stops at the cap."""
+    tried: list[int] = []
+
+    def recall(nprobe: int) -> float:
+        tried.append(nprobe)
+        return min(1.0, nprobe / 100)
+
+    assert _fewest_probes(recall, 5, 1000, 0.37) == (37, pytest.approx(0.37))
+    assert tried[:4] == [5, 10, 20, 40] and len(tried) <= 4 + 5  # then bisects (20, 40]
+    assert _fewest_probes(recall, 50, 1000, 0.37) == (50, pytest.approx(0.5))  # never lower
+    assert _fewest_probes(recall, 5, 64, 0.9) == (64, pytest.approx(0.64))  # out of reach
+    assert _fewest_probes(recall, 5, 1000, 0.37, recall=0.05) == (37, pytest.approx(0.37))
