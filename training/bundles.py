@@ -35,6 +35,9 @@ from training.ranker import DCNRanker, score
 from training.two_tower import TwoTowerModel, encode_users
 
 PARITY_ROWS = 64  # sample rows kept in each bundle for serving's parity check
+# recall@51 of the item-neighbour table on users' recent items: it is searched once, at
+# training, where a request's item-to-item search stops at 0.95 (tune_item_nprobe's default)
+TABLE_RECALL = 0.99
 
 
 def write_embedding_bundle(
@@ -79,9 +82,14 @@ def write_embedding_bundle(
     k = min(serving["item_to_item_per_seed"].default + 1, catalog.size)
     item_probes = tune_item_nprobe(index, seeds, k=k) if seeds.size else None
     neighbours = k - 1 if catalog.size <= NEIGHBOUR_TABLE_MAX_ITEMS else 0
+    table_probes = None
     if neighbours:  # the item-to-item source reads its seeds' neighbours instead of searching
+        # searched once, so it can afford what a request cannot: up to every list
+        table_probes = tune_item_nprobe(index, seeds, k=k, target_recall=TABLE_RECALL,
+                                        most=index.nlist) \
+            if seeds.size and index.kind == "ivf" else None
         np.save(directory / artifacts.ITEM_NEIGHBOURS,
-                item_neighbours(index, neighbours, item_probes[0] if item_probes else None))
+                item_neighbours(index, neighbours, table_probes[0] if table_probes else None))
     save_index(index.index, directory / artifacts.ITEM_INDEX)
     artifacts.save_catalog(directory, catalog)
     artifacts.save_user_attributes(directory, encoder)
@@ -96,6 +104,9 @@ def write_embedding_bundle(
                                      **({"index_item_nprobe": item_probes[0],
                                          "index_item_recall": round(item_probes[1], 4)}
                                         if item_probes is not None else {}),
+                                     **({"item_neighbours_nprobe": table_probes[0],
+                                         "item_neighbours_recall": round(table_probes[1], 4)}
+                                        if table_probes is not None else {}),
                                      "item_neighbours": neighbours,
                                      "dim": int(item_vectors.shape[1]),
                                      "n_items": int(catalog.size)})

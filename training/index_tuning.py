@@ -37,8 +37,9 @@ ITEM_QUERY_K = 51  # item-to-item: the serving default of 50 neighbours per seed
 
 
 def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K,
-                     target_recall: float = 0.95) -> tuple[int, float] | None:
-    """The fewest probes, at most the index's own, whose recall@k for item-vector
+                     target_recall: float = 0.95, most: int | None = None
+                     ) -> tuple[int, float] | None:
+    """The fewest probes, at most `most` (default the index's own), whose recall@k for item-vector
     queries (the catalogue rows `seeds`, e.g. users' recent items, repeats kept so popular
     seeds weigh as they do in serving) reaches the target; (nprobe, recall). The index's own
     nprobe is left as it is. None for flat and HNSW indexes.
@@ -57,7 +58,8 @@ def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K
     queries = np.ascontiguousarray(index.vectors[seeds])
     truth = _exact_top_k(index.vectors, queries, k)
     return _fewest_probes(lambda nprobe: _recall(index, truth, queries, nprobe=nprobe),
-                          1, index.nprobe, target_recall)
+                          1, index.nprobe if most is None else min(most, index.nlist),
+                          target_recall)
 
 
 def ensure_recall(index: ItemIndex, queries: FloatArray, *, k: int = 100,

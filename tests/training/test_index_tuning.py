@@ -96,6 +96,9 @@ def test_tune_item_nprobe_finds_the_fewest_probes_that_keep_item_neighbours(
     # never above the index's own probes, even when the target is out of reach
     assert tune_item_nprobe(index, seeds, k=51, target_recall=1.01) == (64, pytest.approx(
         measured(64)))
+    # a caller may allow more probes than the index's own (the neighbour table, searched once)
+    assert tune_item_nprobe(index, seeds, k=51, target_recall=1.01, most=index.nlist) == (
+        index.nlist, pytest.approx(1.0))
     # serving takes the tuned value, capped at the index's nprobe; None keeps the rule
     assert item_query_nprobe(index, nprobe) == nprobe
     assert item_query_nprobe(index, 10_000) == 64

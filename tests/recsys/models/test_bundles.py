@@ -113,12 +113,16 @@ def test_an_ivf_embedding_records_its_item_query_probes_and_serving_searches_wit
     assert neighbours.nprobe == meta["index_item_nprobe"]
     # the tuned number, not the default rule's (which scans every list of this small index)
     assert neighbours.nprobe < ivf_spec(data.catalog.size, nlist=32).nprobe
-    # ...with which training searched every item's neighbours once: the source reads them
+    # training searched every item's neighbours once, with more probes than a request may
+    # use (recall 0.99, up to every list): the source reads them
     assert meta["item_neighbours"] == settings.item_to_item_per_seed
+    assert meta["index_item_nprobe"] <= meta["item_neighbours_nprobe"] <= 32
+    assert meta["item_neighbours_recall"] >= 0.99 or meta["item_neighbours_nprobe"] == 32
     assert neighbours.table is not None
     assert neighbours.table.shape == (data.catalog.size + 1, meta["item_neighbours"])
     assert neighbours.reads_table(settings.item_to_item_per_seed)
-    searched = ItemToItemSource(ItemNeighbours(neighbours.index, neighbours.nprobe), 5,
+    searched = ItemToItemSource(ItemNeighbours(neighbours.index,
+                                               meta["item_neighbours_nprobe"]), 5,
                                 settings.item_to_item_per_seed)
     for recent in history[:8]:
         query = RetrievalQuery(np.zeros(config.dim, dtype=np.float32), recent)
