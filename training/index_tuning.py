@@ -65,8 +65,8 @@ def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K
 def ensure_recall(index: ItemIndex, queries: FloatArray, *, k: int = 100,
                   target_recall: float = 0.95) -> tuple[int | None, float]:
     """Raise an IVF index's nprobe from its current value to the fewest probes whose recall@k on
-    `queries` (real user vectors) reaches the target; never lowers it. Returns (nprobe, recall); nprobe is None
-    for flat and HNSW indexes, which are left as they are.
+    `queries` (real user vectors) reaches the target; never lowers it. Returns (nprobe,
+    recall); nprobe is None for flat and HNSW indexes, which are left as they are.
 
     choose_index_spec's defaults were measured on clustered vectors; a trained model's user
     vectors can sit far from the item clusters (measured: recall@100 0.68 at 100K items with
