@@ -30,13 +30,13 @@ from training.index_build import (
     build_index,
     item_neighbours,
 )
-from training.index_tuning import ensure_recall, tune_item_nprobe
+from training.index_tuning import ensure_recall, item_probe_tuner
 from training.ranker import DCNRanker, score
 from training.two_tower import TwoTowerModel, encode_users
 
 PARITY_ROWS = 64  # sample rows kept in each bundle for serving's parity check
 # recall@51 of the item-neighbour table on users' recent items: it is searched once, at
-# training, where a request's item-to-item search stops at 0.95 (tune_item_nprobe's default)
+# training, where a request's item-to-item search stops at 0.95 (item_probe_tuner's default)
 TABLE_RECALL = 0.99
 
 
@@ -80,14 +80,13 @@ def write_embedding_bundle(
     serving = ServingSettings.model_fields
     seeds = _seed_rows(sample_history, user_histories, serving["item_to_item_seeds"].default)
     k = min(serving["item_to_item_per_seed"].default + 1, catalog.size)
-    item_probes = tune_item_nprobe(index, seeds, k=k) if seeds.size else None
+    tune = item_probe_tuner(index, seeds, k) if seeds.size else None
+    item_probes = tune() if tune else None
     neighbours = k - 1 if catalog.size <= NEIGHBOUR_TABLE_MAX_ITEMS else 0
     table_probes = None
     if neighbours:  # the item-to-item source reads its seeds' neighbours instead of searching
         # searched once, so it can afford what a request cannot: up to every list
-        table_probes = tune_item_nprobe(index, seeds, k=k, target_recall=TABLE_RECALL,
-                                        most=index.nlist) \
-            if seeds.size and index.kind == "ivf" else None
+        table_probes = tune(TABLE_RECALL, most=index.nlist) if tune else None
         np.save(directory / artifacts.ITEM_NEIGHBOURS,
                 item_neighbours(index, neighbours, table_probes[0] if table_probes else None))
     save_index(index.index, directory / artifacts.ITEM_INDEX)

@@ -1,6 +1,7 @@
 """Recall against exact search, and the fewest IVF probes that reach a recall target."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import cast
 
@@ -36,13 +37,17 @@ def tune_nprobe(index: ItemIndex, queries: FloatArray, *, k: int = 100,
 ITEM_QUERY_K = 51  # item-to-item: the serving default of 50 neighbours per seed, plus the seed
 
 
-def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K,
-                     target_recall: float = 0.95, most: int | None = None
-                     ) -> tuple[int, float] | None:
-    """The fewest probes, at most `most` (default the index's own), whose recall@k for item-vector
-    queries (the catalogue rows `seeds`, e.g. users' recent items, repeats kept so popular
-    seeds weigh as they do in serving) reaches the target; (nprobe, recall). The index's own
-    nprobe is left as it is. None for flat and HNSW indexes.
+ItemProbeTuner = Callable[..., tuple[int, float]]  # (target_recall=0.95, most=None) -> (nprobe, recall)
+
+
+def item_probe_tuner(index: ItemIndex, seeds: IntArray, k: int = ITEM_QUERY_K
+                     ) -> ItemProbeTuner | None:
+    """tune(target_recall=0.95, most=None): the fewest probes, at most `most` (default the
+    index's own), whose recall@k for item-vector queries (the catalogue rows `seeds`, e.g. users'
+    recent items, repeats kept so popular seeds weigh as they do in serving) reaches the target;
+    (nprobe, recall). The exact neighbours are searched once and each probe count measured once,
+    however many targets are asked for. The index's own nprobe is left as it is. None for flat
+    and HNSW indexes.
 
     Item vectors sit in the lists they were clustered into, so they need far fewer probes than
     user vectors: on the 8-epoch 100K benchmark model (nprobe 84 of 1,024 for users), seeds
@@ -57,9 +62,24 @@ def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K
                          f"[1, {len(index.vectors) - 1}], got shape {seeds.shape}")
     queries = np.ascontiguousarray(index.vectors[seeds])
     truth = _exact_top_k(index.vectors, queries, k)
-    return _fewest_probes(lambda nprobe: _recall(index, truth, queries, nprobe=nprobe),
-                          1, index.nprobe if most is None else min(most, index.nlist),
-                          target_recall)
+
+    @functools.cache
+    def recall(nprobe: int) -> float:
+        return _recall(index, truth, queries, nprobe=nprobe)
+
+    def tune(target_recall: float = 0.95, most: int | None = None) -> tuple[int, float]:
+        return _fewest_probes(recall, 1, index.nprobe if most is None else min(most, index.nlist),
+                              target_recall)
+
+    return tune
+
+
+def tune_item_nprobe(index: ItemIndex, seeds: IntArray, *, k: int = ITEM_QUERY_K,
+                     target_recall: float = 0.95, most: int | None = None
+                     ) -> tuple[int, float] | None:
+    """One target of `item_probe_tuner`: (nprobe, recall), or None for flat and HNSW indexes."""
+    tune = item_probe_tuner(index, seeds, k)
+    return None if tune is None else tune(target_recall, most)
 
 
 def ensure_recall(index: ItemIndex, queries: FloatArray, *, k: int = 100,
