@@ -48,7 +48,8 @@ class ServingSettings(BaseSettings):
     ranker_int8: bool = True
     # "trained": each user takes the path the model set's ranking policy gives their number of
     # events (chosen on validation at training: recsys/models/policy.py); "rank_all": everyone
-    # with history through the ranker (the ranker measured for itself, e.g. in an experiment).
+    # with history through the ranker, at the depth training chose (the ranker measured for
+    # itself, e.g. in an experiment).
     ranking_policy: Literal["trained", "rank_all"] = "trained"
     # API worker processes. Each holds its own models and L1 cache (L2 is shared through Redis);
     # one worker runs the pipeline on one core, so a second core needs a second worker.
@@ -90,7 +91,8 @@ class ServingSettings(BaseSettings):
     # What training evaluates the ranker on and chooses the ranking policy with (EvalConfig's
     # candidates, the retrieval's top 200): more would serve a ranker on lists it was not
     # measured on, at 5x the features' and the ranker's cost.
-    ranked_candidates: int = Field(200, gt=0, description="candidates scored by the ranker")
+    ranked_candidates: int = Field(200, gt=0, description="the most candidates the ranker scores "
+                                   "(a model set's ranking policy may choose fewer)")
     diversity: float = Field(0.0, ge=0.0, le=1.0, description="MMR weight of diversity (0: off)")
     max_per_category: int = Field(0, ge=0, description="cap of items sharing a first genre (0: off)")
 

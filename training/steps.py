@@ -279,6 +279,7 @@ def _train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config
 
 
 SHORT_HISTORIES = (1, 2, 3, 5, 10)  # the history lengths the short-history paths are tried at
+RANKER_DEPTHS = (0.25, 0.5, 0.75, 1.0)  # shares of the candidate set the ranker is tried on
 
 
 def choose_policy(data: PreparedData, validation: EvalUsers, ranker: Scorer,
@@ -287,11 +288,17 @@ def choose_policy(data: PreparedData, validation: EvalUsers, ranker: Scorer,
     the ranker only where it beats retrieval order (HR@10 of validation users); then, with the
     validation users' events hidden but their n most recent (as new users), item-to-item for
     the shortest histories as long as it beats both other paths, and retrieval order for the
-    next ones as long as it beats the ranker. Returns the policy and the HR@10s behind it."""
+    next ones as long as it beats the ranker. The ranker scores the first `depth` candidates
+    in retrieval order, the one of RANKER_DEPTHS (shares of `size`) with the best HR@10 (a tie
+    goes to the fewer, which cost less). Returns the policy and the HR@10s behind it."""
     retrieval = evaluate_scorer(validation.retrieval, data.validation, (10,))["hr@10"]
-    ranked = evaluate_scorer(validation.reranked(ranker, size), data.validation, (10,))["hr@10"]
+    by_depth = {depth: evaluate_scorer(validation.reranked(ranker, depth), data.validation,
+                                       (10,))["hr@10"] for depth in ranker_depths(size)}
+    depth = max(by_depth, key=lambda d: (by_depth[d], -d))
+    ranked = by_depth[depth]
     use_ranker = ranked > retrieval
-    scores = {"val_retrieval_hr_at_10": retrieval, "val_ranker_hr_at_10": ranked}
+    scores = {"val_retrieval_hr_at_10": retrieval, "val_ranker_hr_at_10": ranked,
+              **{f"val_ranker_{d}_hr_at_10": hr for d, hr in by_depth.items()}}
     best_paths = []
     for n in SHORT_HISTORIES:
         new = as_new_users(data.validation, n)
@@ -299,7 +306,7 @@ def choose_policy(data: PreparedData, validation: EvalUsers, ranker: Scorer,
         paths = {"item_to_item": item_to_item(validation.embedding.item_vectors, new),
                  "retrieval": users.retrieval}
         if use_ranker:
-            paths["ranker"] = users.reranked(ranker, size)
+            paths["ranker"] = users.reranked(ranker, depth)
         hr = {path: evaluate_scorer(scorer, new, (10,))["hr@10"] for path, scorer in paths.items()}
         scores.update({f"val_new_{n}_{path}_hr_at_10": v for path, v in hr.items()})
         # a tie goes to the path for longer histories: a short-history path has to win
@@ -308,7 +315,12 @@ def choose_policy(data: PreparedData, validation: EvalUsers, ranker: Scorer,
     retrieval_until = _served_until(best_paths, "retrieval", after=short_history) \
         if use_ranker else 0
     return RankingPolicy(short_history=short_history, use_ranker=use_ranker,
-                         retrieval_until=retrieval_until), scores
+                         retrieval_until=retrieval_until, ranked_candidates=depth), scores
+
+
+def ranker_depths(size: int) -> list[int]:
+    """The depths choose_policy tries: RANKER_DEPTHS of the `size` candidates, fewest first."""
+    return sorted({max(1, round(size * share)) for share in RANKER_DEPTHS})
 
 
 def _served_until(best_paths: list[str], path: str, after: int = 0) -> int:
@@ -354,12 +366,13 @@ class EvalUsers:
         return self.users[positions] @ self.embedding.item_vectors.T
 
     def served(self, ranker: Scorer, policy: RankingPolicy, size: int) -> np.ndarray:
-        """[U] rank of each user's held-out item on the path `policy` gives their history."""
+        """[U] rank of each user's held-out item on the path `policy` gives their history (the
+        ranker on the policy's depth of the `size` candidates)."""
         scorers = {"popularity": lambda: popularity_scorer(self.data.catalog.popularity),
                    "item_to_item": lambda: item_to_item(self.embedding.item_vectors,
                                                         self.eval_set),
                    "retrieval": lambda: self.retrieval,
-                   "ranker": lambda: self.reranked(ranker, size)}
+                   "ranker": lambda: self.reranked(ranker, policy.depth(size))}
         paths = np.array([policy.path_for(min(len(s), self.embedding.history_len))
                           for s in self.eval_set.histories.sequences])
         ranks = np.zeros(len(paths), dtype=np.int64)
@@ -405,7 +418,8 @@ def model_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers
     ranks["pipeline"] = users.served(rankers.ranker, policy, size)
     if rankers.ranker_int8 is not None:  # the int8 ranker that CPU serving uses
         ranks["pipeline_int8"] = users.served(rankers.ranker_int8, policy, size)
-    ranks["fallback"] = scorer_ranks(users.reranked(rankers.fallback, size), eval_set)
+    ranks["fallback"] = scorer_ranks(users.reranked(rankers.fallback, policy.depth(size)),
+                                     eval_set)
     if baselines:
         ranks["popularity"] = scorer_ranks(popularity_scorer(data.catalog.popularity), eval_set)
         als = tuned_als(data.validation, eval_set, data.catalog.size + 1, config.als_factors,

@@ -137,7 +137,7 @@ def build_slot(refs: ModelRefs, settings: ServingSettings, telemetry: Telemetry,
                      tower_timeout_s=settings.tower_timeout_ms / 1000, retriever=retriever,
                      ranker=chain,
                      policy=ranker.policy if settings.ranking_policy == "trained"
-                     else RankingPolicy(),
+                     else RankingPolicy(ranked_candidates=ranker.policy.ranked_candidates),
                      search=build_search(refs.alias, embedding, settings, wrap))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,7 @@ class UserHistories:
     histories: np.ndarray  # [U, H] catalogue rows, 0 = pad, most recent last
     attributes: np.ndarray  # [U, A] attribute ids
     seen_indptr: np.ndarray  # [U + 1] CSR row pointers into seen_items
-    seen_items: np.ndarray  # [nnz] catalogue rows
+    seen_items: np.ndarray  # [nnz] catalogue rows, each user's sorted and unique
 
     def seen(self, position: int) -> np.ndarray:
         return self.seen_items[self.seen_indptr[position]:self.seen_indptr[position + 1]]
@@ -191,7 +191,23 @@ def load_user_histories(directory: Path) -> UserHistories | None:
     if not (directory / USER_HISTORIES).is_file():
         return None
     with np.load(directory / USER_HISTORIES, allow_pickle=False) as arrays:
-        return UserHistories(**{name: arrays[name] for name in arrays.files})
+        histories = UserHistories(**{name: arrays[name] for name in arrays.files})
+    return _with_sorted_seen(histories)
+
+
+def _with_sorted_seen(histories: UserHistories) -> UserHistories:
+    """Each user's seen rows sorted and unique, as serving's set operations take them
+    (training writes them so; this guards a snapshot written otherwise)."""
+    items, indptr = histories.seen_items, histories.seen_indptr
+    step = np.diff(items)
+    within = np.ones(step.size, dtype=bool)
+    within[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < items.size)] - 1] = False
+    if np.all(step[within] > 0):
+        return histories
+    rows = [np.unique(histories.seen(u)) for u in range(len(indptr) - 1)]
+    return replace(
+        histories, seen_indptr=np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(
+            np.int64), seen_items=np.concatenate(rows).astype(np.int64) if rows else items[:0])
 
 
 def load_item_neighbours(directory: Path) -> npt.NDArray[np.int32] | None:

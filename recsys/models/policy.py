@@ -11,7 +11,9 @@ Paths, by the user's number of events n:
   retrieval_until (histories too short for the ranker to beat that order on validation), or
   for every n > short_history when the ranker did not beat it on validation at all (use_ranker
   is False): the ranker is not run;
-- "ranker": the user tower's candidates ordered by the ranker.
+- "ranker": the user tower's candidates ordered by the ranker: the first `ranked_candidates`
+  of them in retrieval order (the depth that scored best on validation; scoring fewer
+  candidates also costs less), never more than the service's RECSYS_RANKED_CANDIDATES.
 """
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ class RankingPolicy:
     short_history: int = 0
     use_ranker: bool = True
     retrieval_until: int = 0
+    ranked_candidates: int | None = None  # None: as many as the service allows
+
+    def depth(self, most: int) -> int:
+        """Candidates the ranker scores where the service allows at most `most`."""
+        return most if self.ranked_candidates is None else min(most, self.ranked_candidates)
 
     def path_for(self, events: int) -> str:
         if events == 0:
@@ -56,7 +63,8 @@ class RankingPolicy:
         if self.retrieval_until > self.short_history:
             parts.append("retrieval order for "
                          f"{_events(self.short_history + 1, self.retrieval_until)}")
-        parts.append("the ranker above")
+        parts.append("the ranker above" if self.ranked_candidates is None else
+                     f"the ranker above (on the first {self.ranked_candidates} candidates)")
         return ", ".join(parts)
 
     def to_metadata(self) -> dict[str, Any]:
@@ -67,9 +75,11 @@ class RankingPolicy:
         """The policy a ranker bundle records; bundles written before it existed rank every
         user with history, as they were served then."""
         recorded = metadata.get(METADATA_KEY) or {}
+        depth = recorded.get("ranked_candidates")
         return cls(short_history=int(recorded.get("short_history", 0)),
                    use_ranker=bool(recorded.get("use_ranker", True)),
-                   retrieval_until=int(recorded.get("retrieval_until", 0)))
+                   retrieval_until=int(recorded.get("retrieval_until", 0)),
+                   ranked_candidates=None if depth is None else int(depth))
 
 
 def _events(first: int, last: int) -> str:

@@ -254,7 +254,7 @@ class RecommendPipeline:
         number ranked plus those the filters may drop can be ranked (`needed`)."""
         slot, dropped = resolved.slot, resolved.most_filtered(state.seen)
         only = None if ranked else (AnnSource.name,)
-        needed = None if dropped is None else self.options.ranked_candidates + dropped
+        needed = None if dropped is None else self._depth(slot) + dropped
         try:
             candidates = await slot.retriever.retrieve(
                 RetrievalQuery(user, recent_rows(state.history), needed), only)
@@ -266,12 +266,15 @@ class RecommendPipeline:
 
     def _to_rank(self, resolved: ResolvedRequest, candidates: Candidates,
                  state: UserState) -> Candidates:
-        """Candidates left after the seen, excluded and category filters, cut to the number
-        the ranker scores."""
-        kept = filter_candidates(candidates, np.union1d(state.seen, resolved.excluded),
+        """Candidates left after the seen, excluded and category filters, cut to _depth."""
+        kept = filter_candidates(candidates, resolved.dropped_rows(state.seen),
                                  resolved.slot.catalog, resolved.include_genres,
                                  resolved.exclude_genres)
-        return kept.select(np.arange(min(len(kept.items), self.options.ranked_candidates)))
+        return kept.select(np.arange(min(len(kept.items), self._depth(resolved.slot))))
+
+    def _depth(self, slot: ModelSlot) -> int:
+        """Candidates the ranker scores: the slot's policy's, at most RECSYS_RANKED_CANDIDATES."""
+        return slot.policy.depth(self.options.ranked_candidates)
 
     async def _submit_shadow(self, shadow: ShadowScorer, request_id: str,
                              request: RecommendRequest, served: dict[str, Any],

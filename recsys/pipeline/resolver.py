@@ -54,12 +54,16 @@ class ResolvedRequest:
             return None
         return len(seen) + len(self.excluded)
 
+    def dropped_rows(self, seen: IntArray) -> IntArray:
+        """The seen (sorted, unique) and excluded rows, sorted and unique."""
+        return np.union1d(seen, self.excluded) if self.excluded.size else seen
+
 
 @dataclass(frozen=True)
 class UserState:
     history: IntArray  # [H] padded to the slot's history length, most recent last
     attributes: IntArray  # [A] attribute ids
-    seen: IntArray  # rows the user has interacted with (never recommended)
+    seen: IntArray  # rows the user has interacted with (never recommended), sorted, unique
 
 
 @dataclass(frozen=True)
@@ -147,11 +151,13 @@ class RequestResolver:
                 events = await self.history.recent_items(user_id, slot.history_len)
                 event_rows = [slot.item_rows[i] for i in events if i in slot.item_rows]
                 history += event_rows
-                seen = np.union1d(seen, np.asarray(event_rows, dtype=np.int64))
+                if event_rows:
+                    seen = np.union1d(seen, np.asarray(event_rows, dtype=np.int64))
             except StoreError:
                 reasons.append("history_unavailable")
         history += recent.tolist()
-        seen = np.union1d(seen, recent)
+        if recent.size:
+            seen = np.union1d(seen, recent)
         return UserState(encode_history(history, slot.history_len), attributes, seen)
 
     async def user_vector(self, slot: ModelSlot, state: UserState,

@@ -31,7 +31,7 @@ from training.data import SyntheticConfig, generate_synthetic
 from training.pipeline import PipelineResult, code_version, ensure_champion, run_pipeline
 from training.search_step import LOGGED
 from training.settings import TrainingSettings
-from training.steps import SHORT_HISTORIES, _served_until, data_fingerprint
+from training.steps import SHORT_HISTORIES, _served_until, data_fingerprint, ranker_depths
 
 USERS, ITEMS = 150, 300
 CONFIG = PipelineConfig(
@@ -287,6 +287,13 @@ def test_the_ranker_bundle_records_the_policy_validation_chose_and_why(store: St
     ranker = RankerBundle.load(store.first_workdir / "ranker")
     policy, scores = ranker.policy, ranker.manifest.metadata["ranking_policy_validation"]
     assert policy.use_ranker == (scores["val_ranker_hr_at_10"] > scores["val_retrieval_hr_at_10"])
+    # the depth: the best HR@10 of those tried, a tie to the fewest candidates
+    by_depth = {d: scores[f"val_ranker_{d}_hr_at_10"] for d in ranker_depths(50)}
+    assert list(by_depth) == [12, 25, 38, 50]  # a quarter to all of the 50 candidates
+    assert scores["val_ranker_hr_at_10"] == by_depth[policy.ranked_candidates] == max(
+        by_depth.values())
+    assert policy.ranked_candidates == min(d for d, hr in by_depth.items()
+                                           if hr == max(by_depth.values()))
     paths = ("ranker", "retrieval", "item_to_item")  # a tie goes to the longer histories' path
     hr = [{p: scores[f"val_new_{n}_{p}_hr_at_10"] for p in paths
            if f"val_new_{n}_{p}_hr_at_10" in scores} for n in SHORT_HISTORIES]

@@ -37,6 +37,17 @@ def test_the_policy_round_trips_through_bundle_metadata_and_old_bundles_rank_eve
         "the ranker above")
 
 
+def test_the_ranker_depth_is_the_policys_at_most_the_services_and_old_bundles_have_none() -> None:
+    deep = RankingPolicy(ranked_candidates=150)
+    assert [deep.depth(most) for most in (200, 150, 100)] == [150, 150, 100]
+    assert RankingPolicy().depth(200) == 200  # none chosen: as many as the service allows
+    assert RankingPolicy.from_metadata({"ranking_policy": deep.to_metadata()}) == deep
+    assert RankingPolicy.from_metadata(
+        {"ranking_policy": {"short_history": 2, "use_ranker": True}}).ranked_candidates is None
+    assert deep.describe() == \
+        "popularity for new users, the ranker above (on the first 150 candidates)"
+
+
 def test_the_item_to_item_vector_scores_items_by_mean_similarity_to_the_history() -> None:
     vectors = np.array([[0, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
     query = item_to_item_vector(vectors, np.array([1, 2]))
