@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from recsys.features import ItemCatalog
-from recsys.pipeline.reranking import diversify, filter_candidates, primary_genre, rerank
+from recsys.pipeline.reranking import (
+    diversify,
+    filter_candidates,
+    in_sorted,
+    primary_genre,
+    rerank,
+)
 from recsys.pipeline.retrieval import Candidates
 from tests.support.bundle_factory import GENRES, make_catalog
 
@@ -43,6 +49,15 @@ def test_filter_drops_excluded_rows_and_keeps_order_and_sources(catalog: ItemCat
         assert kept.sources_of(new) == original.sources_of(old)
         assert kept.similarity[new] == original.similarity[old]
     assert kept.failed == ("item2item",)
+
+
+def test_membership_in_a_sorted_set_is_np_isin() -> None:
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 7, 300):
+        sorted_set = np.unique(rng.integers(1, 2_000, size)).astype(np.int64)
+        values = rng.integers(0, 2_100, 1_100).astype(np.int64)  # below, inside and past it
+        np.testing.assert_array_equal(in_sorted(values, sorted_set), np.isin(values, sorted_set))
+    assert in_sorted(np.zeros(0, dtype=np.int64), np.array([1, 2])).shape == (0,)
 
 
 def test_filter_include_genres_keeps_only_items_with_one_of_them(catalog: ItemCatalog) -> None:
