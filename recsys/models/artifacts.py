@@ -199,10 +199,10 @@ def _with_sorted_seen(histories: UserHistories) -> UserHistories:
     """Each user's seen rows sorted and unique, as serving's set operations take them
     (training writes them so; this guards a snapshot written otherwise)."""
     items, indptr = histories.seen_items, histories.seen_indptr
-    step = np.diff(items)
-    within = np.ones(step.size, dtype=bool)
-    within[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < items.size)] - 1] = False
-    if np.all(step[within] > 0):
+    rises = np.diff(items) > 0
+    crossings = indptr[1:-1] - 1  # the steps from one user's rows to the next user's
+    rises[crossings[(crossings >= 0) & (crossings < rises.size)]] = True
+    if rises.all():
         return histories
     rows = [np.unique(histories.seen(u)) for u in range(len(indptr) - 1)]
     return replace(
