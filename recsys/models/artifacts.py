@@ -72,13 +72,18 @@ class Manifest:
 
     def fingerprint(self) -> str:
         """Stable id of the bundle: hash of the sorted file checksums and, for a ranker, of the
-        embedding it was trained against. Byte-identical ranker files bound to two embeddings
-        are two models to serve (the compatibility check reads the binding), so they must never
-        share a BentoML tag."""
+        embedding it was trained against and of its ranking policy. Byte-identical ranker files
+        bound to two embeddings, or chosen with two policies (paths, depth), are two models to
+        serve (the compatibility check reads the binding, serving follows the policy), so they
+        must never share a BentoML tag or a registered version. A bundle without a policy keeps
+        the id it had before policies counted."""
         lines = [f"{name}:{digest}" for name, digest in sorted(self.files.items())]
         bound = self.metadata.get("embedding_fingerprint")
         if bound:
             lines.append(f"embedding:{bound}")
+        policy = self.metadata.get("ranking_policy")
+        if policy:
+            lines.append(f"ranking_policy:{json.dumps(policy, sort_keys=True)}")
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
