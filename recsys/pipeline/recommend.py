@@ -23,7 +23,7 @@ from recsys.models.registry_client import CHALLENGER, CHAMPION
 from recsys.pipeline.explain import add_explanations
 from recsys.pipeline.precomputed_lists import TierThenCompute
 from recsys.pipeline.request import RecommendRequest
-from recsys.pipeline.reranking import filter_candidates, rerank
+from recsys.pipeline.reranking import rerank
 from recsys.pipeline.resolver import (
     RequestResolver,
     ResolvedRequest,
@@ -267,9 +267,7 @@ class RecommendPipeline:
     def _to_rank(self, resolved: ResolvedRequest, candidates: Candidates,
                  state: UserState) -> Candidates:
         """Candidates left after the seen, excluded and category filters, cut to _depth."""
-        kept = filter_candidates(candidates, resolved.dropped_rows(state.seen),
-                                 resolved.slot.catalog, resolved.include_genres,
-                                 resolved.exclude_genres)
+        kept = resolved.filtered(candidates, state.seen)
         return kept.select(np.arange(min(len(kept.items), self._depth(resolved.slot))))
 
     def _depth(self, slot: ModelSlot) -> int:

@@ -17,6 +17,8 @@ from recsys.features import encode_history, recent_rows
 from recsys.models.registry_client import CHAMPION
 from recsys.pipeline.fallbacks import fallback_user_vector
 from recsys.pipeline.request import RecommendRequest
+from recsys.pipeline.reranking import filter_candidates
+from recsys.pipeline.retrieval import Candidates
 from recsys.pipeline.slots import ModelSlot
 from recsys.stores.cache import ResultCache
 from recsys.stores.cache_keys import make_key
@@ -54,9 +56,12 @@ class ResolvedRequest:
             return None
         return len(seen) + len(self.excluded)
 
-    def dropped_rows(self, seen: IntArray) -> IntArray:
-        """The seen (sorted, unique) and excluded rows, sorted and unique."""
-        return np.union1d(seen, self.excluded) if self.excluded.size else seen
+    def filtered(self, candidates: Candidates, seen: IntArray) -> Candidates:
+        """`candidates` less the seen (sorted, unique) and excluded rows, and less those the
+        category filters drop; retrieval order kept."""
+        dropped = np.union1d(seen, self.excluded) if self.excluded.size else seen
+        return filter_candidates(candidates, dropped, self.slot.catalog, self.include_genres,
+                                 self.exclude_genres)
 
 
 @dataclass(frozen=True)
