@@ -21,7 +21,7 @@ from recsys.features import (
     ranker_inputs,
     user_profile,
 )
-from training.config import RankerConfig
+from training.config import RankerConfig, RankerHoldout
 from training.loop import run_epoch
 from training.sequences import UserSequences
 from training.two_tower import EpochCallback
@@ -91,10 +91,10 @@ class RankingQueries:
 
 def build_queries(
     sequences: UserSequences, attributes: np.ndarray, catalog: ItemCatalog,
-    item_vectors: np.ndarray, encode_users: UserEncoder, history_len: int, holdout: int,
-    config: RankerConfig,
+    item_vectors: np.ndarray, encode_users: UserEncoder, history_len: int,
+    holdout: RankerHoldout, config: RankerConfig,
 ) -> RankingQueries:
-    """For each user's last `holdout` training events (those the two-tower model did not train on):
+    """For each user's last training events that `holdout` kept out of the two-tower model:
     pair the true item with hard negatives retrieved from the history before it, and random ones.
 
     Negatives never include any item of the user's training sequence: the items they went on to
@@ -104,7 +104,7 @@ def build_queries(
     rng = np.random.default_rng(config.seed)
     histories, attrs, positives, hours, known = [], [], [], [], []
     for u, (seq, times) in enumerate(zip(sequences.sequences, sequences.timestamps)):
-        for t in range(max(1, len(seq) - holdout), len(seq)):
+        for t in range(max(1, len(seq) - int(holdout.events(len(seq)))), len(seq)):
             histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
             attrs.append(attributes[u])
             positives.append(seq[t])

@@ -271,7 +271,9 @@ def described(choice: Choice, source: str) -> dict[str, Any]:
 def prepared_for(dataset: Dataset, embedding: EmbeddingBundle) -> PreparedData:
     """The dataset split as it was when `embedding` was trained; ValueError for other data."""
     names = {f.name for f in fields(TwoTowerConfig)}
-    config = TwoTowerConfig(**{k: v for k, v in embedding.config.items() if k in names})
+    known = {k: v for k, v in embedding.config.items() if k in names}
+    known.setdefault("ranker_holdout_share", 1.0)  # a bundle from before the share: no cap
+    config = TwoTowerConfig(**known)
     data = prepare_data(dataset, config)
     trained_on = embedding.manifest.metadata.get("data_fingerprint")
     if trained_on is not None and trained_on != data.fingerprint:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from recsys.features import PAD
-from training.config import TwoTowerConfig
+from training.config import NO_HOLDOUT, RankerHoldout, TwoTowerConfig
 from training.sequences import UserSequences
 from training.tower_parts import add_item_inputs, attribute_vectors, item_inputs
 
@@ -174,14 +174,14 @@ class Windows:
 
 
 def sequence_windows(sequences: UserSequences, attributes: np.ndarray, length: int,
-                     holdout: int = 0) -> Windows:
-    """Each user's training sequence (less the last `holdout` events, which train the ranker) cut
-    from the end into windows of `length` next-item targets, every event after the first a target
-    exactly once. Cutting from the end keeps the most recent events in one window with their
+                     holdout: RankerHoldout = NO_HOLDOUT) -> Windows:
+    """Each user's training sequence (less the last events `holdout` keeps out: they train the
+    ranker) cut from the end into windows of `length` next-item targets, every event after the
+    first a target exactly once. Cutting from the end keeps the most recent events in one window with their
     longest context, as serving sees them."""
     inputs, targets, attrs = [], [], []
     for u, full in enumerate(sequences.sequences):
-        seq = full[:len(full) - holdout] if holdout else full
+        seq = full[:len(full) - int(holdout.events(len(full)))]
         end = len(seq)
         while end > 1:
             start = max(1, end - length)

@@ -24,7 +24,13 @@ from recsys.models.policy import RankingPolicy
 from training.baselines import popularity_scorer, tuned_als, tuned_ease
 from training.bundles import write_embedding_bundle, write_fallback_bundle, write_ranker_bundle
 from training.catalog import build_attribute_encoder, build_catalog, user_attribute_matrix
-from training.config import EvalConfig, FallbackConfig, RankerConfig, TwoTowerConfig
+from training.config import (
+    EvalConfig,
+    FallbackConfig,
+    RankerConfig,
+    RankerHoldout,
+    TwoTowerConfig,
+)
 from training.data import Dataset, leave_last_out
 from training.data.order import time_ordered
 from training.data.schema import USER_ID
@@ -95,17 +101,20 @@ def data_fingerprint(dataset: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
-def without_last_events(events: pd.DataFrame, n: int) -> pd.DataFrame:
-    """`events` minus each user's last n events (in the one time order, training/data/order.py)."""
+def without_last_events(events: pd.DataFrame, holdout: RankerHoldout) -> pd.DataFrame:
+    """`events` minus each user's last events that `holdout` keeps out (in the one time order,
+    training/data/order.py)."""
     ordered = time_ordered(events)
-    return ordered[ordered.groupby(USER_ID).cumcount(ascending=False) >= n]
+    users = ordered.groupby(USER_ID)
+    kept_out = holdout.events(users[USER_ID].transform("size").to_numpy())
+    return ordered[users.cumcount(ascending=False).to_numpy() >= kept_out]
 
 
 def prepare_data(dataset: Dataset, config: TwoTowerConfig) -> PreparedData:
     split = leave_last_out(dataset.interactions)
     # Item statistics (popularity, novelty) come from the events before the ranker's held-out
     # queries, so a ranker training positive never counts itself: no leak into its features.
-    history = without_last_events(split.train, config.ranker_holdout_events)
+    history = without_last_events(split.train, config.ranker_holdout)
     catalog = build_catalog(dataset, history, config.title_buckets, config.title_tokens)
     rows = catalog.index_lookup()
     train = build_sequences(split.train, rows)
@@ -243,7 +252,7 @@ def _train_rankers(data: PreparedData, embedding: EmbeddingBundle, ranker_config
     queries = build_queries(data.train, data.train_attributes, data.catalog,
                             embedding.item_vectors, embedding.encode_users,
                             embedding.history_len,
-                            int(embedding.config["ranker_holdout_events"]), ranker_config)
+                            RankerHoldout.of(embedding.config), ranker_config)
 
     def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
         if log is not None:

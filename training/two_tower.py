@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recsys.features import PAD, ItemCatalog, encode_history
-from training.config import TwoTowerConfig
+from training.config import NO_HOLDOUT, RankerHoldout, TwoTowerConfig
 from training.loop import run_epoch
 from training.sequence_tower import ItemEmbedding, SequenceUserTower, Windows, sequence_windows
 from training.sequences import UserSequences
@@ -158,16 +158,16 @@ def training_examples(sequences: UserSequences, attributes: np.ndarray,
     """What the configured user tower trains on: whole windows for the sequence encoder (a target
     at every position), one history per target for the pooled one."""
     make = sequence_windows if config.user_encoder == "sequence" else next_item_examples
-    return make(sequences, attributes, config.history_len, config.ranker_holdout_events)
+    return make(sequences, attributes, config.history_len, config.ranker_holdout)
 
 
 def next_item_examples(sequences: UserSequences, attributes: np.ndarray, history_len: int,
-                       holdout: int = 0) -> Examples:
+                       holdout: RankerHoldout = NO_HOLDOUT) -> Examples:
     """One example per event after a user's first, predicted from the events before it; each
-    user's last `holdout` events are left out (they train the ranker)."""
+    user's last events that `holdout` keeps out are left out (they train the ranker)."""
     histories, attrs, targets = [], [], []
     for u, seq in enumerate(sequences.sequences):
-        for t in range(1, len(seq) - holdout):
+        for t in range(1, len(seq) - int(holdout.events(len(seq)))):
             histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
             attrs.append(attributes[u])
             targets.append(seq[t])

@@ -23,7 +23,7 @@ from recsys.features import (
     user_profile,
     user_ranker_inputs,
 )
-from training.config import RankerConfig, TwoTowerConfig
+from training.config import RankerConfig, RankerHoldout, TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
 from training.ranker import RankingQueries, build_queries
 from training.sequences import UserSequences
@@ -285,7 +285,8 @@ def training_queries() -> TrainingQueries:
     ranker = RankerConfig(retrieval_candidates=40, hard_negatives=6, random_negatives=3)
     # holdout=1: exactly one query per user, for its last training event
     queries = build_queries(users, attributes, data.catalog, item_vectors,
-                            functools.partial(encode_users, model), config.history_len, 1, ranker)
+                            functools.partial(encode_users, model), config.history_len, RankerHoldout(1),
+                            ranker)
     return TrainingQueries(data, users, attributes, item_vectors, queries, config.history_len)
 
 

@@ -57,12 +57,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     data = prepare_data(generate_synthetic(SyntheticConfig(n_users=150, n_items=300)), CONFIG)
     model = build_model(data.catalog, data.attributes.cardinalities(), CONFIG)
     examples = next_item_examples(data.train, data.train_attributes, CONFIG.history_len,
-                                  CONFIG.ranker_holdout_events)
+                                  CONFIG.ranker_holdout)
     train_two_tower(model, data.catalog, examples)
     items = encode_items(model, data.catalog)
     queries = build_queries(data.train, data.train_attributes, data.catalog, items,
                             functools.partial(encode_users, model), CONFIG.history_len,
-                            CONFIG.ranker_holdout_events, RANKER)
+                            CONFIG.ranker_holdout, RANKER)
     ranker, scaler = train_ranker(queries, items, RANKER)
     grouped = queries.inputs(items, scaler)
     fallback = train_fallback(grouped, FallbackConfig())

@@ -10,7 +10,7 @@ import torch
 
 from recsys.features import PAD, encode_history, item_tower_feeds
 from training import export
-from training.config import SEQUENCE_TOWER, TwoTowerConfig
+from training.config import SEQUENCE_TOWER, RankerHoldout, TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
 from training.evaluate import evaluate_scorer
 from training.sequence_tower import ItemEmbedding, SequenceUserTower, Windows, sequence_windows
@@ -77,7 +77,8 @@ def test_next_item_examples_leave_out_the_ranker_holdout() -> None:
     sequences = UserSequences(["u1", "u2"], [np.array([1, 2, 3, 4, 5]), np.array([6, 7])],
                               [np.arange(5), np.arange(2)])
     attributes = np.array([[1, 2], [3, 4]])
-    examples = next_item_examples(sequences, attributes, history_len=3, holdout=2)
+    examples = next_item_examples(sequences, attributes, history_len=3,
+                                  holdout=RankerHoldout(2))
     # u1: targets 2, 3 (4 and 5 are held out); u2: none (its only target 7 is held out)
     np.testing.assert_array_equal(examples.target, [2, 3])
     np.testing.assert_array_equal(examples.history, [[0, 0, 1], [0, 1, 2]])
@@ -99,7 +100,7 @@ def test_sequence_windows_target_every_event_after_the_first_once_cut_from_the_e
     sequences = UserSequences(["u1", "u2"], [np.arange(1, 10), np.array([6, 7, 8])],
                               [np.arange(9), np.arange(3)])
     attributes = np.array([[1, 2], [3, 4]])
-    windows = sequence_windows(sequences, attributes, length=3, holdout=2)
+    windows = sequence_windows(sequences, attributes, length=3, holdout=RankerHoldout(2))
     # u1 trains on 1..7 (8 and 9 are held out): targets 5-7, then 2-4; u2 keeps only its 6
     np.testing.assert_array_equal(windows.history, [[4, 5, 6], [1, 2, 3]])
     np.testing.assert_array_equal(windows.target, [[5, 6, 7], [2, 3, 4]])
