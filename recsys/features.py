@@ -52,8 +52,18 @@ class ItemCatalog:
     genre_vocab: tuple[str, ...]
     genres: FloatArray  # [n+1, G] multi-hot
     title_tokens: IntArray  # [n+1, T] hashed tokens, 0 = pad
-    popularity: FloatArray  # [n+1] training interaction counts
+    # [n+1] training interaction counts before the ranker's held-out queries: a ranking
+    # feature, so that a query's own event never counts
+    popularity: FloatArray
     novelty: FloatArray  # [n+1] in [0, 1]: percentile of the item's first interaction time
+    served_counts: FloatArray | None = None  # [n+1] counts over every training event
+
+    @property
+    def served_popularity(self) -> FloatArray:
+        """[n+1] the counts behind the popular order the service shows (the popular source, new
+        users, the fallbacks): every training event, the ranker's held-out ones included;
+        `popularity` in a catalogue written before them."""
+        return self.popularity if self.served_counts is None else self.served_counts
 
     @property
     def size(self) -> int:
@@ -65,15 +75,16 @@ class ItemCatalog:
 
     @cached_property
     def popular_rows(self) -> IntArray:
-        """Catalogue rows by training popularity, most popular first (ties keep row order), the
+        """Catalogue rows by served popularity, most popular first (ties keep row order), the
         padding row left out. Sorted once per catalogue: the popular source, cold-start vectors
         and the retrieval fallback all read prefixes of it."""
-        order = np.argsort(-self.popularity, kind="stable")
+        order = np.argsort(-self.served_popularity, kind="stable")
         rows = order[order != PAD].astype(np.int64)
         rows.flags.writeable = False
         return rows
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        served = {} if self.served_counts is None else {"served_counts": self.served_counts}
         return {
             "item_ids": self.item_ids,
             "titles": self.titles,
@@ -82,6 +93,7 @@ class ItemCatalog:
             "title_tokens": self.title_tokens,
             "popularity": self.popularity,
             "novelty": self.novelty,
+            **served,
         }
 
     @classmethod
@@ -94,6 +106,8 @@ class ItemCatalog:
             title_tokens=np.asarray(arrays["title_tokens"], dtype=np.int64),
             popularity=np.asarray(arrays["popularity"], dtype=np.float32),
             novelty=np.asarray(arrays["novelty"], dtype=np.float32),
+            served_counts=np.asarray(arrays["served_counts"], dtype=np.float32)
+            if "served_counts" in arrays else None,
         )
 
 

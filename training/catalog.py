@@ -25,9 +25,11 @@ def genre_vocabulary(items: pd.DataFrame) -> tuple[str, ...]:
 
 
 def build_catalog(
-    dataset: Dataset, train: pd.DataFrame, title_buckets: int, title_tokens: int
+    dataset: Dataset, train: pd.DataFrame, title_buckets: int, title_tokens: int,
+    served: pd.DataFrame | None = None,
 ) -> ItemCatalog:
-    """Every item with metadata gets a row (cold items included); stats come from `train` only."""
+    """Every item with metadata gets a row (cold items included); stats come from `train` only,
+    the served popularity (ItemCatalog.served_popularity) from `served` where given."""
     items = dataset.items.reset_index(drop=True)
     n = len(items)
     vocab = genre_vocabulary(items)
@@ -41,9 +43,14 @@ def build_catalog(
                 genres[i, position[g]] = 1.0
         tokens[i] = tokenize_title(f"{title} {text}", title_buckets, title_tokens)
     row = pd.Series(np.arange(1, n + 1), index=items[ITEM_ID].astype(str))
-    counts = train[ITEM_ID].value_counts()
-    popularity = np.zeros(n + 1, dtype=np.float32)
-    popularity[row[counts.index].to_numpy()] = counts.to_numpy()
+
+    def counted(events: pd.DataFrame) -> np.ndarray:
+        counts = events[ITEM_ID].value_counts()
+        out = np.zeros(n + 1, dtype=np.float32)
+        out[row[counts.index].to_numpy()] = counts.to_numpy()
+        return out
+
+    popularity = counted(train)
     first_seen = train.groupby(ITEM_ID)[TIMESTAMP].min()
     novelty = np.ones(n + 1, dtype=np.float32)  # never seen in training: newest
     novelty[row[first_seen.index].to_numpy()] = first_seen.rank(pct=True).to_numpy()
@@ -56,6 +63,7 @@ def build_catalog(
         title_tokens=tokens,
         popularity=popularity,
         novelty=novelty,
+        served_counts=None if served is None else counted(served),
     )
 
 

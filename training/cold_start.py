@@ -31,7 +31,8 @@ def cold_start_curve(data: PreparedData, embedding: EmbeddingBundle, rankers: Ra
     for n in sizes:
         new = as_new_users(data.test, n)
         users = EvalUsers(data, embedding, new)
-        ranks = {"popularity": scorer_ranks(popularity_scorer(data.catalog.popularity), new),
+        popular = popularity_scorer(data.catalog.served_popularity)
+        ranks = {"popularity": scorer_ranks(popular, new),
                  "retrieval": scorer_ranks(users.retrieval, new)}
         ranks["pipeline"] = users.served(rankers.ranker, rankers.ranker.policy, size)
         if n:

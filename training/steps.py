@@ -114,8 +114,10 @@ def prepare_data(dataset: Dataset, config: TwoTowerConfig) -> PreparedData:
     split = leave_last_out(dataset.interactions)
     # Item statistics (popularity, novelty) come from the events before the ranker's held-out
     # queries, so a ranker training positive never counts itself: no leak into its features.
+    # The popular order the service shows counts every training event.
     history = without_last_events(split.train, config.ranker_holdout)
-    catalog = build_catalog(dataset, history, config.title_buckets, config.title_tokens)
+    catalog = build_catalog(dataset, history, config.title_buckets, config.title_tokens,
+                            served=split.train)
     rows = catalog.index_lookup()
     train = build_sequences(split.train, rows)
     validation = build_sequences(split.validation, rows)
@@ -377,7 +379,7 @@ class EvalUsers:
     def served(self, ranker: Scorer, policy: RankingPolicy, size: int) -> np.ndarray:
         """[U] rank of each user's held-out item on the path `policy` gives their history (the
         ranker on the policy's depth of the `size` candidates)."""
-        scorers = {"popularity": lambda: popularity_scorer(self.data.catalog.popularity),
+        scorers = {"popularity": lambda: popularity_scorer(self.data.catalog.served_popularity),
                    "item_to_item": lambda: item_to_item(self.embedding.item_vectors,
                                                         self.eval_set),
                    "retrieval": lambda: self.retrieval,
@@ -430,7 +432,8 @@ def model_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers
     ranks["fallback"] = scorer_ranks(users.reranked(rankers.fallback, policy.depth(size)),
                                      eval_set)
     if baselines:
-        ranks["popularity"] = scorer_ranks(popularity_scorer(data.catalog.popularity), eval_set)
+        ranks["popularity"] = scorer_ranks(popularity_scorer(data.catalog.served_popularity),
+                                           eval_set)
         als = tuned_als(data.validation, eval_set, data.catalog.size + 1, config.als_factors,
                         config.als_regularization, config.als_iterations)
         ranks["als"] = scorer_ranks(als.scorer, eval_set)

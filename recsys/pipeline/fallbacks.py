@@ -35,6 +35,6 @@ def popularity_candidates(catalog: ItemCatalog) -> Candidates:
     interactions: a cold-start user's list, and the last resort when every retrieval source
     failed (then scored by the user vector, `Candidates.scored_by`)."""
     items = catalog.popular_rows[:FALLBACK_CANDIDATES]
-    counts = catalog.popularity[items]
-    share = (counts / max(float(catalog.popularity.sum()), 1.0)).astype(np.float32)
+    counts = catalog.served_popularity[items]
+    share = (counts / max(float(catalog.served_popularity.sum()), 1.0)).astype(np.float32)
     return Candidates(items, share, ("popular",), np.ones((len(items), 1), dtype=bool), ())

@@ -58,7 +58,7 @@ def test_tuned_als_picks_from_the_grid_and_beats_popularity(data: PreparedData) 
     result = tuned_als(data.validation, data.test, n_rows, (8, 16), (0.01, 0.1), iterations=5)
     assert result.factors in (8, 16) and result.regularization in (0.01, 0.1)
     als_hr = evaluate_scorer(result.scorer, data.test, (10,))["hr@10"]
-    popular_hr = evaluate_scorer(popularity_scorer(data.catalog.popularity), data.test,
+    popular_hr = evaluate_scorer(popularity_scorer(data.catalog.served_popularity), data.test,
                                  (10,))["hr@10"]
     assert als_hr > popular_hr
 
@@ -82,7 +82,7 @@ def test_tuned_ease_picks_from_the_grid_beats_popularity_and_refuses_huge_catalo
     result = tuned_ease(data.validation, data.test, n_rows, (10.0, 100.0))
     assert result is not None and result.regularization in (10.0, 100.0)
     ease_hr = evaluate_scorer(result.scorer, data.test, (10,))["hr@10"]
-    popular_hr = evaluate_scorer(popularity_scorer(data.catalog.popularity), data.test,
+    popular_hr = evaluate_scorer(popularity_scorer(data.catalog.served_popularity), data.test,
                                  (10,))["hr@10"]
     assert ease_hr > popular_hr
     assert tuned_ease(data.validation, data.test, EASE_MAX_ITEMS + 1, (10.0,)) is None

@@ -69,6 +69,26 @@ def test_popularity_counts_come_from_the_training_events_only() -> None:
     np.testing.assert_array_equal(catalog.popularity, [0, 2, 2, 1, 0])
 
 
+def test_the_served_popular_order_counts_every_training_event() -> None:
+    dataset = _dataset()
+    # the ranker's features count the events before its held-out queries (here: i1's two
+    # events held out); the popular order the service shows counts them all
+    train = _train(dataset)
+    features = train[~train["timestamp"].isin([100, 150])]
+    catalog = build_catalog(dataset, features, BUCKETS, TOKENS, served=train)
+    np.testing.assert_array_equal(catalog.popularity, [0, 0, 2, 1, 0])
+    np.testing.assert_array_equal(catalog.served_popularity, [0, 2, 2, 1, 0])
+    np.testing.assert_array_equal(catalog.popular_rows, [1, 2, 3, 4])
+    restored = type(catalog).from_arrays(catalog.to_arrays())
+    np.testing.assert_array_equal(restored.served_popularity, [0, 2, 2, 1, 0])
+    # a catalogue written before the served counts shows its feature counts' order
+    before = {k: v for k, v in catalog.to_arrays().items() if k != "served_counts"}
+    old = type(catalog).from_arrays(before)
+    assert old.served_counts is None
+    np.testing.assert_array_equal(old.served_popularity, [0, 0, 2, 1, 0])
+    np.testing.assert_array_equal(old.popular_rows, [2, 3, 1, 4])
+
+
 def test_novelty_is_the_first_seen_percentile_and_unseen_items_are_newest() -> None:
     dataset = _dataset()
     catalog = build_catalog(dataset, _train(dataset), BUCKETS, TOKENS)

@@ -34,7 +34,7 @@ def results(ml100k_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
                             workdir / "fallback_ranker", config.evaluation)
     # ALS is left out: it costs time and is not part of what this test protects
     out = evaluate_models(data, embedding, rankers, config.evaluation, baselines=False)
-    out["popularity"] = evaluate_scorer(popularity_scorer(data.catalog.popularity), data.test,
+    out["popularity"] = evaluate_scorer(popularity_scorer(data.catalog.served_popularity), data.test,
                                         config.evaluation.cutoffs)
     return out
 

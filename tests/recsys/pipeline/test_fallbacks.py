@@ -2,6 +2,7 @@
 they cost on a 1M-item catalogue (the degraded path is the overload path)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -75,6 +76,22 @@ def test_popularity_candidates_come_in_popularity_order() -> None:
     assert scored.items is candidates.items
     np.testing.assert_allclose(scored.similarity, vectors[candidates.items] @ user, rtol=1e-6)
     assert scored.source_names == ("popular",) and scored.source_mask.all()
+
+
+def test_new_users_get_the_served_counts_order_not_the_ranking_features() -> None:
+    catalog, _ = catalog_of(300)
+    rng = np.random.default_rng(1)
+    served = rng.integers(0, 10_000, 301).astype(np.float32)
+    served[0] = 0.0
+    catalog = dataclasses.replace(catalog, served_counts=served)
+    candidates = popularity_candidates(catalog)
+
+    expected = np.argsort(-served[1:], kind="stable") + 1
+    assert candidates.items.tolist() == expected[:FALLBACK_CANDIDATES].tolist()
+    assert candidates.items.tolist() != (np.argsort(-catalog.popularity[1:], kind="stable")
+                                         + 1)[:FALLBACK_CANDIDATES].tolist()
+    np.testing.assert_allclose(candidates.similarity, served[candidates.items] / served.sum(),
+                               rtol=1e-6)
 
 
 def test_the_degraded_path_at_1m_items_does_not_sort_the_catalogue() -> None:
