@@ -177,8 +177,8 @@ def sequence_windows(sequences: UserSequences, attributes: np.ndarray, length: i
                      holdout: RankerHoldout = NO_HOLDOUT) -> Windows:
     """Each user's training sequence (less the last events `holdout` keeps out: they train the
     ranker) cut from the end into windows of `length` next-item targets, every event after the
-    first a target exactly once. Cutting from the end keeps the most recent events in one window with their
-    longest context, as serving sees them."""
+    first a target exactly once. Cutting from the end keeps the most recent events in one window
+    with their longest context, as serving sees them."""
     inputs, targets, attrs = [], [], []
     for u, full in enumerate(sequences.sequences):
         seq = full[:len(full) - int(holdout.events(len(full)))]
