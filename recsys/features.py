@@ -52,9 +52,7 @@ class ItemCatalog:
     genre_vocab: tuple[str, ...]
     genres: FloatArray  # [n+1, G] multi-hot
     title_tokens: IntArray  # [n+1, T] hashed tokens, 0 = pad
-    # [n+1] training interaction counts before the ranker's held-out queries: a ranking
-    # feature, so that a query's own event never counts
-    popularity: FloatArray
+    popularity: FloatArray  # [n+1] counts before the ranker's queries (a feature: no self-count)
     novelty: FloatArray  # [n+1] in [0, 1]: percentile of the item's first interaction time
     served_counts: FloatArray | None = None  # [n+1] counts over every training event
 
@@ -84,31 +82,22 @@ class ItemCatalog:
         return rows
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        served = {} if self.served_counts is None else {"served_counts": self.served_counts}
-        return {
-            "item_ids": self.item_ids,
-            "titles": self.titles,
-            "genre_vocab": np.asarray(self.genre_vocab, dtype=np.str_),
-            "genres": self.genres,
-            "title_tokens": self.title_tokens,
-            "popularity": self.popularity,
-            "novelty": self.novelty,
-            **served,
-        }
+        arrays = {name: getattr(self, name) for name in _CATALOG_ARRAYS}
+        return {"genre_vocab": np.asarray(self.genre_vocab, dtype=np.str_),
+                **{name: values for name, values in arrays.items() if values is not None}}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ItemCatalog:
-        return cls(
-            item_ids=np.asarray(arrays["item_ids"], dtype=np.str_),
-            titles=np.asarray(arrays["titles"], dtype=np.str_),
-            genre_vocab=tuple(str(g) for g in arrays["genre_vocab"]),
-            genres=np.asarray(arrays["genres"], dtype=np.float32),
-            title_tokens=np.asarray(arrays["title_tokens"], dtype=np.int64),
-            popularity=np.asarray(arrays["popularity"], dtype=np.float32),
-            novelty=np.asarray(arrays["novelty"], dtype=np.float32),
-            served_counts=np.asarray(arrays["served_counts"], dtype=np.float32)
-            if "served_counts" in arrays else None,
-        )
+        """The catalogue `to_arrays` wrote; one written before `served_counts` has none."""
+        return cls(genre_vocab=tuple(str(g) for g in arrays["genre_vocab"]),
+                   **{name: np.asarray(arrays[name], dtype=dtype)
+                      for name, dtype in _CATALOG_ARRAYS.items() if name in arrays})
+
+
+# ItemCatalog's array fields and the dtypes they are read back as
+_CATALOG_ARRAYS: dict[str, type] = {
+    "item_ids": np.str_, "titles": np.str_, "genres": np.float32, "title_tokens": np.int64,
+    "popularity": np.float32, "novelty": np.float32, "served_counts": np.float32}
 
 
 @dataclass(frozen=True)

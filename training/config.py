@@ -23,6 +23,10 @@ class RankerHoldout:
         """The events kept out of each history of `lengths` events (an int for an int)."""
         return np.minimum(self.most, np.floor(np.asarray(lengths) * self.share)).astype(np.int64)
 
+    def retained(self, length: int) -> int:
+        """How many of a user's `length` training events retrieval trains on: the first ones."""
+        return length - int(self.events(length))
+
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> RankerHoldout:
         """The holdout a TwoTowerConfig (as a bundle records it) trained with; a bundle from

@@ -104,7 +104,7 @@ def build_queries(
     rng = np.random.default_rng(config.seed)
     histories, attrs, positives, hours, known = [], [], [], [], []
     for u, (seq, times) in enumerate(zip(sequences.sequences, sequences.timestamps)):
-        for t in range(max(1, len(seq) - int(holdout.events(len(seq)))), len(seq)):
+        for t in range(max(1, holdout.retained(len(seq))), len(seq)):
             histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
             attrs.append(attributes[u])
             positives.append(seq[t])

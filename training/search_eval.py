@@ -31,7 +31,7 @@ from recsys.models.bundles import EmbeddingBundle
 from recsys.search.engine import SearchEngine, build_search_engine, chosen_search_ranking
 from recsys.search.fusion import FusionRule, Ranked, personal_list
 from recsys.settings import ServingSettings
-from training.config import TwoTowerConfig
+from training.config import RankerHoldout, TwoTowerConfig
 from training.data import Dataset
 from training.evaluate import EvalSet, interval
 from training.search_queries import category_queries, known_item_queries
@@ -272,8 +272,8 @@ def prepared_for(dataset: Dataset, embedding: EmbeddingBundle) -> PreparedData:
     """The dataset split as it was when `embedding` was trained; ValueError for other data."""
     names = {f.name for f in fields(TwoTowerConfig)}
     known = {k: v for k, v in embedding.config.items() if k in names}
-    known.setdefault("ranker_holdout_share", 1.0)  # a bundle from before the share: no cap
-    config = TwoTowerConfig(**known)
+    config = TwoTowerConfig(**{**known, "ranker_holdout_share":
+                               RankerHoldout.of(embedding.config).share})
     data = prepare_data(dataset, config)
     trained_on = embedding.manifest.metadata.get("data_fingerprint")
     if trained_on is not None and trained_on != data.fingerprint:

@@ -181,7 +181,7 @@ def sequence_windows(sequences: UserSequences, attributes: np.ndarray, length: i
     with their longest context, as serving sees them."""
     inputs, targets, attrs = [], [], []
     for u, full in enumerate(sequences.sequences):
-        seq = full[:len(full) - int(holdout.events(len(full)))]
+        seq = full[:holdout.retained(len(full))]
         end = len(seq)
         while end > 1:
             start = max(1, end - length)

@@ -167,7 +167,7 @@ def next_item_examples(sequences: UserSequences, attributes: np.ndarray, history
     user's last events that `holdout` keeps out are left out (they train the ranker)."""
     histories, attrs, targets = [], [], []
     for u, seq in enumerate(sequences.sequences):
-        for t in range(1, len(seq) - int(holdout.events(len(seq)))):
+        for t in range(1, holdout.retained(len(seq))):
             histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
             attrs.append(attributes[u])
             targets.append(seq[t])

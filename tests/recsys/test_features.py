@@ -285,8 +285,8 @@ def training_queries() -> TrainingQueries:
     ranker = RankerConfig(retrieval_candidates=40, hard_negatives=6, random_negatives=3)
     # holdout=1: exactly one query per user, for its last training event
     queries = build_queries(users, attributes, data.catalog, item_vectors,
-                            functools.partial(encode_users, model), config.history_len, RankerHoldout(1),
-                            ranker)
+                            functools.partial(encode_users, model), config.history_len,
+                            RankerHoldout(1), ranker)
     return TrainingQueries(data, users, attributes, item_vectors, queries, config.history_len)
 
 
