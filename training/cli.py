@@ -15,6 +15,11 @@ from pydantic import ValidationError
 
 from recsys.errors import RecsysError
 
+# training.data.download.VARIANTS, named here so that --help imports no pandas (a test holds
+# the two equal)
+MOVIELENS_VARIANTS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m",
+                      "ml-latest-small", "ml-latest")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
@@ -72,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--users", type=int, help="evaluate the first N users of each split")
     search.add_argument("--out", type=Path, default=Path("reports/search/eval"))
     download = sub.add_parser("download", help="download a public MovieLens dataset")
-    download.add_argument("variant", choices=("ml-100k", "ml-latest-small", "ml-latest"))
+    download.add_argument("variant", choices=MOVIELENS_VARIANTS)
     download.add_argument("--dest", type=Path, default=Path("data"))
     return parser
 

@@ -30,10 +30,17 @@ class Variant:
     optional: tuple[str, ...]
 
 
+_CSV = Variant(("ratings.csv", "movies.csv"), ("tags.csv", "links.csv"))
+# <name>.zip at GroupLens; an archive may hold its files one folder down (ml-10m.zip: ml-10M100K/)
 VARIANTS: dict[str, Variant] = {
     "ml-100k": Variant(("u.data", "u.item"), ("u.genre", "u.user")),
-    "ml-latest-small": Variant(("ratings.csv", "movies.csv"), ("tags.csv", "links.csv")),
-    "ml-latest": Variant(("ratings.csv", "movies.csv"), ("tags.csv", "links.csv")),
+    "ml-1m": Variant(("ratings.dat", "movies.dat"), ("users.dat",)),
+    "ml-10m": Variant(("ratings.dat", "movies.dat"), ("tags.dat",)),
+    "ml-20m": _CSV,
+    "ml-25m": _CSV,
+    "ml-32m": _CSV,
+    "ml-latest-small": _CSV,
+    "ml-latest": _CSV,
 }
 
 

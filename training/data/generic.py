@@ -8,8 +8,10 @@ import pandas as pd
 
 from recsys.errors import DataError
 from training.data.movielens import (
+    ML_DAT_REQUIRED,
     ML_LATEST_REQUIRED,
     load_movielens_100k,
+    load_movielens_dat,
     load_movielens_latest,
 )
 from training.data.schema import ITEM_COLUMNS, ITEM_ID, USER_ID, Dataset
@@ -75,8 +77,9 @@ def load_dataset(path: str | Path | None, *, synthetic: SyntheticConfig | None =
     """The one entry point: a synthetic dataset, MovieLens or generic tables, chosen by `path`.
 
     None → `generate_synthetic(synthetic or SyntheticConfig())`. A directory holding u.data →
-    MovieLens 100K; ratings.csv + movies.csv → MovieLens latest; interactions.csv/.parquet (with
-    optional items.* and users.*) → generic tables. A file → a generic interactions table.
+    MovieLens 100K; ratings.csv + movies.csv → MovieLens latest (or 20M, 25M, 32M); ratings.dat +
+    movies.dat → MovieLens 1M or 10M; interactions.csv/.parquet (with optional items.* and
+    users.*) → generic tables. A file → a generic interactions table.
     """
     if path is None:
         return generate_synthetic(synthetic or SyntheticConfig())
@@ -97,12 +100,15 @@ def _load_directory(root: Path) -> Dataset:
         return load_movielens_100k(root)
     if all((root / name).is_file() for name in ML_LATEST_REQUIRED):
         return load_movielens_latest(root)
+    if all((root / name).is_file() for name in ML_DAT_REQUIRED):
+        return load_movielens_dat(root)
     interactions = _table_in(root, "interactions")
     if interactions is not None:
         return load_table_dataset(interactions, _table_in(root, "items"), _table_in(root, "users"))
     raise DataError(
         f"{root} holds no known dataset layout; looked for u.data (MovieLens 100K), "
-        f"ratings.csv + movies.csv (MovieLens latest) and interactions"
+        f"ratings.csv + movies.csv (MovieLens latest, 20M, 25M, 32M), ratings.dat + movies.dat "
+        f"(MovieLens 1M, 10M) and interactions"
         f"{'/'.join(TABLE_SUFFIXES)} (generic tables, with optional items.* and users.*)"
     )
 

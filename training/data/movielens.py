@@ -1,7 +1,9 @@
-"""Loaders for the GroupLens MovieLens releases (100K and the 'latest' CSV layout)."""
+"""Loaders for the GroupLens MovieLens releases: 100K, the '::' layout of 1M and 10M, and the CSV
+layout of 'latest', 20M, 25M and 32M."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
@@ -26,6 +28,14 @@ logger = logging.getLogger(__name__)
 
 ML100K_REQUIRED = ("u.data", "u.item")
 ML_LATEST_REQUIRED = ("ratings.csv", "movies.csv")
+ML_DAT_REQUIRED = ("ratings.dat", "movies.dat")  # MovieLens 1M and 10M
+# users.dat's occupation codes (MovieLens 1M README)
+ML1M_OCCUPATIONS = (
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+)
 # The README's fixed genre order, used when u.genre is absent.
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -77,6 +87,64 @@ def load_movielens_latest(path: str | Path) -> Dataset:
     return dataset
 
 
+def load_movielens_dat(path: str | Path) -> Dataset:
+    """MovieLens 1M or 10M: the '::'-separated ratings.dat and movies.dat, and users.dat when
+    present (1M: gender, age bucket, occupation; 10M has none). tags.dat is ignored."""
+    root = _checked_directory(path, ML_DAT_REQUIRED, "MovieLens 1M/10M")
+    interactions = _read_ratings_dat(root / "ratings.dat")
+    movies = _read_dat(root / "movies.dat", [ITEM_ID, TITLE, GENRES])
+    movies[GENRES] = movies[GENRES].fillna("").replace(NO_GENRES, "")
+    movies[DESCRIPTION] = ""
+    users = _read_1m_users(root / "users.dat") if (root / "users.dat").is_file() else None
+    sources = {"interactions": root / "ratings.dat", "items": root / "movies.dat",
+               "users": root / "users.dat"}
+    dataset, report = validate(Dataset(root.name, interactions, movies, users), sources=sources)
+    logger.info("loaded MovieLens %s from %s; repairs: %s", root.name, root, report.as_dict())
+    return dataset
+
+
+def _read_ratings_dat(file: Path) -> pd.DataFrame:
+    """UserID::MovieID::Rating::Timestamp, read by the C parser split at every ':' (10M has 10
+    million lines; the python engine that a two-character separator needs takes minutes)."""
+    columns = [USER_ID, "_", ITEM_ID, "__", RATING, "___", TIMESTAMP]
+    table = _read_table(file, sep=":", header=None, names=columns, dtype=str,
+                        quoting=csv.QUOTE_NONE)
+    gaps = table[["_", "__", "___"]].notna().any(axis=1).to_numpy()
+    if bool(gaps.any()) or table[TIMESTAMP].isna().any():
+        row = int(np.flatnonzero(gaps | table[TIMESTAMP].isna().to_numpy())[0])
+        raise DataError(f"{file} row {row} is not UserID::MovieID::Rating::Timestamp")
+    return table[[USER_ID, ITEM_ID, RATING, TIMESTAMP]].copy()
+
+
+def _read_dat(file: Path, columns: list[str]) -> pd.DataFrame:
+    """A small '::'-separated file (titles hold single colons), as text: UTF-8, else Latin-1
+    (1M's titles)."""
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    table = _read_table(io.StringIO(text.replace("::", "\t")), label=file, sep="\t",
+                        header=None, names=columns, dtype=str, quoting=csv.QUOTE_NONE)
+    if table[columns[-1]].isna().all() and len(table):
+        raise DataError(f"{file} has fewer than {len(columns)} '::'-separated fields a line; "
+                        f"expected {'::'.join(columns)}")
+    return table
+
+
+def _read_1m_users(file: Path) -> pd.DataFrame:
+    """UserID::Gender::Age::Occupation::Zip-code; the age is already a bucket's lower bound (1,
+    18, 25, ...), the occupation a code (ML1M_OCCUPATIONS; another code is kept as it is)."""
+    table = _read_dat(file, [USER_ID, "gender", "age", "occupation", "zip"])
+    names = {str(code): name for code, name in enumerate(ML1M_OCCUPATIONS)}
+    return pd.DataFrame({
+        USER_ID: table[USER_ID],
+        "age_bucket": age_buckets(table["age"], file),
+        "gender": table["gender"],
+        "occupation": table["occupation"].map(names).fillna(table["occupation"]),
+    })
+
+
 def _checked_directory(path: str | Path, required: tuple[str, ...], what: str) -> Path:
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -89,12 +157,14 @@ def _checked_directory(path: str | Path, required: tuple[str, ...], what: str) -
     return root
 
 
-def _read_table(file: Path, **options: object) -> pd.DataFrame:
-    """read_csv where only empty fields are missing (a title like 'NA' stays a title)."""
+def _read_table(file: Path | io.StringIO, *, label: Path | None = None,
+                **options: object) -> pd.DataFrame:
+    """read_csv where only empty fields are missing (a title like 'NA' stays a title); `label`
+    names the file in errors when `file` is its text."""
     try:
         return pd.read_csv(file, keep_default_na=False, na_values=[""], **options)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        raise DataError(f"cannot parse {file}: {error}") from error
+        raise DataError(f"cannot parse {label or file}: {error}") from error
 
 
 def _read_genre_names(file: Path) -> tuple[str, ...]:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from recsys.errors import DataError
-from training.data import download_movielens
-from training.data.download import DownloadError
+from training.cli import MOVIELENS_VARIANTS
+from training.data import download_movielens, load_dataset
+from training.data.download import VARIANTS, DownloadError
 
 REFUSED = "http://127.0.0.1:9/"  # the discard port: nothing listens, the connection is refused
 
@@ -111,5 +112,26 @@ def test_archive_missing_required_files(archive_server: tuple[str, Path], tmp_pa
 
 def test_unknown_variant(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"unknown MovieLens variant 'ml-1b'; expected one of "
-                                        r"ml-100k, ml-latest-small, ml-latest"):
+                                        r"ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, "
+                                        r"ml-latest-small, ml-latest"):
         download_movielens("ml-1b", tmp_path)
+
+
+def test_the_cli_offers_every_variant() -> None:
+    assert MOVIELENS_VARIANTS == tuple(VARIANTS)
+
+
+def test_a_10m_archive_downloads_and_loads(archive_server: tuple[str, Path],
+                                           tmp_path: Path) -> None:
+    """ml-10m.zip holds its files in ml-10M100K/; they land in dest/ml-10m and load from there."""
+    base_url, served = archive_server
+    _make_zip(served / "ml-10m.zip", {
+        "ml-10M100K/ratings.dat": "1::122::5::838985046\n1::185::4.5::838983525\n",
+        "ml-10M100K/movies.dat": "122::Boomerang (1992)::Comedy|Romance\n"
+                                 "185::Net, The (1995)::Action|Crime|Thriller\n",
+        "ml-10M100K/tags.dat": "15::4973::excellent!::1215184630\n"})
+    target = download_movielens("ml-10m", tmp_path, base_url=base_url, progress=False)
+    assert target == tmp_path / "ml-10m"
+    dataset = load_dataset(target)
+    assert dataset.interactions["rating"].tolist() == [5.0, 4.5]
+    assert dataset.items.set_index("item_id").loc["185", "title"] == "Net, The (1995)"
