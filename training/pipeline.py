@@ -98,9 +98,11 @@ def load_prepared(settings: TrainingSettings, config: PipelineConfig) -> Prepare
 
 def apply_overrides(config: PipelineConfig, settings: TrainingSettings) -> PipelineConfig:
     def tower(c: TwoTowerConfig) -> TwoTowerConfig:
-        return replace(c, seed=settings.seed, epochs=settings.epochs or c.epochs)
+        return replace(c, seed=settings.seed, epochs=settings.epochs or c.epochs,
+                       threads=settings.torch_threads or c.threads)
     ranker = replace(config.ranker, seed=settings.seed,
-                     epochs=settings.ranker_epochs or config.ranker.epochs)
+                     epochs=settings.ranker_epochs or config.ranker.epochs,
+                     threads=settings.torch_threads or config.ranker.threads)
     sequence = tower(config.sequence_tower) if config.sequence_tower else None
     return replace(config, two_tower=tower(config.two_tower), sequence_tower=sequence,
                    ranker=ranker)

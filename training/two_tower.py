@@ -255,8 +255,11 @@ def _full_softmax_loss(model: TwoTowerModel, users: torch.Tensor, target: torch.
     The rest (the padding row, items no one chose in training) are left out: they are not
     pushed down, so a cold item keeps a zero id embedding and is placed by its content alone."""
     rows = torch.arange(len(genres))
-    logits = users @ model.item_tower(rows, genres, titles).T / model.config.temperature
-    return F.cross_entropy(logits.masked_fill(unknown, float("-inf")), target)
+    logits = users @ model.item_tower(rows, genres, titles).T
+    if model.config.temperature != 1.0:  # x / 1.0 is x: skipped, one [N, items] copy fewer
+        logits = logits / model.config.temperature
+    # in place: the matmul's and the division's backward do not read their output
+    return F.cross_entropy(logits.masked_fill_(unknown, float("-inf")), target)
 
 
 def _sampled_softmax_loss(model: TwoTowerModel, users: torch.Tensor, target: torch.Tensor,

@@ -28,7 +28,13 @@ from tests.support.bundle_factory import tracking_store
 from training import cli
 from training.config import SEQUENCE_TOWER, EvalConfig, PipelineConfig, RankerConfig, TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
-from training.pipeline import PipelineResult, code_version, ensure_champion, run_pipeline
+from training.pipeline import (
+    PipelineResult,
+    apply_overrides,
+    code_version,
+    ensure_champion,
+    run_pipeline,
+)
 from training.search_step import LOGGED
 from training.settings import TrainingSettings
 from training.steps import SHORT_HISTORIES, _served_until, data_fingerprint, ranker_depths
@@ -389,7 +395,8 @@ def test_settings_reject_a_missing_data_path(tmp_path: Path) -> None:
         TrainingSettings(data_path=tmp_path / "missing")
 
 
-@pytest.mark.parametrize("field", ["epochs", "ranker_epochs", "synthetic_users"])
+@pytest.mark.parametrize("field", ["epochs", "ranker_epochs", "synthetic_users",
+                                   "torch_threads"])
 def test_settings_reject_non_positive_counts_naming_the_setting(field: str) -> None:
     with pytest.raises(ValidationError, match=rf"(?s){field}.*must be a positive integer, got 0"):
         TrainingSettings(**{field: 0})
@@ -401,6 +408,18 @@ def test_settings_read_the_environment_and_validate_it(monkeypatch: pytest.Monke
     monkeypatch.setenv("RECSYS_EPOCHS", "0")
     with pytest.raises(ValidationError, match="epochs"):
         TrainingSettings()
+
+
+def test_torch_threads_reach_every_model_that_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = PipelineConfig()
+    assert {config.two_tower.threads, SEQUENCE_TOWER.threads, config.ranker.threads} == {1}
+    monkeypatch.setenv("RECSYS_TORCH_THREADS", "2")
+    chosen = apply_overrides(config, TrainingSettings())
+    assert chosen.sequence_tower is not None
+    assert (chosen.two_tower.threads, chosen.sequence_tower.threads, chosen.ranker.threads) == \
+        (2, 2, 2)
+    unset = apply_overrides(config, TrainingSettings(torch_threads=None))
+    assert unset.two_tower.threads == unset.ranker.threads == 1  # the configs' own count
 
 
 def test_run_pipeline_rejects_an_unknown_promotion_policy(tmp_path: Path) -> None:
