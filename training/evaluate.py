@@ -94,8 +94,6 @@ def paired_gain(ranks: np.ndarray, baseline: np.ndarray, k: int = 10, resamples:
                 seed: int = 0) -> dict[str, dict[str, float]]:
     """Mean per-user gain of `ranks` over `baseline` on HR@k and NDCG@k with a 95% paired
     bootstrap interval over users (scipy.stats.bootstrap, BCa): significant when it excludes 0."""
-    from scipy.stats import bootstrap
-
     ours, theirs = per_user_metrics(ranks, k), per_user_metrics(baseline, k)
     out: dict[str, dict[str, float]] = {}
     for metric in ours:
@@ -103,12 +101,25 @@ def paired_gain(ranks: np.ndarray, baseline: np.ndarray, k: int = 10, resamples:
         if not gain.any():  # identical lists: the interval is the point 0
             out[metric] = {"gain": 0.0, "low": 0.0, "high": 0.0, "significant": 0.0}
             continue
-        interval = bootstrap((gain,), np.mean, n_resamples=resamples, confidence_level=0.95,
-                             random_state=seed, method="BCa").confidence_interval
-        out[metric] = {"gain": float(gain.mean()), "low": float(interval.low),
-                       "high": float(interval.high),
-                       "significant": float(interval.low > 0 or interval.high < 0)}
+        out[metric] = mean_gain_interval(gain, resamples, seed)
     return out
+
+
+BOOTSTRAP_CHUNK = 2_000_000  # values a bootstrap or jackknife batch holds at once
+
+
+def mean_gain_interval(gain: np.ndarray, resamples: int = 2000,
+                       seed: int = 0) -> dict[str, float]:
+    """The mean of per-user `gain` with its 95% bootstrap interval (scipy.stats.bootstrap,
+    BCa): significant when it excludes 0. In batches: BCa's jackknife is an [n, n - 1] array at
+    once otherwise (870 MB at 6,040 users, 7.1 GB at 20,000; the same interval either way)."""
+    from scipy.stats import bootstrap
+
+    ci = bootstrap((gain,), np.mean, n_resamples=resamples, confidence_level=0.95,
+                   random_state=seed, method="BCa",
+                   batch=max(1, BOOTSTRAP_CHUNK // max(1, len(gain)))).confidence_interval
+    return {"gain": float(gain.mean()), "low": float(ci.low), "high": float(ci.high),
+            "significant": float(ci.low > 0 or ci.high < 0)}
 
 
 def evaluate_scorer(scorer: CatalogueScorer, eval_set: EvalSet, cutoffs: Sequence[int],

@@ -20,9 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy import stats
 
-from training.evaluate import interval, per_user_metrics
+from training.evaluate import interval, mean_gain_interval, per_user_metrics
 
 MODELS = ("popularity", "als", "ease", "retrieval", "pipeline", "pipeline_int8", "fallback")
 METRICS = ("hr@10", "ndcg@10", "recall@50")
@@ -55,15 +54,10 @@ def seed_gain(ranks: Sequence[dict[str, np.ndarray]], model: str, baseline: str,
               resamples: int = 2000) -> dict[str, dict[str, float]]:
     """The per-user gain of `model` over `baseline`, averaged over the seeds, with a 95% paired
     bootstrap interval over users (BCa)."""
-    out: dict[str, dict[str, float]] = {}
-    for metric in ("hr@10", "ndcg@10"):
-        gains = np.mean([per_user_metrics(r[model], 10)[metric]
-                         - per_user_metrics(r[baseline], 10)[metric] for r in ranks], axis=0)
-        ci = stats.bootstrap((gains,), np.mean, n_resamples=resamples, confidence_level=0.95,
-                             random_state=0, method="BCa").confidence_interval
-        out[metric] = {"gain": float(gains.mean()), "low": float(ci.low), "high": float(ci.high),
-                       "significant": float(ci.low > 0 or ci.high < 0)}
-    return out
+    return {metric: mean_gain_interval(np.mean([per_user_metrics(r[model], 10)[metric]
+                                                 - per_user_metrics(r[baseline], 10)[metric]
+                                                 for r in ranks], axis=0), resamples)
+            for metric in ("hr@10", "ndcg@10")}
 
 
 def summarise(out: Path) -> dict[str, Any]:
