@@ -24,9 +24,18 @@ from recsys.models.neighbours import ItemNeighbours
 from recsys.models.onnx_runtime import CPU, active_provider, create_session, providers
 from recsys.models.policy import RankingPolicy
 
+# Users a user tower call encodes at once: its activations grow with the batch, and ONNX
+# Runtime's arena keeps what it once held (every user of a MovieLens 1M-sized set at once took
+# the training process from 1.6 to over 5 GB). A row's vector does not depend on its batch.
+USER_TOWER_CHUNK = 512
+
 
 def _run_user_tower(session: ort.InferenceSession, history: npt.NDArray[np.int64],
                     attributes: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    if len(history) > USER_TOWER_CHUNK:
+        return np.concatenate([_run_user_tower(session, history[i:i + USER_TOWER_CHUNK],
+                                               attributes[i:i + USER_TOWER_CHUNK])
+                               for i in range(0, len(history), USER_TOWER_CHUNK)])
     out = session.run(["user_vector"], user_tower_feeds(history, attributes))[0]
     return np.asarray(out, dtype=np.float32)
 

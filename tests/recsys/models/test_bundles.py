@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from recsys.errors import ArtifactError
-from recsys.models import artifacts
+from recsys.models import artifacts, bundles
 from recsys.models.bundles import EmbeddingBundle, RankerBundle, UserTowerBundle
 from recsys.models.neighbours import ItemNeighbours
 from tests.support.bundle_factory import make_embedding_bundle, make_ranker_bundle
@@ -24,6 +24,21 @@ def test_the_user_tower_bundle_encodes_like_the_embedding_bundle(
     history, attributes = full.users.histories[:16], full.users.attributes[:16]
     np.testing.assert_array_equal(tower.encode_users(history, attributes),
                                   full.encode_users(history, attributes))
+
+
+def test_many_users_are_encoded_in_chunks_with_the_vectors_of_one_call(
+        trained_models: TrainedModels, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trained (sequence) tower over every user of the set: in chunks of 7 rows, the
+    vectors of one call, bit for bit (the chunks hold ONNX Runtime's arena down)."""
+    full = EmbeddingBundle.load(trained_models.refs().paths["embedding"])
+    assert full.users is not None
+    history, attributes = full.users.histories, full.users.attributes
+    whole = full.encode_users(history, attributes)
+    monkeypatch.setattr(bundles, "USER_TOWER_CHUNK", 7)
+    assert len(history) > 2 * 7
+    chunked = full.encode_users(history, attributes)
+    assert chunked.shape == whole.shape and chunked.dtype == np.float32
+    np.testing.assert_array_equal(chunked, whole)
 
 
 def test_the_embedding_manifest_records_the_index_recall_on_its_users(
