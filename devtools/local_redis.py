@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -40,11 +41,35 @@ def find_redis_server() -> str:
     )
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_PORTS = random.Random()  # seeded from os.urandom: parallel sessions draw apart
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, drawn below the kernel's
+    ephemeral range. A port from that range (what binding port 0 gives) can be taken by any
+    outgoing connection before the server meant to have it binds it: HAProxy's stats port went
+    so while three replicas started and connected out (`Address already in use`)."""
+    low = _ephemeral_low()
+    for _ in range(100 if low > 1024 else 0):
+        port = _PORTS.randrange(max(1024, low - 16384), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all taken: any port
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of Linux's ephemeral range (32768 by default, and where it is unknown)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def ping(port: int, timeout_s: float = 0.5) -> bool:

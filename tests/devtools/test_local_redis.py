@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from devtools import local_redis
 from devtools.local_redis import (
     LocalRedis,
     LocalRedisError,
@@ -97,3 +98,19 @@ def test_binary_that_never_answers_times_out(tmp_path: Path) -> None:
 def test_port_before_start_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(LocalRedisError, match="start"):
         _ = LocalRedis(tmp_path).url
+
+
+def test_free_ports_are_drawn_below_the_ephemeral_range(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outgoing connection takes its port from the ephemeral range: a port chosen there can
+    be gone before the server that was meant to have it binds it."""
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text("40000\t60999\n")
+    monkeypatch.setattr(local_redis, "EPHEMERAL_RANGE", ranges)
+    ports = {free_port() for _ in range(20)}
+    assert all(40000 - 16384 <= port < 40000 for port in ports)
+    assert len(ports) > 1  # drawn, not one fixed port
+    ranges.write_text("1024\t65535\n")  # no room below it: any free port
+    assert 1024 <= free_port() <= 65535
+    ranges.unlink()  # unknown: Linux's default range
+    assert free_port() < 32768
