@@ -109,10 +109,10 @@ def _read_ratings_dat(file: Path) -> pd.DataFrame:
     columns = [USER_ID, "_", ITEM_ID, "__", RATING, "___", TIMESTAMP]
     table = _read_table(file, sep=":", header=None, names=columns, dtype=str,
                         quoting=csv.QUOTE_NONE)
-    gaps = table[["_", "__", "___"]].notna().any(axis=1).to_numpy()
-    if bool(gaps.any()) or table[TIMESTAMP].isna().any():
-        row = int(np.flatnonzero(gaps | table[TIMESTAMP].isna().to_numpy())[0])
-        raise DataError(f"{file} row {row} is not UserID::MovieID::Rating::Timestamp")
+    bad = (table[["_", "__", "___"]].notna().any(axis=1) | table[TIMESTAMP].isna()).to_numpy()
+    if bool(bad.any()):
+        raise DataError(f"{file} row {int(np.flatnonzero(bad)[0])} is not "
+                        "UserID::MovieID::Rating::Timestamp")
     return table[[USER_ID, ITEM_ID, RATING, TIMESTAMP]].copy()
 
 
