@@ -2,6 +2,7 @@
 (validation, limits, error bodies) in serving/."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -35,8 +36,10 @@ with bentoml.importing():
         SimilarItemsResponse,
     )
     from serving.search_schemas import SearchBody, SearchResponse
+    from serving.tracing import service_tracing, warn_if_untraced
 
 SETTINGS = ServingSettings()
+log = logging.getLogger("recsys.service")
 LIVE = SETTINGS.model_source == "registry"  # follow the registry's aliases, else pinned tags
 MODEL_TAGS = {} if LIVE else read_models_file(SETTINGS.models_file)  # alias -> kind -> tag
 MODEL_SERVICES = define_model_services(SETTINGS, MODEL_TAGS)
@@ -64,6 +67,7 @@ class RecommenderApi:
 
     @bentoml.on_startup
     async def warm_up(self) -> None:
+        warn_if_untraced(SETTINGS, log)
         await self.runtime.start()
         freeze_startup_heap()  # models and imports: out of every later full GC's walk
         self.ready = True
@@ -130,6 +134,7 @@ class RecommenderApi:
         return {"champion": await self.runtime.canary_control().rollback()}
 
 
-Recommender = bentoml.service(name="recommender", workers=SETTINGS.workers)(
+Recommender = bentoml.service(name="recommender", workers=SETTINGS.workers,
+                              tracing=service_tracing(SETTINGS))(
     declare_models(RecommenderApi, MODEL_TAGS, ("embedding", "ranker", "fallback_ranker")))
 install_edge(Recommender, SETTINGS)

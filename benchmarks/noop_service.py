@@ -20,6 +20,7 @@ from serving.edge import install_edge
 from serving.responses import dumps
 from serving.schemas import RecommendBody, RecommendResponse
 from serving.search_schemas import SearchBody, SearchResponse
+from serving.tracing import service_tracing
 
 SETTINGS = ServingSettings()  # RECSYS_WORKERS and the request limits, as the service reads them
 _ITEMS = [{"item_id": f"i{n}", "title": f"Galaxy Robot i{n}", "score": 0.5, "rank": n + 1,
@@ -53,5 +54,6 @@ class NoopApi:
             "latency_ms": 0.0}), media_type="application/json")
 
 
-Noop = bentoml.service(name="noop", workers=SETTINGS.workers)(NoopApi)
+Noop = bentoml.service(name="noop", workers=SETTINGS.workers,
+                       tracing=service_tracing(SETTINGS))(NoopApi)
 install_edge(Noop, SETTINGS)

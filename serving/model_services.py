@@ -13,6 +13,7 @@ with bentoml.importing():
     from recsys.app.models_file import ModelTags
     from recsys.models.bundles import RankerBundle, UserTowerBundle
     from recsys.settings import ServingSettings
+    from serving.tracing import service_tracing
 
 
 class ModelServices(NamedTuple):
@@ -101,6 +102,7 @@ def define_model_services(settings: ServingSettings, tags: ModelTags) -> ModelSe
         def encode_challenger(self, packed: np.ndarray) -> np.ndarray:
             return self._encode("challenger", packed)
 
-    service = bentoml.service(resources=resources, workers=1)
+    service = bentoml.service(resources=resources, workers=1,
+                              tracing=service_tracing(settings))
     return ModelServices(service(declare_models(RankerService, tags, ("ranker",))),
                          service(declare_models(UserTowerService, tags, ("embedding",))))

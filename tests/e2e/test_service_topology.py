@@ -224,7 +224,7 @@ def unbatched(trained_models: TrainedModels, redis_server: LocalRedis,
     env = {**trained_models.env(), "RECSYS_REDIS_URL": redis_server.url,
            "RECSYS_TOPOLOGY": "services", "RECSYS_BATCHING": "false", "RECSYS_BUDGET_MS": "3000",
            "RECSYS_TOWER_TIMEOUT_MS": "1000", "RECSYS_RETRIEVAL_TIMEOUT_MS": "1000",
-           "RECSYS_RANKING_TIMEOUT_MS": "1000",
+           "RECSYS_RANKING_TIMEOUT_MS": "1000", "RECSYS_TRACE_REQUESTS": "true",
            "RECSYS_REDIS_TIMEOUT_MS": "1000"}  # three busy processes on 2 cores: widen them all
     with bentoml_serve("service:Recommender", env,
                         tmp_path_factory.mktemp("serve-unbatched") / "serve.log") as process:
@@ -255,6 +255,39 @@ def test_batching_off_serves_through_the_model_services_one_request_per_call(
     assert requests.get("/score_champion", 0) >= 24, sorted(requests)  # the ranker service ran
     assert requests.get("/encode_champion", 0) >= 24, sorted(requests)
     assert not metric_samples(text, f"{BATCH_METRIC}_count{{")  # and no dispatcher batched
+
+
+def test_requests_are_left_out_of_tracing_by_default(server: ServerProcess, burst: Burst) -> None:
+    """The API's and the model services' access logs carry no trace id (RECSYS_TRACE_REQUESTS
+    false: BentoML's OpenTelemetry middleware passes them by, serving/tracing.py)."""
+    lines = _access_lines(server, ("/recommend", "/score_champion", "/encode_champion"))
+    assert {route for route, _ in lines} == {"/recommend", "/score_champion", "/encode_champion"}
+    assert not [trace for _, trace in lines if trace is not None]
+
+
+def test_traced_requests_carry_one_trace_from_the_api_to_the_model_services(
+        unbatched: ServerProcess) -> None:
+    """RECSYS_TRACE_REQUESTS=true (the unbatched server): every request has a trace id, and a
+    model service's call shares the trace of the /recommend request that made it."""
+    with unbatched.client(timeout_s=30.0) as client:  # a request of its own, if run alone
+        response = client.post("/recommend", json={"user_id": "unbatched-traced", "k": 10,
+                                                    "recent_item_ids": []})
+    assert response.status_code == 200, response.text
+    lines = _access_lines(unbatched, ("/recommend", "/score_champion", "/encode_champion"))
+    assert lines and all(trace for _, trace in lines), lines[:5]
+    api = {trace for route, trace in lines if route == "/recommend"}
+    assert api & {trace for route, trace in lines if route == "/score_champion"}
+
+
+def _access_lines(server: ServerProcess, routes: tuple[str, ...]) -> list[tuple[str, str | None]]:
+    """(route, trace id or None) of each access-log line of `server` for one of `routes`."""
+    found = []
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        route = next((r for r in routes if f"path={r}," in line), None)
+        if route is not None and "method=POST" in line:
+            trace = line.split("(trace=", 1)[1].split(",", 1)[0] if "(trace=" in line else None
+            found.append((route, trace))
+    return found
 
 
 def _named(samples: dict[str, float], prefix: str) -> dict[str, float]:
