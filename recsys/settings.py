@@ -55,7 +55,7 @@ class ServingSettings(BaseSettings):
     # one worker runs the pipeline on one core, so a second core needs a second worker.
     workers: int = Field(1, gt=0)
     # BentoML's OpenTelemetry spans around each request: off unless traces are exported (they
-    # cost a fifth of a cache miss's CPU even when none is; serving/tracing.py)
+    # cost CPU on every request even when none is; serving/tracing.py)
     trace_requests: bool = False
 
     # Redis (L2 cache, event history, shadow stream). None: start a local redis-server.
