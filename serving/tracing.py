@@ -36,7 +36,7 @@ def configured_exporter() -> str | None:
 def warn_if_untraced(settings: ServingSettings, log: logging.Logger,
                      exporter: str | None = None) -> bool:
     """Log a warning when a trace exporter is configured but the requests are left out of
-    tracing; returns whether it warned."""
+    tracing; returns whether it warned. `exporter` None: the one BentoML's configuration names."""
     exporter = exporter if exporter is not None else configured_exporter()
     if exporter is None or settings.trace_requests:
         return False
