@@ -2,7 +2,6 @@
 (validation, limits, error bodies) in serving/."""
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -39,7 +38,6 @@ with bentoml.importing():
     from serving.tracing import service_tracing, warn_if_untraced
 
 SETTINGS = ServingSettings()
-log = logging.getLogger("recsys.service")
 LIVE = SETTINGS.model_source == "registry"  # follow the registry's aliases, else pinned tags
 MODEL_TAGS = {} if LIVE else read_models_file(SETTINGS.models_file)  # alias -> kind -> tag
 MODEL_SERVICES = define_model_services(SETTINGS, MODEL_TAGS)
@@ -67,7 +65,7 @@ class RecommenderApi:
 
     @bentoml.on_startup
     async def warm_up(self) -> None:
-        warn_if_untraced(SETTINGS, log)
+        warn_if_untraced(SETTINGS)
         await self.runtime.start()
         freeze_startup_heap()  # models and imports: out of every later full GC's walk
         self.ready = True

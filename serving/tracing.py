@@ -16,6 +16,7 @@ from typing import Any
 
 from recsys.settings import ServingSettings
 
+log = logging.getLogger(__name__)
 EVERY_ROUTE = "."  # excluded_urls are regular expressions searched for in each request's URL
 
 
@@ -33,12 +34,13 @@ def configured_exporter() -> str | None:
     return str(exporter) if exporter else None
 
 
-def warn_if_untraced(settings: ServingSettings, log: logging.Logger,
-                     exporter: str | None = None) -> bool:
+def warn_if_untraced(settings: ServingSettings, exporter: str | None = None) -> bool:
     """Log a warning when a trace exporter is configured but the requests are left out of
     tracing; returns whether it warned. `exporter` None: the one BentoML's configuration names."""
+    if settings.trace_requests:
+        return False
     exporter = exporter if exporter is not None else configured_exporter()
-    if exporter is None or settings.trace_requests:
+    if exporter is None:
         return False
     log.warning("BentoML's tracing exports to %s, but RECSYS_TRACE_REQUESTS is false: no request "
                 "of this service is traced. Set RECSYS_TRACE_REQUESTS=true to trace them.",

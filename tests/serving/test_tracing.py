@@ -31,13 +31,12 @@ def test_traced_requests_leave_bentoml_s_tracing_configuration_alone(
 
 def test_an_exporter_for_untraced_requests_is_named_in_a_warning(
         caplog: pytest.LogCaptureFixture) -> None:
-    log = logging.getLogger("test-tracing")
-    with caplog.at_level(logging.WARNING, logger="test-tracing"):
-        assert warn_if_untraced(ServingSettings(), log, exporter="otlp")
+    with caplog.at_level(logging.WARNING, logger="serving.tracing"):
+        assert warn_if_untraced(ServingSettings(), exporter="otlp")
     assert "exports to otlp" in caplog.text and "RECSYS_TRACE_REQUESTS=true" in caplog.text
     caplog.clear()
-    assert not warn_if_untraced(ServingSettings(trace_requests=True), log, exporter="otlp")
-    assert not warn_if_untraced(ServingSettings(), log, exporter=None)
+    assert not warn_if_untraced(ServingSettings(trace_requests=True), exporter="otlp")
+    assert not warn_if_untraced(ServingSettings(), exporter=None)
     assert not caplog.text
 
 
