@@ -13,7 +13,7 @@ with bentoml.importing():
     from recsys.app.models_file import ModelTags
     from recsys.models.bundles import RankerBundle, UserTowerBundle
     from recsys.settings import ServingSettings
-    from serving.tracing import service_tracing
+    from serving.tracing import service_tracing, warn_if_untraced
 
 
 class ModelServices(NamedTuple):
@@ -59,6 +59,7 @@ def define_model_services(settings: ServingSettings, tags: ModelTags) -> ModelSe
 
         @bentoml.on_startup
         def settle(self) -> None:
+            warn_if_untraced(settings)
             freeze_startup_heap()
 
     class RankerService(_ModelService):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -63,9 +64,12 @@ def experiment_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(trained_models: TrainedModels, redis_server: LocalRedis, experiment_file: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     redis_server.start()
-    # a trace exporter configured, RECSYS_TRACE_REQUESTS left false: the service warns
+    # trace exporters configured for the API and the user tower (not the ranker service),
+    # RECSYS_TRACE_REQUESTS left false: each of the two warns
     bentoml_config = tmp_path_factory.mktemp("bentoml-config") / "bentoml.yaml"
     bentoml_config.write_text("services:\n  recommender:\n    tracing:\n"
+                              "      exporter_type: in_memory\n"
+                              "  UserTowerService:\n    tracing:\n"
                               "      exporter_type: in_memory\n")
     env = {**trained_models.env(), "RECSYS_REDIS_URL": redis_server.url,
            "BENTOML_CONFIG": str(bentoml_config),
@@ -265,13 +269,16 @@ def test_batching_off_serves_through_the_model_services_one_request_per_call(
 def test_requests_are_left_out_of_tracing_by_default(server: ServerProcess, burst: Burst) -> None:
     """The API's and the model services' access logs carry no trace id (RECSYS_TRACE_REQUESTS
     false: BentoML's OpenTelemetry middleware passes them by, serving/tracing.py), even with an
-    exporter configured, which the service warns of."""
+    exporter configured, which each service with one warns of: the API's and the user tower's."""
     lines = _access_lines(server, ("/recommend", "/score_champion", "/encode_champion"))
     assert {route for route, _ in lines} == {"/recommend", "/score_champion", "/encode_champion"}
     assert not [trace for _, trace in lines if trace is not None]
     # the configured exporter is named in a warning (serving/tracing.py warn_if_untraced)
-    assert "BentoML's tracing exports to in_memory, but RECSYS_TRACE_REQUESTS is false" in \
-        server.log_path.read_text(errors="replace")
+    # the services with an exporter configured, and those only, warn of it
+    warned = re.findall(r"\[(?:entry_)?service:(\w+):\d+\] BentoML's tracing exports to "
+                        r"in_memory, but RECSYS_TRACE_REQUESTS is false",
+                        server.log_path.read_text(errors="replace"))
+    assert set(warned) == {"recommender", "UserTowerService"}
 
 
 def test_traced_requests_carry_one_trace_from_the_api_to_the_model_services(
