@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.models import BenchModels
 from recsys.app.assembly import build_runtime
-from recsys.features import DEVICES, Context
+from recsys.context import DEVICES, Context
 from recsys.pipeline.recommend import RecommendPipeline
 from recsys.pipeline.request import RecommendRequest
 from recsys.settings import ServingSettings

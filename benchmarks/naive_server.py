@@ -22,7 +22,8 @@ import onnxruntime as ort
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from recsys.features import PAD, Context, user_ranker_inputs
+from recsys.context import Context
+from recsys.features import PAD, user_ranker_inputs
 from recsys.models import artifacts
 
 CANDIDATES = 1000

@@ -10,8 +10,10 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
+from recsys.context import CONTEXT_FEATURES, Context, context_features
+from recsys.follows import FollowTable
+
 PAD = 0  # index 0 is padding in every id vocabulary and the "unknown" item/attribute
-DEVICES = ("unknown", "web", "mobile", "tv")
 DENSE_FEATURES = (
     "similarity",
     "log_popularity",
@@ -26,6 +28,9 @@ DENSE_FEATURES = (
     "device_web",
     "device_mobile",
     "device_tv",
+    "hours_since_last_event",
+    "recent_max_follow",
+    "recent_mean_follow",
 )
 _TOKEN = re.compile(r"[a-z0-9]+")
 _RECENCY_DECAY = 0.9
@@ -55,6 +60,7 @@ class ItemCatalog:
     popularity: FloatArray  # [n+1] counts before the ranker's queries (a feature: no self-count)
     novelty: FloatArray  # [n+1] in [0, 1]: percentile of the item's first interaction time
     served_counts: FloatArray | None = None  # [n+1] counts over every training event
+    follows: FollowTable | None = None  # what followed each item (the ranker's features)
 
     @property
     def served_popularity(self) -> FloatArray:
@@ -84,12 +90,15 @@ class ItemCatalog:
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {name: getattr(self, name) for name in _CATALOG_ARRAYS}
         return {"genre_vocab": np.asarray(self.genre_vocab, dtype=np.str_),
-                **{name: values for name, values in arrays.items() if values is not None}}
+                **{name: values for name, values in arrays.items() if values is not None},
+                **(self.follows.to_arrays() if self.follows else {})}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ItemCatalog:
-        """The catalogue `to_arrays` wrote; one written before `served_counts` has none."""
+        """The catalogue `to_arrays` wrote; one written before `served_counts` or `follows`
+        has none."""
         return cls(genre_vocab=tuple(str(g) for g in arrays["genre_vocab"]),
+                   follows=FollowTable.from_arrays(arrays),
                    **{name: np.asarray(arrays[name], dtype=dtype)
                       for name, dtype in _CATALOG_ARRAYS.items() if name in arrays})
 
@@ -183,26 +192,6 @@ def user_profile(history: IntArray, catalog: ItemCatalog) -> UserProfile:
                        real[-RECENT_ITEMS:])
 
 
-@dataclass(frozen=True)
-class Context:
-    """Request context. hour is 0-23 local time or None when unknown."""
-
-    hour: int | None = None
-    device: str = "unknown"
-
-
-def context_features(contexts: Sequence[Context]) -> FloatArray:
-    """[N, 5]: hour sin/cos (0 when unknown) and device one-hot (web, mobile, tv)."""
-    out = np.zeros((len(contexts), 5), dtype=np.float32)
-    for i, ctx in enumerate(contexts):
-        if ctx.hour is not None:
-            angle = 2.0 * np.pi * (ctx.hour % 24) / 24.0
-            out[i, 0], out[i, 1] = np.sin(angle), np.cos(angle)
-        if ctx.device in DEVICES[1:]:
-            out[i, 2 + DEVICES.index(ctx.device) - 1] = 1.0
-    return out
-
-
 def dense_features(
     user_vector: FloatArray,
     profile: UserProfile,
@@ -214,7 +203,7 @@ def dense_features(
 ) -> FloatArray:
     """Raw dense features [C, len(DENSE_FEATURES)] of one user's C candidates.
 
-    user_vector [D] or [1, D]; context [5] or [1, 5] (context_features of one request);
+    user_vector [D] or [1, D]; context [6] or [1, 6] (context_features of one request);
     cand_vecs, when the caller has them, is item_vectors[candidates]. Serving calls this once per
     request and training once per ranking query, so both build every feature the same way.
 
@@ -243,7 +232,9 @@ def dense_features(
         out[:, 6], out[:, 7] = sims[1:].max(axis=0), sims[1:].mean(axis=0)
     else:
         out[:, 6:8] = 0.0
-    out[:, 8:13] = np.reshape(context, (1, 5))
+    out[:, 8:14] = np.reshape(context, (1, CONTEXT_FEATURES))
+    out[:, 14:16] = catalog.follows.features(profile.recent, candidates) if catalog.follows \
+        else 0.0
     return out
 
 

@@ -11,7 +11,7 @@ import bentoml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from recsys.features import DEVICES, Context
+from recsys.context import DEVICES, Context
 from recsys.pipeline.request import RecommendRequest
 from recsys.settings import ServingSettings
 from recsys.stores.history import EVENT_TYPES

@@ -15,6 +15,8 @@ from training.data.schema import (
     USER_ID,
     Dataset,
 )
+from training.follows import count_follows
+from training.sequences import build_sequences
 
 NO_GENRE = "(none)"
 
@@ -28,8 +30,9 @@ def build_catalog(
     dataset: Dataset, train: pd.DataFrame, title_buckets: int, title_tokens: int,
     served: pd.DataFrame | None = None,
 ) -> ItemCatalog:
-    """Every item with metadata gets a row (cold items included); stats come from `train` only,
-    the served popularity (ItemCatalog.served_popularity) from `served` where given."""
+    """Every item with metadata gets a row (cold items included); stats (popularity, novelty,
+    what followed each item) come from `train` only, the served popularity
+    (ItemCatalog.served_popularity) from `served` where given."""
     items = dataset.items.reset_index(drop=True)
     n = len(items)
     vocab = genre_vocabulary(items)
@@ -55,6 +58,7 @@ def build_catalog(
     novelty = np.ones(n + 1, dtype=np.float32)  # never seen in training: newest
     novelty[row[first_seen.index].to_numpy()] = first_seen.rank(pct=True).to_numpy()
     novelty[0] = 0.0
+    rows = {item_id: int(r) for item_id, r in row.items()}
     return ItemCatalog(
         item_ids=np.array([""] + items[ITEM_ID].astype(str).tolist(), dtype=np.str_),
         titles=np.array([""] + items[TITLE].astype(str).tolist(), dtype=np.str_),
@@ -64,6 +68,7 @@ def build_catalog(
         popularity=popularity,
         novelty=novelty,
         served_counts=None if served is None else counted(served),
+        follows=count_follows(build_sequences(train, rows).sequences, n + 1),
     )
 
 

@@ -10,12 +10,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from recsys.context import Context, context_features
 from recsys.features import (
     DENSE_FEATURES,
-    Context,
     FeatureScaler,
     ItemCatalog,
-    context_features,
     dense_features,
     encode_history,
     ranker_inputs,
@@ -102,13 +101,14 @@ def build_queries(
     bury exactly the items that matter.
     """
     rng = np.random.default_rng(config.seed)
-    histories, attrs, positives, hours, known = [], [], [], [], []
+    histories, attrs, positives, contexts, known = [], [], [], [], []
     for u, (seq, times) in enumerate(zip(sequences.sequences, sequences.timestamps)):
         for t in range(max(1, holdout.retained(len(seq))), len(seq)):
             histories.append(encode_history(seq[max(0, t - history_len):t], history_len))
             attrs.append(attributes[u])
             positives.append(seq[t])
-            hours.append(int(times[t] // 3600 % 24))
+            contexts.append(Context(hour=int(times[t] // 3600 % 24),
+                                    seconds_since_last_event=float(times[t] - times[t - 1])))
             known.append(seq)
     history = np.stack(histories)
     users = encode_users(history, np.stack(attrs))
@@ -118,7 +118,7 @@ def build_queries(
     dense = np.empty((len(candidates), group, len(DENSE_FEATURES)), dtype=np.float32)
     for q in tqdm(range(len(candidates)), desc="ranking features", leave=False):
         profile = user_profile(history[q], catalog)
-        context = context_features([Context(hour=hours[q])])
+        context = context_features([contexts[q]])
         dense[q] = dense_features(users[q], profile, candidates[q], item_vectors, catalog, context)
     return RankingQueries(dense, candidates, users)
 

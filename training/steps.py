@@ -10,8 +10,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from recsys.context import Context
 from recsys.features import (
-    Context,
     FeatureScaler,
     ItemCatalog,
     UserAttributeEncoder,
@@ -146,6 +146,8 @@ def served_histories(data: PreparedData, length: int) -> UserHistories:
         attributes=user_attribute_matrix(data.dataset, data.attributes, everything.user_ids),
         seen_indptr=np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64),
         seen_items=np.concatenate(seen).astype(np.int64) if seen else np.zeros(0, np.int64),
+        last_event_times=np.array([t[-1] if len(t) else np.nan for t in everything.timestamps],
+                                  dtype=np.float64),
     )
 
 
@@ -392,13 +394,18 @@ class EvalUsers:
             ranks[mine] = scorer_ranks(scorers[str(path)](), self.eval_set, users=mine)
         return ranks
 
+    def context(self, position: int) -> Context:
+        """The context of a user's held-out event: its hour, and the time since their last one."""
+        when, times = self.eval_set.timestamps[position], self.eval_set.histories.timestamps[position]
+        return Context(hour=int(when // 3600 % 24),
+                       seconds_since_last_event=float(when - times[-1]) if len(times) else None)
+
     def reranked(self, ranker: Scorer, size: int) -> CatalogueScorer:
         def rerank(positions: np.ndarray, candidates: np.ndarray) -> np.ndarray:
             return np.stack([
                 ranker.score(user_ranker_inputs(
                     self.users[p], self.history[p], candidates[i], self.embedding.item_vectors,
-                    self.data.catalog, Context(hour=int(self.eval_set.timestamps[p] // 3600 % 24)),
-                    ranker.scaler))
+                    self.data.catalog, self.context(p), ranker.scaler))
                 for i, p in enumerate(positions)])
         return rerank_scorer(self.retrieval, rerank, self.eval_set, size)
 

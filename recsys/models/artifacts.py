@@ -172,6 +172,12 @@ class UserHistories:
     attributes: np.ndarray  # [U, A] attribute ids
     seen_indptr: np.ndarray  # [U + 1] CSR row pointers into seen_items
     seen_items: np.ndarray  # [nnz] catalogue rows, each user's sorted and unique
+    last_event_times: np.ndarray | None = None  # [U] unix seconds; None in older snapshots
+
+    def last_event_time(self, position: int) -> float | None:
+        times = self.last_event_times
+        return None if times is None or not np.isfinite(times[position]) else \
+            float(times[position])
 
     def seen(self, position: int) -> np.ndarray:
         return self.seen_items[self.seen_indptr[position]:self.seen_indptr[position + 1]]
@@ -184,11 +190,15 @@ class UserHistories:
 
 
 def save_user_histories(directory: Path, histories: UserHistories) -> None:
-    np.savez(directory / USER_HISTORIES, user_ids=np.asarray(histories.user_ids, dtype=np.str_),
-             histories=histories.histories.astype(np.int64),
-             attributes=histories.attributes.astype(np.int64),
-             seen_indptr=histories.seen_indptr.astype(np.int64),
-             seen_items=histories.seen_items.astype(np.int64))
+    arrays: dict[str, Any] = {  # typed Any: savez's stub also takes allow_pickle
+        "user_ids": np.asarray(histories.user_ids, dtype=np.str_),
+        "histories": histories.histories.astype(np.int64),
+        "attributes": histories.attributes.astype(np.int64),
+        "seen_indptr": histories.seen_indptr.astype(np.int64),
+        "seen_items": histories.seen_items.astype(np.int64)}
+    if histories.last_event_times is not None:
+        arrays["last_event_times"] = histories.last_event_times.astype(np.float64)
+    np.savez(directory / USER_HISTORIES, **arrays)
 
 
 def load_user_histories(directory: Path) -> UserHistories | None:

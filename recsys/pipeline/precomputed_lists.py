@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from recsys.features import Context
+from recsys.context import Context
 from recsys.pipeline.request import RecommendRequest
 from recsys.pipeline.resolver import ResolvedRequest
 from recsys.stores.precomputed import PrecomputedTier

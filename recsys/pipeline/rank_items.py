@@ -1,11 +1,13 @@
 """POST /rank: the ranker's scores for items the client names, for one user (CTR-style)."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
-from recsys.features import Context, user_ranker_inputs
+from recsys.context import Context
+from recsys.features import user_ranker_inputs
 from recsys.pipeline.resolver import RequestResolver
 
 
@@ -24,7 +26,8 @@ class ItemListRanker:
         state = await self.resolver.user_state(slot, user_id, rows[:0], reasons)
         user = await self.resolver.user_vector(slot, state, reasons)
         features = user_ranker_inputs(user, state.history, rows, slot.embedding.item_vectors,
-                                      slot.catalog, context, slot.scaler)
+                                      slot.catalog, state.context(context, time.time()),
+                                      slot.scaler)
         similarity = (slot.embedding.item_vectors[rows] @ user).astype(np.float32)
         outcome = await slot.ranker.rank(features, similarity)
         if outcome.reason:

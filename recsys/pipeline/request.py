@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsys.features import Context
+from recsys.context import Context
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,15 @@ attributes, seen items) and the user vector."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
+from recsys.context import Context
 from recsys.errors import RecsysError, StoreError
 from recsys.experiments.routing import Router
 from recsys.features import encode_history, recent_rows
@@ -69,6 +71,12 @@ class UserState:
     history: IntArray  # [H] padded to the slot's history length, most recent last
     attributes: IntArray  # [A] attribute ids
     seen: IntArray  # rows the user has interacted with (never recommended), sorted, unique
+    last_event_time: float | None = None  # unix seconds of the latest event; None: unknown
+
+    def context(self, request_context: Context, now: float) -> Context:
+        """The request's context with the time from this user's latest event to `now`."""
+        since = None if self.last_event_time is None else now - self.last_event_time
+        return replace(request_context, seconds_since_last_event=since)
 
 
 @dataclass(frozen=True)
@@ -143,27 +151,33 @@ class RequestResolver:
     async def user_state(self, slot: ModelSlot, user_id: str, recent: IntArray,
                          reasons: list[str]) -> UserState:
         """Training-time history, then recorded events, then the request's recent items, cut to
-        the slot's own history length. A failed event store appends `history_unavailable`."""
+        the slot's own history length, and the time of the latest of them (the request's recent
+        items count as now). A failed event store appends `history_unavailable`."""
         users, row = slot.embedding.users, slot.user_rows.get(user_id)
+        last_time: float | None = None
         if users is not None and row is not None:
             history = list(recent_rows(users.histories[row]))
             seen, attributes = users.seen(row), users.attributes[row]
+            last_time = users.last_event_time(row)
         else:
             history, seen = [], np.zeros(0, dtype=np.int64)
             attributes = np.zeros(max(len(slot.embedding.attributes.names), 1), dtype=np.int64)
         if self.history is not None:
             try:
-                events = await self.history.recent_items(user_id, slot.history_len)
-                event_rows = [slot.item_rows[i] for i in events if i in slot.item_rows]
+                events = await self.history.recent_events(user_id, slot.history_len)
+                event_rows = [slot.item_rows[i] for i in events.items if i in slot.item_rows]
                 history += event_rows
                 if event_rows:
                     seen = np.union1d(seen, np.asarray(event_rows, dtype=np.int64))
+                if events.last_time is not None:
+                    last_time = max(events.last_time, last_time or events.last_time)
             except StoreError:
                 reasons.append("history_unavailable")
         history += recent.tolist()
-        if recent.size:
+        if recent.size:  # the request's recent items: events of the moment
             seen = np.union1d(seen, recent)
-        return UserState(encode_history(history, slot.history_len), attributes, seen)
+            last_time = time.time()
+        return UserState(encode_history(history, slot.history_len), attributes, seen, last_time)
 
     async def user_vector(self, slot: ModelSlot, state: UserState,
                           reasons: list[str]) -> FloatArray:

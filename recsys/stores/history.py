@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -29,6 +29,11 @@ return {0, redis.call('LLEN', KEYS[1])}
 """
 
 
+class RecentEvents(NamedTuple):
+    items: list[str]  # item ids, oldest first
+    last_time: float | None  # unix seconds of the latest event; None: none, or none dated
+
+
 class HistoryStore:
     """A capped Redis list per user, newest first; each entry is a small JSON object."""
 
@@ -44,14 +49,22 @@ class HistoryStore:
 
     async def recent_items(self, user_id: str, limit: int) -> list[str]:
         """Up to `limit` item ids the user interacted with, oldest first. StoreError on failure."""
+        return (await self.recent_events(user_id, limit)).items
+
+    async def recent_events(self, user_id: str, limit: int) -> RecentEvents:
+        """`recent_items`, with the time of the latest of them. StoreError on failure."""
         raw = await self._call("read", lambda: self.client.lrange(self.prefix + user_id, 0, limit - 1))
-        items = []
+        items, times = [], []
         for entry in reversed(raw):
             try:
-                items.append(str(json.loads(entry)["item_id"]))
+                event = json.loads(entry)
+                items.append(str(event["item_id"]))
             except (ValueError, KeyError, TypeError):
                 self.on_event("history_decode_error")
-        return items
+                continue
+            if isinstance(event.get("ts"), (int, float)):
+                times.append(float(event["ts"]))
+        return RecentEvents(items, max(times) if times else None)
 
     async def append(self, user_id: str, item_id: str, event_type: str, timestamp: float) -> int:
         """Record one event; returns the number of events kept for the user."""

@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 
+from recsys.context import MAX_HOURS_SINCE_LAST_EVENT, Context, context_features
 from recsys.features import (
     DENSE_FEATURES,
     RECENT_ITEMS,
-    Context,
     FeatureScaler,
     ItemCatalog,
     UserAttributeEncoder,
-    context_features,
     dense_features,
     encode_history,
     ranker_inputs,
@@ -23,6 +22,7 @@ from recsys.features import (
     user_profile,
     user_ranker_inputs,
 )
+from recsys.follows import FollowTable
 from training.config import RankerConfig, RankerHoldout, TwoTowerConfig
 from training.data import SyntheticConfig, generate_synthetic
 from training.ranker import RankingQueries, build_queries
@@ -151,16 +151,24 @@ def test_user_profile_recency_weighs_the_genre_seen_last_more(catalog: ItemCatal
 def test_context_features_encode_hour_on_the_clock_and_device_one_hot() -> None:
     features = context_features([Context(hour=6, device="web"), Context(hour=0, device="tv"),
                                  Context(hour=18, device="mobile"), Context(hour=24)])
-    assert features.shape == (4, 5) and features.dtype == np.float32
-    np.testing.assert_allclose(features[0], [1, 0, 1, 0, 0], atol=1e-6)
-    np.testing.assert_allclose(features[1], [0, 1, 0, 0, 1], atol=1e-6)
-    np.testing.assert_allclose(features[2], [-1, 0, 0, 1, 0], atol=1e-6)
-    np.testing.assert_allclose(features[3], features[1] * [1, 1, 0, 0, 0], atol=1e-6)  # 24 ≡ 0
+    assert features.shape == (4, 6) and features.dtype == np.float32
+    np.testing.assert_allclose(features[0, :5], [1, 0, 1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(features[1, :5], [0, 1, 0, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(features[2, :5], [-1, 0, 0, 1, 0], atol=1e-6)
+    np.testing.assert_allclose(features[3, :5], features[1, :5] * [1, 1, 0, 0, 0],
+                               atol=1e-6)  # 24 ≡ 0
 
 
 def test_context_features_of_unknown_hour_and_device_are_zero() -> None:
     features = context_features([Context(), Context(hour=None, device="fridge")])
-    np.testing.assert_array_equal(features, np.zeros((2, 5)))
+    np.testing.assert_array_equal(features[:, :5], np.zeros((2, 5)))
+
+
+def test_hours_since_last_event_are_log_hours_capped_and_unknown_is_the_cap() -> None:
+    gaps = [0.0, 3600.0, -5.0, 10 * 365 * 86400.0, None]
+    features = context_features([Context(seconds_since_last_event=g) for g in gaps])[:, 5]
+    cap = np.log1p(MAX_HOURS_SINCE_LAST_EVENT)
+    np.testing.assert_allclose(features, [0.0, np.log1p(1.0), 0.0, cap, cap], rtol=1e-6)
 
 
 # --- dense_features / ranker_inputs --------------------------------------------------------
@@ -196,6 +204,26 @@ def test_dense_features_values_for_one_user(catalog: ItemCatalog) -> None:
                                rtol=1e-6)
     np.testing.assert_allclose(dense[:, column["device_mobile"]], 1.0)
     np.testing.assert_allclose(dense[:, column["hour_sin"]], 1.0, atol=1e-6)
+
+
+def test_dense_features_carry_the_shares_that_followed_the_recent_items(
+        catalog: ItemCatalog) -> None:
+    # row 1 was followed by 3 in half of its events, row 2 by 3 in all and by 4 in a quarter
+    follows = FollowTable(indptr=np.array([0, 0, 1, 3, 3, 3]), items=np.array([3, 3, 4]),
+                          shares=np.array([0.5, 1.0, 0.25], dtype=np.float32))
+    items = _vectors(5, 4)
+    profile = user_profile(encode_history([1, 2], 4), catalog)
+    context = context_features([Context(seconds_since_last_event=7200.0)])
+    column = {name: j for j, name in enumerate(DENSE_FEATURES)}
+    dense = dense_features(items[1], profile, np.array([3, 4, 1]), items,
+                           replace(catalog, follows=follows), context)
+    np.testing.assert_allclose(dense[:, column["recent_max_follow"]], [1.0, 0.25, 0.0])
+    np.testing.assert_allclose(dense[:, column["recent_mean_follow"]], [0.75, 0.125, 0.0])
+    np.testing.assert_allclose(dense[:, column["hours_since_last_event"]], np.log1p(2.0),
+                               rtol=1e-6)
+    without = dense_features(items[1], profile, np.array([3, 4, 1]), items, catalog, context)
+    np.testing.assert_array_equal(without[:, [column["recent_max_follow"],
+                                              column["recent_mean_follow"]]], 0.0)
 
 
 def test_dense_features_of_many_candidates_equal_those_of_each_alone(catalog: ItemCatalog) -> None:
@@ -303,5 +331,7 @@ def test_serving_features_equal_the_training_path_for_the_same_user_and_candidat
         assert t.queries.candidates[u, 0] == seq[-1]  # the positive is the held-out event
         served = user_ranker_inputs(t.queries.user_vectors[u], history, t.queries.candidates[u],
                                     t.item_vectors, t.data.catalog,
-                                    Context(hour=int(times[-1] // 3600 % 24)), scaler)
+                                    Context(hour=int(times[-1] // 3600 % 24),
+                                            seconds_since_last_event=float(times[-1] - times[-2])),
+                                    scaler)
         np.testing.assert_array_equal(served, trained_on[u])

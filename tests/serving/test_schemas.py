@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from recsys.features import Context
+from recsys.context import Context
 from recsys.pipeline.request import RecommendRequest
 from recsys.settings import ServingSettings
 from serving.schemas import EventBody, RankBody, RecommendBody, RequestLimits, SimilarItemsBody

@@ -148,3 +148,16 @@ def test_synthetic_cold_items_have_rows_zero_popularity_and_full_novelty(synthet
     np.testing.assert_array_equal(catalog.novelty[cold_rows], 1.0)
     assert catalog.genres[cold_rows].sum(axis=1).min() >= 1  # content features for cold items
     assert catalog.popularity.sum() == len(train)
+
+
+def test_what_followed_each_item_counts_the_training_events_in_time_order() -> None:
+    """u1: i1 (100) then i2 (200), its i3 (400) left out; u2: i1 (150) then i3 (300); u3: i2."""
+    dataset = _dataset()
+    catalog = build_catalog(dataset, _train(dataset), BUCKETS, TOKENS)
+    assert catalog.follows is not None
+    rows = catalog.index_lookup()
+    shares = catalog.follows.shares_after(np.array([rows["i1"], rows["i2"], rows["i3"]]),
+                                          np.array([rows["i1"], rows["i2"], rows["i3"]]))
+    # i1's two events were followed once by i2 and once by i3; i2 (u1's, then u3's) by nothing
+    # training saw (u1's i3 came after the cut); i3 by nothing
+    np.testing.assert_allclose(shares, [[0.0, 0.5, 0.5], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])

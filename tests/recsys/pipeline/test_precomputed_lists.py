@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
-from recsys.features import Context
+from recsys.context import Context
 from recsys.models.bundles import EmbeddingBundle
 from recsys.models.registry_client import CHAMPION
 from recsys.pipeline.precomputed_lists import answerable

@@ -9,8 +9,9 @@ import pytest
 
 from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
+from recsys.context import Context
 from recsys.errors import UnknownIdError
-from recsys.features import Context, user_ranker_inputs
+from recsys.features import user_ranker_inputs
 from tests.support.runtime import USER, serve, settings
 
 

@@ -21,9 +21,10 @@ from devtools.local_redis import LocalRedis
 from recsys.app.assembly import RemoteModels, build_runtime
 from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
+from recsys.context import Context
 from recsys.errors import StoreError, UnknownIdError
 from recsys.experiments.shadow_sinks import read_shadow_log
-from recsys.features import DENSE_FEATURES, Context
+from recsys.features import DENSE_FEATURES
 from recsys.models.bundles import EmbeddingBundle, RankerBundle
 from recsys.models.policy import RankingPolicy, item_to_item_vector
 from recsys.pipeline.explain import EMBEDDING_GROUPS, contributions, feature_groups, occluded

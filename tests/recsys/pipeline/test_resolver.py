@@ -16,6 +16,7 @@ import pytest
 from recsys.app.assembly import build_runtime
 from recsys.app.models_file import ModelRefs
 from recsys.app.runtime import Runtime
+from recsys.context import Context
 from recsys.errors import UnknownIdError
 from recsys.features import encode_history
 from recsys.pipeline.request import RecommendRequest
@@ -150,3 +151,37 @@ def test_a_served_model_set_requires_a_champion() -> None:
 
     with pytest.raises(ValueError, match=r"a champion model slot is required, got \[\]"):
         ServedModels({}, Router())
+
+
+def test_user_state_knows_when_the_users_latest_event_was(redis_url: str,
+                                                          refs: list[ModelRefs]) -> None:
+    """The snapshot's time of a known user's last event, a later recorded event's, the
+    request's recent items as now, and nothing for a user never seen: what the ranker's
+    hours_since_last_event is computed from (UserState.context)."""
+    async def scenario(runtime: Runtime) -> dict[str, Any]:
+        resolver = runtime.pipeline.resolver
+        slot = resolver.champion
+        users = slot.embedding.users
+        assert users is not None and users.last_event_times is not None
+        quiet, active = str(users.user_ids[-1]), str(users.user_ids[-2])
+        item = str(slot.catalog.item_ids[1])
+        later = float(users.last_event_times[-2]) + 3600.0
+        await runtime.event_recorder.record_event(active, item, "view", later)
+        none = np.zeros(0, np.int64)
+        started = time.time()
+        states = {"quiet": await resolver.user_state(slot, quiet, none, []),
+                  "active": await resolver.user_state(slot, active, none, []),
+                  "recent": await resolver.user_state(slot, quiet, np.array([1]), []),
+                  "unseen": await resolver.user_state(slot, f"new-{time.time_ns()}", none, [])}
+        return {"states": states, "snapshot": float(users.last_event_times[-1]), "later": later,
+                "started": started, "ended": time.time()}
+
+    seen = run(settings(redis_url=redis_url), refs[:1], scenario)
+    states = seen["states"]
+    assert states["quiet"].last_event_time == seen["snapshot"]
+    assert states["active"].last_event_time == seen["later"]
+    assert seen["started"] <= states["recent"].last_event_time <= seen["ended"]
+    assert states["unseen"].last_event_time is None
+    context = states["quiet"].context(Context(hour=3), now=seen["snapshot"] + 7200.0)
+    assert context == Context(hour=3, seconds_since_last_event=7200.0)
+    assert states["unseen"].context(Context(), now=0.0).seconds_since_last_event is None

@@ -13,7 +13,7 @@ import redis
 from devtools.local_redis import LocalRedis, free_port
 from recsys.breaker import CircuitBreaker
 from recsys.errors import StoreError
-from recsys.stores.history import HistoryStore
+from recsys.stores.history import HistoryStore, RecentEvents
 from tests.support.events import Events
 
 T = TypeVar("T")
@@ -45,6 +45,17 @@ def test_recent_items_are_oldest_first(redis_url: str) -> None:
     assert everything == ["a", "b", "c"]
     assert latest_two == ["b", "c"]  # the limit keeps the most recent ones
     assert nobody == []
+
+
+def test_recent_events_carry_the_time_of_the_latest_one(redis_url: str) -> None:
+    async def scenario(store: HistoryStore) -> tuple[RecentEvents, RecentEvents]:
+        for n, item in enumerate(["a", "b", "c"]):
+            await store.append("u1", item, "view", 2000.0 - n)  # sent out of time order
+        return await store.recent_events("u1", 10), await store.recent_events("nobody", 10)
+
+    events, nobody = with_store(redis_url, scenario)
+    assert events == RecentEvents(["a", "b", "c"], 2000.0)
+    assert nobody == RecentEvents([], None)
 
 
 def test_history_is_capped_at_max_events(redis_url: str) -> None:
@@ -160,3 +171,11 @@ def test_a_paused_server_times_out(redis_url: str) -> None:
         return took
 
     assert with_store(redis_url, scenario) < 1.2  # the store's 0.5 s timeout, not the pause
+
+
+def test_events_without_a_numeric_time_leave_the_latest_time_unknown(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as client:
+        client.lpush(PREFIX + "u1", json.dumps({"item_id": "x", "type": "view"}),
+                     json.dumps({"item_id": "y", "type": "view", "ts": "soon"}))
+    events = with_store(redis_url, lambda store: store.recent_events("u1", 10))
+    assert events == RecentEvents(["x", "y"], None)
