@@ -28,20 +28,17 @@ def count_follows(sequences: Sequence[np.ndarray], n_rows: int, window: int = FO
     counts = sparse.csr_matrix((np.ones(len(first), dtype=np.float32), (first, then)),
                                shape=(n_rows, n_rows))
     counts.sum_duplicates()
+    counts.sort_indices()
     events = np.bincount(np.concatenate(list(sequences) or [np.zeros(0, np.int64)]),
                          minlength=n_rows).astype(np.float32)
-    indptr, items, shares = [0], [], []
-    for row in range(n_rows):
+    lengths = np.diff(counts.indptr)
+    items = counts.indices.astype(np.int64)
+    shares = (counts.data / np.maximum(np.repeat(events, lengths), 1.0)).astype(np.float32)
+    keep = np.ones(len(items), dtype=bool)
+    for row in np.flatnonzero(lengths > kept):  # the rows above the cap drop their smallest
         start, end = counts.indptr[row], counts.indptr[row + 1]
-        columns = counts.indices[start:end].astype(np.int64)
-        values = counts.data[start:end] / max(events[row], 1.0)
-        if len(columns) > kept:
-            top = np.lexsort((columns, -values))[:kept]
-            columns, values = columns[top], values[top]
-        order = np.argsort(columns)
-        items.append(columns[order])
-        shares.append(values[order].astype(np.float32))
-        indptr.append(indptr[-1] + len(columns))
-    return FollowTable(np.asarray(indptr, dtype=np.int64),
-                       np.concatenate(items) if items else np.zeros(0, np.int64),
-                       np.concatenate(shares) if shares else np.zeros(0, np.float32))
+        dropped = np.lexsort((items[start:end], -shares[start:end]))[kept:]
+        keep[start + dropped] = False
+    kept_per_row = np.bincount(np.repeat(np.arange(n_rows), lengths)[keep], minlength=n_rows)
+    indptr = np.concatenate([[0], np.cumsum(kept_per_row)])
+    return FollowTable(indptr.astype(np.int64), items[keep], shares[keep])

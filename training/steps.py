@@ -146,8 +146,7 @@ def served_histories(data: PreparedData, length: int) -> UserHistories:
         attributes=user_attribute_matrix(data.dataset, data.attributes, everything.user_ids),
         seen_indptr=np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64),
         seen_items=np.concatenate(seen).astype(np.int64) if seen else np.zeros(0, np.int64),
-        last_event_times=np.array([t[-1] if len(t) else np.nan for t in everything.timestamps],
-                                  dtype=np.float64),
+        last_event_times=np.array([t[-1] for t in everything.timestamps], dtype=np.float64),
     )
 
 

@@ -176,8 +176,7 @@ class UserHistories:
 
     def last_event_time(self, position: int) -> float | None:
         times = self.last_event_times
-        return None if times is None or not np.isfinite(times[position]) else \
-            float(times[position])
+        return None if times is None else float(times[position])
 
     def seen(self, position: int) -> np.ndarray:
         return self.seen_items[self.seen_indptr[position]:self.seen_indptr[position + 1]]
@@ -192,12 +191,10 @@ class UserHistories:
 def save_user_histories(directory: Path, histories: UserHistories) -> None:
     arrays: dict[str, Any] = {  # typed Any: savez's stub also takes allow_pickle
         "user_ids": np.asarray(histories.user_ids, dtype=np.str_),
-        "histories": histories.histories.astype(np.int64),
-        "attributes": histories.attributes.astype(np.int64),
-        "seen_indptr": histories.seen_indptr.astype(np.int64),
-        "seen_items": histories.seen_items.astype(np.int64)}
-    if histories.last_event_times is not None:
-        arrays["last_event_times"] = histories.last_event_times.astype(np.float64)
+        **{name: getattr(histories, name).astype(np.int64)
+           for name in ("histories", "attributes", "seen_indptr", "seen_items")},
+        **({} if histories.last_event_times is None else
+           {"last_event_times": histories.last_event_times.astype(np.float64)})}
     np.savez(directory / USER_HISTORIES, **arrays)
 
 

@@ -1,7 +1,6 @@
 """POST /rank: the ranker's scores for items the client names, for one user (CTR-style)."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -26,8 +25,7 @@ class ItemListRanker:
         state = await self.resolver.user_state(slot, user_id, rows[:0], reasons)
         user = await self.resolver.user_vector(slot, state, reasons)
         features = user_ranker_inputs(user, state.history, rows, slot.embedding.item_vectors,
-                                      slot.catalog, state.context(context, time.time()),
-                                      slot.scaler)
+                                      slot.catalog, state.context(context), slot.scaler)
         similarity = (slot.embedding.item_vectors[rows] @ user).astype(np.float32)
         outcome = await slot.ranker.rank(features, similarity)
         if outcome.reason:

@@ -206,8 +206,7 @@ class RecommendPipeline:
                                      telemetry)
         t = time.perf_counter()
         features = user_ranker_inputs(user, state.history, ranked.items, slot.embedding.item_vectors,
-                                      slot.catalog, state.context(request.context, time.time()),
-                                      slot.scaler)
+                                      slot.catalog, state.context(request.context), slot.scaler)
         telemetry.observe("features", time.perf_counter() - t)
         t = time.perf_counter()
         remaining = self.options.budget_s - (time.perf_counter() - start)

@@ -73,8 +73,10 @@ class UserState:
     seen: IntArray  # rows the user has interacted with (never recommended), sorted, unique
     last_event_time: float | None = None  # unix seconds of the latest event; None: unknown
 
-    def context(self, request_context: Context, now: float) -> Context:
-        """The request's context with the time from this user's latest event to `now`."""
+    def context(self, request_context: Context, now: float | None = None) -> Context:
+        """The request's context with the time from this user's latest event to `now` (default:
+        the current time)."""
+        now = time.time() if now is None else now
         since = None if self.last_event_time is None else now - self.last_event_time
         return replace(request_context, seconds_since_last_event=since)
 
