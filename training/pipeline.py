@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from recsys.features import DENSE_FEATURES
 from recsys.models import artifacts
 from recsys.models.bundles import EmbeddingBundle
 from registry import (
@@ -328,21 +329,34 @@ def ensure_champion(settings: TrainingSettings, config: PipelineConfig | None = 
     registry = Registry(configure_tracking(settings.tracking_uri, store_dir=settings.store_dir))
     data = load_prepared(settings, config)
     described = f"{data.dataset.name!r} (data fingerprint {data.fingerprint})"
+    why = ""
     if registry.champion_exists():
-        trained_on = registry.data_fingerprint(registry.resolve(CHAMPION))
-        if trained_on == data.fingerprint:
+        champion = registry.resolve(CHAMPION)
+        trained_on = registry.data_fingerprint(champion)
+        servable = _servable(registry, champion)
+        if trained_on == data.fingerprint and servable:
             return f"The champion was trained on {described}: nothing to train."
-        if trained_on is None:
+        if trained_on is None and servable:
             return ("The champion records no data fingerprint (registered by older code): "
                     "kept. `python -m training run --promote always` replaces it.")
-        earlier = registry.sets_trained_on(data.fingerprint)
+        why = ("The champion's ranker takes other features than this code computes, so it "
+               "cannot be served. " if not servable else
+               f"The champion was trained on other data ({trained_on}). ")
+        earlier = [s for s in registry.sets_trained_on(data.fingerprint)
+                   if _servable(registry, s)]
         if earlier:
             registry.promote_versions(earlier[0])
-            return (f"The champion was trained on other data ({trained_on}); the newest set "
-                    f"trained on {described} is champion again: {earlier[0].describe()}.")
+            return (f"{why}The newest set trained on {described} that this code can serve is "
+                    f"champion again: {earlier[0].describe()}.")
     result = run_pipeline(settings, config, promote="always")
-    return (f"Trained on {described} and promoted: {result.model_set.describe()}.\n"
+    return (f"{why}Trained on {described} and promoted: {result.model_set.describe()}.\n"
             f"{result.report.table}")
+
+
+def _servable(registry: Registry, model_set: ModelSet) -> bool:
+    """Whether this code computes the features the set's ranker was trained on (a set
+    registered before the ranker's features changed fails the service at start-up)."""
+    return registry.ranker_features(model_set) == list(DENSE_FEATURES)
 
 
 def describe(result: PipelineResult) -> dict[str, Any]:

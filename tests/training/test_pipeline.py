@@ -12,6 +12,7 @@ import pytest
 from mlflow.entities import Run
 from pydantic import ValidationError
 
+from recsys.features import DENSE_FEATURES
 from recsys.models import artifacts
 from recsys.models.bundles import EmbeddingBundle, RankerBundle, check_compatible
 from recsys.settings import ServingSettings
@@ -352,9 +353,9 @@ def test_cli_ensure_champion_has_nothing_to_train_for_the_champions_data(
 
 
 def test_switching_data_trains_for_the_new_data_and_switching_back_trains_nothing(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The main command's step when RECSYS_DATA_PATH (here: the synthetic data's seed) changes:
-    a champion trained on other data is never kept."""
+    a champion trained on other data is never kept; nor is one this code cannot serve."""
     store = tmp_path / "store"
 
     def settings(data_seed: int) -> TrainingSettings:
@@ -374,11 +375,18 @@ def test_switching_data_trains_for_the_new_data_and_switching_back_trains_nothin
         said.append(ensure_champion(settings(0), CONFIG))
         back = registry.resolve(CHAMPION)
         assert {name: len(registry.list_versions(name)) for name in MODELS} == versions
+        assert registry.ranker_features(back) == list(DENSE_FEATURES)
+        # code whose ranker computes other features: no registered set can be served by it
+        monkeypatch.setattr("training.pipeline.DENSE_FEATURES", (*DENSE_FEATURES, "new"))
+        said.append(ensure_champion(settings(0), CONFIG))  # trains (the same models, bit for bit)
 
-    assert said[0].startswith("Trained on 'synthetic'") and said[1].startswith("Trained on")
+    assert said[0].startswith("Trained on 'synthetic'")
+    assert said[1].startswith("The champion was trained on other data") and "Trained on" in said[1]
     assert second != first and back == first
     assert registry.data_fingerprint(second) != registry.data_fingerprint(first)
     assert "is champion again" in said[2] and "nothing to train" in said[3]
+    assert said[4].startswith("The champion's ranker takes other features"), said[4]
+    assert "Trained on 'synthetic'" in said[4]
 
 
 def test_cli_rejects_a_missing_data_path_naming_the_setting(
