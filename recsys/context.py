@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 DEVICES = ("unknown", "web", "mobile", "tv")
 MAX_HOURS_SINCE_LAST_EVENT = 720.0  # longer gaps, and an unknown one, count as 30 days
+UNKNOWN_GAP_FEATURE = float(np.log1p(MAX_HOURS_SINCE_LAST_EVENT))  # its feature value
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -9,7 +9,8 @@ matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith("module
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-MODEL_ORDER = ("popularity", "als", "ease", "retrieval", "fallback", "pipeline", "pipeline_int8")
+MODEL_ORDER = ("popularity", "als", "ease", "retrieval", "fallback", "pipeline", "pipeline_int8",
+               "pipeline_returning")
 
 
 def metrics_bar(results: Mapping[str, Mapping[str, float]],

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from recsys.context import Context, context_features
+from recsys.context import UNKNOWN_GAP_FEATURE, Context, context_features
 from recsys.features import (
     DENSE_FEATURES,
     FeatureScaler,
@@ -168,9 +168,10 @@ def train_ranker(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     labels = torch.zeros(config.batch_size, dtype=torch.long)
+    hide_gap = GapHider(scaler, config.unknown_gap_share, config.seed)
 
     def batch_loss(positions: np.ndarray) -> torch.Tensor:
-        batch = inputs[torch.from_numpy(positions)]
+        batch = hide_gap(inputs[torch.from_numpy(positions)])
         logits = model(batch.reshape(-1, batch.shape[-1])).reshape(len(positions), g)
         return F.cross_entropy(logits, labels[:len(positions)])
 
@@ -190,6 +191,29 @@ def train_ranker(
             on_epoch_end(config.epochs, {"best_epoch": float(best[1] + 1)})
     model.eval()
     return model, scaler
+
+
+class GapHider:
+    """Shows a share of each batch's queries with the time since the user's last event unknown
+    (read as MAX_HOURS_SINCE_LAST_EVENT), as every user back after a month's absence is served.
+
+    Without it the ranker learns that value from the few training queries with a gap that long
+    (0.7% on ML-100K) and ranks such users far below retrieval order (README, Offline evaluation).
+    Its own generator: the batches' order is the same whatever the share."""
+
+    def __init__(self, scaler: FeatureScaler, share: float, seed: int) -> None:
+        column = DENSE_FEATURES.index("hours_since_last_event")
+        self.column, self.share = column, share
+        self.value = float((UNKNOWN_GAP_FEATURE - scaler.mean[column]) / scaler.std[column])
+        self.rng = np.random.default_rng([seed, 1])
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.share <= 0:
+            return batch
+        hidden = torch.from_numpy(self.rng.random(len(batch)) < self.share)
+        batch = batch.clone()
+        batch[hidden, :, self.column] = self.value
+        return batch
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

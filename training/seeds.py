@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 
 from training.evaluate import interval, mean_gain_interval, per_user_metrics
 
-MODELS = ("popularity", "als", "ease", "retrieval", "pipeline", "pipeline_int8", "fallback")
+MODELS = ("popularity", "als", "ease", "retrieval", "pipeline", "pipeline_int8",
+          "pipeline_returning", "fallback")
 METRICS = ("hr@10", "ndcg@10", "recall@50")
 
 

@@ -377,14 +377,15 @@ class EvalUsers:
     def retrieval(self, positions: np.ndarray) -> np.ndarray:
         return self.users[positions] @ self.embedding.item_vectors.T
 
-    def served(self, ranker: Scorer, policy: RankingPolicy, size: int) -> np.ndarray:
+    def served(self, ranker: Scorer, policy: RankingPolicy, size: int,
+               returning: bool = False) -> np.ndarray:
         """[U] rank of each user's held-out item on the path `policy` gives their history (the
-        ranker on the policy's depth of the `size` candidates)."""
+        ranker on the policy's depth of the `size` candidates; see `context` for `returning`)."""
         scorers = {"popularity": lambda: popularity_scorer(self.data.catalog.served_popularity),
                    "item_to_item": lambda: item_to_item(self.embedding.item_vectors,
                                                         self.eval_set),
                    "retrieval": lambda: self.retrieval,
-                   "ranker": lambda: self.reranked(ranker, policy.depth(size))}
+                   "ranker": lambda: self.reranked(ranker, policy.depth(size), returning)}
         paths = np.array([policy.path_for(min(len(s), self.embedding.history_len))
                           for s in self.eval_set.histories.sequences])
         ranks = np.zeros(len(paths), dtype=np.int64)
@@ -393,18 +394,20 @@ class EvalUsers:
             ranks[mine] = scorer_ranks(scorers[str(path)](), self.eval_set, users=mine)
         return ranks
 
-    def context(self, position: int) -> Context:
-        """The context of a user's held-out event: its hour, and the time since their last one."""
+    def context(self, position: int, returning: bool = False) -> Context:
+        """The context of a user's held-out event: its hour, and the time since their last one;
+        with `returning`, that time is unknown (the cap), as for a user back after a month or
+        more away, and for every user of an old snapshot at serving time."""
         when, times = self.eval_set.timestamps[position], self.eval_set.histories.timestamps[position]
-        return Context(hour=int(when // 3600 % 24),
-                       seconds_since_last_event=float(when - times[-1]) if len(times) else None)
+        since = float(when - times[-1]) if len(times) and not returning else None
+        return Context(hour=int(when // 3600 % 24), seconds_since_last_event=since)
 
-    def reranked(self, ranker: Scorer, size: int) -> CatalogueScorer:
+    def reranked(self, ranker: Scorer, size: int, returning: bool = False) -> CatalogueScorer:
         def rerank(positions: np.ndarray, candidates: np.ndarray) -> np.ndarray:
             return np.stack([
                 ranker.score(user_ranker_inputs(
                     self.users[p], self.history[p], candidates[i], self.embedding.item_vectors,
-                    self.data.catalog, self.context(p), ranker.scaler))
+                    self.data.catalog, self.context(p, returning), ranker.scaler))
                 for i, p in enumerate(positions)])
         return rerank_scorer(self.retrieval, rerank, self.eval_set, size)
 
@@ -433,6 +436,9 @@ def model_ranks(data: PreparedData, embedding: EmbeddingBundle, rankers: Rankers
     chosen: dict[str, dict[str, float]] = {}
     policy = rankers.ranker.policy  # "pipeline" is what serving does: each user on their path
     ranks["pipeline"] = users.served(rankers.ranker, policy, size)
+    # the same users as if back after a month or more away: how every user of an old snapshot
+    # is served, and a case the held-out events' own times almost never show
+    ranks["pipeline_returning"] = users.served(rankers.ranker, policy, size, returning=True)
     if rankers.ranker_int8 is not None:  # the int8 ranker that CPU serving uses
         ranks["pipeline_int8"] = users.served(rankers.ranker_int8, policy, size)
     ranks["fallback"] = scorer_ranks(users.reranked(rankers.fallback, policy.depth(size)),

@@ -196,7 +196,8 @@ def test_runs_and_versions_carry_the_data_fingerprint_and_code_version(store: St
 def test_evaluation_report_is_written_and_logged(store: Store) -> None:
     workdir = store.first_workdir
     payload = json.loads((workdir / "evaluation.json").read_text())
-    assert set(payload["results"]) == {"retrieval", "pipeline", "pipeline_int8", "fallback",
+    assert set(payload["results"]) == {"retrieval", "pipeline", "pipeline_int8",
+                                      "pipeline_returning", "fallback",
                                       "popularity", "als", "ease"}
     for metrics in payload["results"].values():
         assert 0.0 <= metrics["hr@10"] <= metrics["hr@50"] <= 1.0

@@ -221,7 +221,8 @@ def test_report_on_a_real_shadow_log_and_registered_models(trained_models: Train
     result = offline_comparison(data, champion, challenger, config)
     assert set(result) == {"champion", "challenger"}
     for models in result.values():
-        assert set(models) == {"retrieval", "pipeline", "pipeline_int8", "fallback"}
+        assert set(models) == {"retrieval", "pipeline", "pipeline_int8", "pipeline_returning",
+                               "fallback"}
         assert all(0.0 <= m["hr@10"] <= 1.0 for m in models.values())
     # The champion was trained on this data: the same numbers as its own workdir's bundles.
     own = evaluate_models(data, *load_bundles(trained_models.workdirs["champion"]), config,
