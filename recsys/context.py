@@ -34,8 +34,8 @@ def context_features(contexts: Sequence[Context]) -> FloatArray:
     out = np.zeros((len(contexts), CONTEXT_FEATURES), dtype=np.float32)
     for i, ctx in enumerate(contexts):
         gap = ctx.seconds_since_last_event
-        hours = MAX_HOURS_SINCE_LAST_EVENT if gap is None else max(0.0, gap) / 3600.0
-        out[i, 5] = np.log1p(min(hours, MAX_HOURS_SINCE_LAST_EVENT))
+        out[i, 5] = UNKNOWN_GAP_FEATURE if gap is None else \
+            np.log1p(min(max(0.0, gap) / 3600.0, MAX_HOURS_SINCE_LAST_EVENT))
         if ctx.hour is not None:
             angle = 2.0 * np.pi * (ctx.hour % 24) / 24.0
             out[i, 0], out[i, 1] = np.sin(angle), np.cos(angle)

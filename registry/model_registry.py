@@ -1,7 +1,6 @@
 """Reading the registry and moving aliases: promote, rollback, resolve, download."""
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,7 +10,6 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
-from mlflow.models.model import MLMODEL_FILE_NAME
 
 from recsys.errors import ArtifactError, IncompatibleModelsError
 from recsys.models import artifacts
@@ -29,6 +27,7 @@ from registry.registration import (
     ModelNames,
     ModelSet,
     RegistryError,
+    logged_bundle,
 )
 
 
@@ -151,14 +150,8 @@ class Registry:
     def ranker_features(self, model_set: ModelSet) -> list[str] | None:
         """The dense features the set's ranker was trained on, as its logged bundle records
         them (None: not recorded). Reads the model's metadata, not its files."""
-        source = self.client.get_model_version_download_uri(model_set.names.ranker,
-                                                            model_set.ranker)
-        with tempfile.TemporaryDirectory() as tmp:
-            mlmodel = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{source.rstrip('/')}/{MLMODEL_FILE_NAME}", dst_path=tmp,
-                tracking_uri=self.tracking_uri)
-            metadata = Model.load(mlmodel).metadata or {}
-        features = metadata.get("bundle", {}).get("dense_features")
+        source = self._model_version(model_set.names.ranker, model_set.ranker).source
+        features = logged_bundle(source, "ranker").get("bundle", {}).get("dense_features")
         return None if features is None else [str(f) for f in features]
 
     def sets_trained_on(self, data_fingerprint: str) -> list[ModelSet]:

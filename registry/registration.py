@@ -160,7 +160,7 @@ def log_bundle(bundle_dir: Path, kind: str, input_example: Mapping[str, np.ndarr
     return info.model_uri
 
 
-def _logged_bundle(model_uri: str, expected_kind: str) -> dict:
+def logged_bundle(model_uri: str, expected_kind: str) -> dict:
     """The metadata log_bundle stored with a logged model; checks its kind."""
     metadata = mlflow.models.get_model_info(model_uri).metadata or {}
     if metadata.get("kind") != expected_kind:
@@ -180,7 +180,7 @@ def register_model_set(embedding_uri: str, ranker_uri: str, fallback_uri: str, *
     """
     names = names or ModelNames()
     uris = {"embedding": embedding_uri, "ranker": ranker_uri, "fallback_ranker": fallback_uri}
-    meta = {kind: _logged_bundle(uri, kind) for kind, uri in uris.items()}
+    meta = {kind: logged_bundle(uri, kind) for kind, uri in uris.items()}
     embedding_fingerprint = meta["embedding"]["fingerprint"]
     for kind in ("ranker", "fallback_ranker"):
         trained_on = meta[kind]["bundle"].get("embedding_fingerprint")

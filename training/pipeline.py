@@ -342,12 +342,12 @@ def ensure_champion(settings: TrainingSettings, config: PipelineConfig | None = 
         why = ("The champion's ranker takes other features than this code computes, so it "
                "cannot be served. " if not servable else
                f"The champion was trained on other data ({trained_on}). ")
-        earlier = [s for s in registry.sets_trained_on(data.fingerprint)
-                   if _servable(registry, s)]
-        if earlier:
-            registry.promote_versions(earlier[0])
+        earlier = next((s for s in registry.sets_trained_on(data.fingerprint)
+                        if _servable(registry, s)), None)  # reads metadata until one serves
+        if earlier is not None:
+            registry.promote_versions(earlier)
             return (f"{why}The newest set trained on {described} that this code can serve is "
-                    f"champion again: {earlier[0].describe()}.")
+                    f"champion again: {earlier.describe()}.")
     result = run_pipeline(settings, config, promote="always")
     return (f"{why}Trained on {described} and promoted: {result.model_set.describe()}.\n"
             f"{result.report.table}")

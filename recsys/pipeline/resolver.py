@@ -172,7 +172,7 @@ class RequestResolver:
                 if event_rows:
                     seen = np.union1d(seen, np.asarray(event_rows, dtype=np.int64))
                 if events.last_time is not None:
-                    last_time = max(events.last_time, last_time or events.last_time)
+                    last_time = max(events.last_time, last_time or 0.0)
             except StoreError:
                 reasons.append("history_unavailable")
         history += recent.tolist()
