@@ -151,6 +151,8 @@ class Registry:
         """The dense features the set's ranker was trained on, as its logged bundle records
         them (None: not recorded). Reads the model's metadata, not its files."""
         source = self._model_version(model_set.names.ranker, model_set.ranker).source
+        if source is None:
+            return None
         features = logged_bundle(source, "ranker").get("bundle", {}).get("dense_features")
         return None if features is None else [str(f) for f in features]
 
