@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from recsys.context import UNKNOWN_GAP_FEATURE, Context, context_features
@@ -155,8 +156,11 @@ def train_ranker(
 ) -> tuple[DCNRanker, FeatureScaler]:
     """Listwise softmax loss over each query's group (the positive is column 0).
 
-    With `validate`, the model is scored before training and after every epoch and the best state
-    is kept, so the ranker returned is never worse on validation than retrieval order.
+    With `config.average_from_epoch`, the ranker's weights are the mean of its weights at the end
+    of every epoch from that one on (stochastic weight averaging: torch's AveragedModel); without
+    it, the epoch that scored best on validation. With `validate`, the model is also scored before
+    training and after every epoch, and where the kept weights do not beat the untrained model
+    (exactly retrieval order) on validation, the untrained model is returned.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -164,7 +168,10 @@ def train_ranker(
     scaler = FeatureScaler.fit(queries.dense.reshape(q * g, f))
     inputs = torch.from_numpy(queries.inputs(item_vectors, scaler))
     model = DCNRanker(inputs.shape[-1], config, prior_scale=float(scaler.std[0]) / temperature)
-    best = (validate(model.eval(), scaler), -1, _state(model)) if validate else None
+    untrained = _state(model)
+    untrained_score = validate(model.eval(), scaler) if validate else -np.inf
+    best_score, best_epoch, best_state = untrained_score, -1, untrained
+    averaged = AveragedModel(model) if config.average_from_epoch is not None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     labels = torch.zeros(config.batch_size, dtype=torch.long)
@@ -179,18 +186,30 @@ def train_ranker(
         model.train()
         stats = {"loss": run_epoch(batch_loss, optimizer, q, config.batch_size, rng,
                                    f"ranker epoch {epoch + 1}/{config.epochs}")}
-        if validate is not None and best is not None:
+        if averaged is not None and epoch + 1 >= (config.average_from_epoch or 1):
+            averaged.update_parameters(model)
+        if validate is not None:
             stats["val_hr_at_10"] = validate(model.eval(), scaler)
-            if stats["val_hr_at_10"] > best[0]:
-                best = (stats["val_hr_at_10"], epoch, _state(model))
+            if averaged is None and stats["val_hr_at_10"] > best_score:
+                best_score, best_epoch, best_state = stats["val_hr_at_10"], epoch, _state(model)
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
-    if best is not None:
-        model.load_state_dict(best[2])
-        if on_epoch_end is not None:
-            on_epoch_end(config.epochs, {"best_epoch": float(best[1] + 1)})
-    model.eval()
-    return model, scaler
+    if averaged is not None:
+        model.load_state_dict(averaged.module.state_dict())
+    if validate is None:
+        return model.eval(), scaler
+    if averaged is not None:
+        kept_score = validate(model.eval(), scaler)
+        summary = {"val_hr_at_10_averaged": kept_score}
+    else:
+        model.load_state_dict(best_state)
+        kept_score, summary = best_score, {"best_epoch": float(best_epoch + 1)}
+    if kept_score <= untrained_score:  # a tie keeps retrieval order, which costs nothing
+        model.load_state_dict(untrained)
+        summary["kept_retrieval_order"] = 1.0
+    if on_epoch_end is not None:
+        on_epoch_end(config.epochs, summary)
+    return model.eval(), scaler
 
 
 class GapHider:
