@@ -162,6 +162,10 @@ def train_ranker(
     training and after every epoch, and where the kept weights do not beat the untrained model
     (exactly retrieval order) on validation, the untrained model is returned.
     """
+    start = config.average_from_epoch
+    if start is not None and not 1 <= start <= config.epochs:
+        raise ValueError(f"average_from_epoch must be an epoch from 1 to {config.epochs} "
+                         f"(the ranker's epochs) or None, got {start}")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     q, g, f = queries.dense.shape
@@ -171,7 +175,7 @@ def train_ranker(
     untrained = _state(model)
     untrained_score = validate(model.eval(), scaler) if validate else -np.inf
     best_score, best_epoch, best_state = untrained_score, -1, untrained
-    averaged = AveragedModel(model) if config.average_from_epoch is not None else None
+    averaged = AveragedModel(model) if start is not None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     labels = torch.zeros(config.batch_size, dtype=torch.long)
@@ -186,7 +190,7 @@ def train_ranker(
         model.train()
         stats = {"loss": run_epoch(batch_loss, optimizer, q, config.batch_size, rng,
                                    f"ranker epoch {epoch + 1}/{config.epochs}")}
-        if averaged is not None and epoch + 1 >= (config.average_from_epoch or 1):
+        if averaged is not None and epoch + 1 >= (start or 1):
             averaged.update_parameters(model)
         if validate is not None:
             stats["val_hr_at_10"] = validate(model.eval(), scaler)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from recsys.context import UNKNOWN_GAP_FEATURE
@@ -84,6 +85,12 @@ def test_the_averaged_weights_are_the_mean_of_the_epochs_from_the_chosen_one() -
         expected = (after[2][name] + after[3][name]) / 2 if name != "prior_scale" else after[3][name]
         assert torch.allclose(value, expected, atol=1e-6), name
     assert not torch.allclose(averaged["head.weight"], after[3]["head.weight"])
+
+
+@pytest.mark.parametrize("start", [0, 4])
+def test_an_average_from_no_epoch_of_the_run_is_refused(start: int) -> None:
+    with pytest.raises(ValueError, match=rf"average_from_epoch must be an epoch from 1 to 3 .*got {start}"):
+        _trained(replace(SMALL, average_from_epoch=start))
 
 
 def test_the_average_is_kept_only_where_it_beats_retrieval_order_on_validation() -> None:
