@@ -175,7 +175,8 @@ def train_ranker(
     untrained = _state(model)
     untrained_score = validate(model.eval(), scaler) if validate else -np.inf
     best_score, best_epoch, best_state = untrained_score, -1, untrained
-    averaged = AveragedModel(model) if start is not None else None
+    averaged_epochs = range(start - 1, config.epochs) if start is not None else range(0)
+    averaged = AveragedModel(model) if averaged_epochs else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     labels = torch.zeros(config.batch_size, dtype=torch.long)
@@ -190,7 +191,7 @@ def train_ranker(
         model.train()
         stats = {"loss": run_epoch(batch_loss, optimizer, q, config.batch_size, rng,
                                    f"ranker epoch {epoch + 1}/{config.epochs}")}
-        if averaged is not None and epoch + 1 >= (start or 1):
+        if averaged is not None and epoch in averaged_epochs:
             averaged.update_parameters(model)
         if validate is not None:
             stats["val_hr_at_10"] = validate(model.eval(), scaler)
